@@ -1,0 +1,40 @@
+# Two commands for a fresh machine (see README): `make demo` and `make test`.
+VENV ?= .venv
+BIN = $(VENV)/bin
+# torch is unpinned in settings.ini (Kaggle/Colab bring their own); on this kind of machine
+# a pinned local CPU build avoids a multi-GB CUDA download. Override: make TORCH=torch test
+TORCH ?= torch==2.13.0
+export OMP_NUM_THREADS ?= 1
+
+.PHONY: install sync test test-slow demo bench clean
+
+install: $(VENV)/.installed
+$(VENV)/.installed: settings.ini setup.py
+	test -x $(BIN)/python || python3 -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+# notebooks and library must agree: cleaning or exporting must not change any tracked file
+sync: install
+	$(BIN)/nbdev_clean
+	@git diff --quiet -- nbs || { git status --porcelain -- nbs; echo "SYNC ERROR: notebooks are not clean. Run 'nbdev_clean' and commit."; exit 1; }
+	$(BIN)/nbdev_export
+	@test -z "$$(git status --porcelain -- kd_toolkit)" || { git status --porcelain -- kd_toolkit; echo "SYNC ERROR: kd_toolkit/ differs from the notebooks. Run 'nbdev_export' and commit (never hand-edit kd_toolkit/*.py)."; exit 1; }
+
+# the README's test command
+test: install
+	$(BIN)/nbdev_test --n_workers 2 --timing
+	$(BIN)/pytest -q tests || [ $$? -eq 5 ]
+
+# real-asset and long cells/tests too
+test-slow: install
+	$(BIN)/nbdev_test --n_workers 2 --flags slow
+	$(BIN)/pytest -q -m slow tests || [ $$? -eq 5 ]
+
+demo: install
+	$(BIN)/kd_toolkit demo
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info _proc
