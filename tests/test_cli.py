@@ -1,0 +1,158 @@
+"""The `kd_toolkit` command as a user meets it: bad input fails fast with a clear message, a non-zero exit code and nothing
+presented as a result; a short demo run writes the whole result folder; `evaluate` reports exact bits-per-byte."""
+import contextlib, io, math, os, re, subprocess, sys, time
+from pathlib import Path
+import pandas as pd
+import pytest
+from kd_toolkit.cli import main
+from kd_toolkit.testing import has_asset, require_asset, tiny_llama, STORIES260K, TEXTS
+
+KD = Path(sys.executable).parent/'kd_toolkit'   # the console script installed with the package
+STORY = ("Once upon a time there was a little cat who liked to sit in the sun. One day the cat saw a bird in a tall tree. "
+         "The bird sang a song, and the cat listened. Then the cat went home to sleep by the warm fire.")
+
+def _run(argv) -> tuple[int, str, str]:
+    "Run `main(argv)` in-process; (exit code, stdout, stderr)."
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try: code = main(argv)
+        except SystemExit as e: code = e.code
+    return code, out.getvalue(), err.getvalue()
+
+def _nothing_presented(out: Path):
+    "No result folder and no temporary folder beside it."
+    assert not out.exists(), f"{out} was created"
+    assert not [p.name for p in out.parent.glob(f'.{out.name}*')], "a temporary folder was left behind"
+
+@pytest.fixture(scope='module')
+def tiny_teacher(tmp_path_factory) -> Path:
+    "A local model folder with a tokenizer (no download, no shared data): a byte-level BPE and a random 2-layer Llama."
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer, tk.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    tk.train_from_iterator([STORY] * 4, trainers.BpeTrainer(vocab_size=300, special_tokens=['<s>', '</s>'],
+                           initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token='<s>', eos_token='</s>', pad_token='</s>')
+    d = tmp_path_factory.mktemp('teacher')
+    tiny_llama(vocab_size=len(tok), hidden_size=32, num_layers=1, seed=1).save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+def test_console_script_help_and_usage_errors():
+    r = subprocess.run([str(KD), '--help'], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and all(c in r.stdout for c in ('demo', 'distill', 'evaluate'))
+    r = subprocess.run([str(KD)], capture_output=True, text=True, timeout=120)   # no sub-command
+    assert r.returncode != 0 and 'usage' in r.stderr
+
+def test_unknown_teacher_path(tmp_path):
+    out = tmp_path/'out'
+    t0 = time.time()
+    code, stdout, err = _run(['demo', '--teacher', str(tmp_path/'no-such-model'), '--out', str(out)])
+    assert code != 0 and 'no-such-model' in err and 'no model there' in err, err
+    assert time.time() - t0 < 30 and '[1/5]' not in stdout   # failed before loading anything
+    _nothing_presented(out)
+
+def test_unwritable_output_folder(tmp_path, tiny_teacher):
+    "The output's parent is a regular file: no user (root included) can create the folder."
+    blocker = tmp_path/'file.txt'; blocker.write_text('x')
+    out = blocker/'out'
+    code, stdout, err = _run(['demo', '--teacher', str(tiny_teacher), '--out', str(out)])
+    assert code != 0 and 'cannot write' in err and str(out) in err, err
+    assert '[1/5]' not in stdout   # checked before the teacher is loaded
+    assert blocker.read_text() == 'x'
+
+def test_output_path_is_a_file(tmp_path, tiny_teacher):
+    out = tmp_path/'results'; out.write_text('mine')
+    code, stdout, err = _run(['demo', '--teacher', str(tiny_teacher), '--out', str(out), '--overwrite'])
+    assert code != 0 and str(out) in err and '[1/5]' not in stdout, err   # a message, not a traceback
+    assert out.read_text() == 'mine'
+
+def test_existing_output_is_kept_without_overwrite(tmp_path, tiny_teacher):
+    out = tmp_path/'out'; out.mkdir(); (out/'mine.txt').write_text('keep')
+    code, stdout, err = _run(['demo', '--teacher', str(tiny_teacher), '--out', str(out)])
+    assert code != 0 and '--overwrite' in err, err
+    assert [p.name for p in out.iterdir()] == ['mine.txt'] and (out/'mine.txt').read_text() == 'keep'
+
+@pytest.mark.parametrize('corpus', ['three short documents', 'one line'])
+def test_corpus_too_small_for_one_batch(tmp_path, tiny_teacher, corpus):
+    data = tmp_path/'small.txt'
+    data.write_text('\n\n'.join(['A cat sat.', 'A dog ran.', 'The sun shone.']) if corpus.startswith('three') else STORY)
+    out = tmp_path/'out'
+    code, stdout, err = _run(['demo', '--teacher', str(tiny_teacher), '--data', str(data), '--out', str(out)])
+    assert code != 0, (stdout, err)
+    assert 'too small' in err and '--data' in err, f"not an actionable message: {err!r}"
+    _nothing_presented(out)
+
+@pytest.mark.parametrize('steps', [3, 10])   # 3: fewer steps than the preset's logging interval
+def test_demo_short_run_writes_a_complete_result(tmp_path, tiny_teacher, steps):
+    "A few steps with a local teacher on the built-in corpus: the table, both histories, charts, report and student."
+    out = tmp_path/'demo'
+    code, stdout, err = _run(['demo', '--teacher', str(tiny_teacher), '--steps', str(steps), '--max-length', '32', '--out', str(out)])
+    assert code == 0, err
+    assert not list(tmp_path.glob('.demo*')), "temporary folder left after success"
+    table = pd.read_csv(out/'results.csv', index_col=0)
+    assert {'teacher', 'student_lm_only', 'student_kd'} <= set(table.index)
+    ppl, bpb = table['perplexity'], table['bits_per_byte']
+    assert all(math.isfinite(v) and v > 1 for v in ppl) and all(math.isfinite(v) and v > 0 for v in bpb)
+    # both students and the teacher are scored on the same held-out tokens
+    assert table['n_tokens'].nunique() == 1 and table['n_tokens'].iloc[0] > 0
+    # a random 300-token model is near uniform: perplexity well under 300 only after training, never above ~2x vocab
+    assert ppl.max() < 600
+    for name in ('kd', 'lm_only'):
+        h = pd.read_csv(out/f'history_{name}.csv')
+        assert h['step'].max() == steps and h['loss'].dropna().map(math.isfinite).all()
+    assert 'raw/kd' in pd.read_csv(out/'history_kd.csv').columns
+    pngs = sorted(out.glob('*.png'))
+    assert pngs and all(p.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' for p in pngs)
+    report = (out/'report.md').read_text()
+    assert 'perplexity' in report and all(f'({p.name})' in report for p in pngs)
+    from transformers import AutoModelForCausalLM
+    assert AutoModelForCausalLM.from_pretrained(out/'student_kd').config.vocab_size >= 300
+
+def test_evaluate_bits_per_byte_counts_every_byte(tmp_path):
+    "stories260K on the TinyStories excerpt: perplexity near the 5.7 measured independently, and bpb·ln2·bytes = log(ppl)·tokens."
+    model, text = require_asset(STORIES260K), require_asset(TEXTS['tinystories'])
+    code, stdout, err = _run(['evaluate', '--model', str(model), '--data', str(text), '--max-length', '256'])
+    assert code == 0, err
+    vals = {m.group(1): float(m.group(2)) for m in re.finditer(r'^(\w+)\s+([-\d.e+]+)$', stdout, re.M)}
+    ppl, bpb, n_tok = vals['student_ppl'], vals['student_bpb'], vals['n_tokens']
+    assert 4.5 < ppl < 8.0, ppl   # shared/data/README.md: about 5.7 (random init of the same config: about 518)
+    n_bytes = math.log(ppl) * n_tok / (math.log(2) * bpb)
+    n_file, n_lines = len(text.read_bytes()), text.read_text().count('\n')
+    assert n_file - n_lines - 1 <= n_bytes <= n_file + 1, (n_bytes, n_file)   # every byte scored once (newlines may be cut)
+
+def test_evaluate_and_distill_bad_input(tmp_path):
+    code, _, err = _run(['evaluate', '--model', str(tmp_path/'nope'), '--data', str(tmp_path/'nope.txt')])
+    assert code != 0 and 'nope' in err, err
+    code, _, err = _run(['distill', '--config', str(tmp_path/'missing.json')])
+    assert code != 0 and 'no such file' in err, err
+    bad = tmp_path/'bad.json'; bad.write_text('{"teacher": ')
+    code, _, err = _run(['distill', '--config', str(bad)])
+    assert code != 0 and 'not valid JSON' in err, err
+    part = tmp_path/'part.json'; part.write_text('{"teacher": "x"}')
+    code, _, err = _run(['distill', '--config', str(part)])
+    assert code != 0 and "'student'" in err, err
+
+def test_distill_from_config_file(tmp_path):
+    "A JSON run spec (real stories260K teacher, a random 1-layer student with its vocabulary): trains, saves, reports."
+    import json
+    from kd_toolkit.testing import load_tokenizer
+    teacher, lines = require_asset(STORIES260K), require_asset(TEXTS['tinystories']).read_text(encoding='utf-8').splitlines()
+    student = tmp_path/'student'
+    tiny_llama(vocab_size=512, hidden_size=32, num_layers=1).save_pretrained(student)
+    load_tokenizer('tok512').save_pretrained(student)
+    (tmp_path/'train.txt').write_text('\n\n'.join(lines[2:])); (tmp_path/'eval.txt').write_text('\n\n'.join(lines[:2]))
+    spec = dict(teacher=str(teacher), student=str(student), train=str(tmp_path/'train.txt'), eval=str(tmp_path/'eval.txt'),
+                preset='smoke', config=dict(output_dir=str(tmp_path/'out'), max_steps=6, max_length=64))
+    (tmp_path/'run.json').write_text(json.dumps(spec))
+    code, stdout, err = _run(['distill', '--config', str(tmp_path/'run.json')])
+    assert code == 0, err
+    vals = {m.group(1): float(m.group(2)) for m in re.finditer(r'^(\w+)\s+([-\d.e+]+)$', stdout, re.M)}
+    # the real teacher (ppl ~6 on TinyStories) against a student 6 steps from random init: near uniform over 512 ids
+    assert vals['teacher_ppl'] < 20 and abs(vals['student_log_ppl'] - math.log(512)) < 0.5, vals
+    assert 0 <= vals['top1_agree'] <= 1 and vals['kl'] > 0
+    h = pd.read_csv(tmp_path/'out'/'history.csv')
+    assert h['step'].max() == 6
+    from transformers import AutoModelForCausalLM
+    assert AutoModelForCausalLM.from_pretrained(tmp_path/'out'/'student').config.vocab_size == 512

@@ -1,0 +1,91 @@
+"Curriculum properties beyond the lessons: float64 references, the trainer's adapter, the plot and the editor."
+import math
+import numpy as np
+import pytest, torch
+from kd_toolkit.curriculum import (COMPONENTS, AdaptiveBalancer, Constant, Cosine, Curriculum, Linear, Step, WarmupHold,
+                                   curriculum_editor, kd_lm_curriculum, plot_curriculum, progress, seed_curriculum)
+
+P = np.linspace(0, 1, 1001)
+
+def test_schedules_equal_float64_references():
+    np.testing.assert_allclose([Linear(0.2, 1.5, 0.3, 0.8)(p) for p in P], np.interp(P, [0.3, 0.8], [0.2, 1.5]), atol=1e-12)
+    t = np.clip((P - 0.1) / 0.5, 0, 1)
+    np.testing.assert_allclose([Cosine(1.0, 0.0, 0.1, 0.6)(p) for p in P], 1 - (1 - np.cos(np.pi * t)) / 2, atol=1e-12)
+    np.testing.assert_allclose([Step(0.5, 2.0, 0.25)(p) for p in P], np.where(P >= 0.25, 2.0, 0.5))
+    np.testing.assert_allclose([WarmupHold(3.0, 0.2, 0.1)(p) for p in P], np.interp(P, [0.1, 0.3], [0, 3.0]), atol=1e-12)
+    assert Linear(0, 1, 0.4, 0.4)(0.4) == 1.0 and Linear(0, 1, 0.4, 0.4)(0.3999) == 0.0   # zero-width ramp = step
+
+def test_seed_curriculum_matches_the_analysis_table():
+    seed = seed_curriculum()
+    tab = seed.table([0.0, 0.2, 0.5, 0.8, 1.0])
+    np.testing.assert_allclose(tab['feature'], [0, 1/3, 1, 1, 1]); np.testing.assert_allclose(tab['attention'], tab['feature'])
+    np.testing.assert_allclose(tab['layerwise'], [0, 0, 1/3, 1, 1]); np.testing.assert_allclose(tab['contrastive'], [0, 0, 0, 1/3, 1])
+    np.testing.assert_allclose(tab['kd'], [0.1, 0.7, 0.7, 0.7, 0.7]); assert (tab['lm'] == 1).all()
+    assert list(seed.table().index) == [0.0, 0.1, 0.2, 0.4, 0.7, 1.0]          # the phase boundaries
+    assert seed.at_step(2500, 5000) == seed.weights(0.5)
+
+@pytest.mark.parametrize('bad, msg', [
+    (lambda: Linear(0, 1, 0.7, 0.4), 'start=0.7 > end=0.4'),
+    (lambda: Linear(-0.1, 1), '>= 0'),
+    (lambda: Cosine(0, 1, 0.2, 1.3), 'end must be in [0, 1]'),
+    (lambda: Step(0, 1, -0.2), 'at must be in [0, 1]'),
+    (lambda: Constant(float('nan')), '>= 0'),
+    (lambda: Curriculum({'lm': 1, 'logits': 1}), "known components: ['lm', 'kd'"),
+    (lambda: Curriculum({}), 'at least one component'),
+    (lambda: Curriculum({'lm': '1'}), 'expected a Schedule or a number'),
+    (lambda: Curriculum({'lm': 1}, temperature=0.0), 'temperature must be > 0'),
+    (lambda: seed_curriculum().weights(1.01), 'must be in [0, 1]'),
+    (lambda: seed_curriculum().temperature(float('nan')), 'must be in [0, 1]'),
+    (lambda: progress(3, 0), 'total steps must be > 0'),
+])
+def test_bad_inputs_raise_clear_errors(bad, msg):
+    with pytest.raises((ValueError, TypeError), match=None) as e: bad()
+    assert msg in str(e.value), str(e.value)
+
+def test_plugs_into_the_trainer_adapter():
+    from kd_toolkit import train
+    assert tuple(COMPONENTS) == tuple(train.COMPONENTS)
+    cur = train._resolve_curriculum({'lm': 1.0, 'kd': Linear(0, 1, 0, 0.5)}, temperature=2.0)
+    assert isinstance(cur, Curriculum) and cur.names == ['lm', 'kd'] and cur.temperature(0.3) == 2.0
+    assert cur.weights(0.25) == {'lm': 1.0, 'kd': 0.5}
+    assert train._resolve_curriculum('seed').weights(0.5)['layerwise'] == pytest.approx(1/3)
+    assert train._resolve_curriculum('kd_lm').weights(0.9) == {'lm': 1.0, 'kd': 1.0}
+    seed = seed_curriculum(); assert train._resolve_curriculum(seed) is seed
+
+def test_temperature_schedule_and_kd_lm_preset():
+    cur = kd_lm_curriculum(kd=0.3, lm=0.7, temperature=Linear(4.0, 1.0, 0.0, 0.5))
+    assert cur.temperature(0.25) == pytest.approx(2.5) and cur.temperature(1.0) == 1.0
+    fig = plot_curriculum(cur)
+    assert len(fig.axes) == 2                                     # a temperature axis when it changes
+    t = fig.axes[1].get_lines()[0]
+    assert t.get_ydata()[50] == pytest.approx(2.5)                # p = 0.25 of 201 points
+    assert len(plot_curriculum(kd_lm_curriculum()).axes) == 1
+
+def test_balancer_scales_by_ema_of_magnitude():
+    b = AdaptiveBalancer(beta=0.5)
+    b.update({'kd': torch.tensor(4.0)}); b.update({'kd': torch.tensor(-2.0)})
+    ema = (0.5 * 0.5 * 4 + 0.5 * 2) / (1 - 0.25)                 # bias-corrected EMA of |raw|: 2.667
+    assert b.scales()['kd'] == pytest.approx(1 / ema)
+    b.update({'kd': torch.tensor(float('nan'))})                  # non-finite values are not folded in
+    assert b.scales()['kd'] == pytest.approx(1 / ema)
+    x = torch.tensor(3.0, requires_grad=True)
+    tot = AdaptiveBalancer(beta=0)({'lm': 100 * x, 'kd': x}, {'lm': 1.0, 'kd': 0.0})   # zero weight: left out
+    tot.backward(); assert tot.item() == pytest.approx(1.0) and x.grad.item() == pytest.approx(1 / 3)
+    with pytest.raises(KeyError, match="no raw value"): AdaptiveBalancer()({'lm': x}, {'lm': 1.0, 'kd': 1.0})
+
+def test_editor_sliders_change_curriculum_and_figure():
+    ed = curriculum_editor(seed_curriculum())
+    line = lambda n: {l.get_label(): l for l in ed.figure.axes[0].get_lines()}[n].get_ydata()
+    before = line('feature').copy()
+    ed.sliders['feature']['start'].value = 0.0; ed.sliders['feature']['end'].value = 0.2
+    ed.sliders['feature']['peak'].value = 1.5
+    f = ed.curriculum.components['feature']
+    assert (f.start, f.end, f.peak) == (0.0, 0.2, 1.5)
+    assert ed.curriculum.weights(0.1)['feature'] == pytest.approx(0.75)
+    after = line('feature')
+    assert after[20] == pytest.approx(0.75) and not np.allclose(before, after)
+    ed.sliders['lm']['peak'].value = 0.4                          # a constant: only its value changes
+    assert ed.curriculum.weights(0.0)['lm'] == 0.4 and ed.sliders['lm']['start'].disabled
+    ed.sliders['layerwise']['end'].value = 0.2                    # before its start (0.4): the start follows
+    lw = ed.curriculum.components['layerwise']; assert (lw.start, lw.end) == (0.2, 0.2)
+    assert seed_curriculum().weights(0.1)['feature'] == 0.0       # the original preset is untouched
