@@ -1,7 +1,7 @@
 """FLOP and memory model of one distillation step, with P100 / T4 upper bounds (and `--measure` on a CUDA GPU).
 
     .venv/bin/python bench/flops.py                 # the model: tables for the P100 and the T4
-    .venv/bin/python bench/flops.py --measure       # + measured tokens/s and peak memory (needs CUDA)
+    .venv/bin/python bench/flops.py --measure       # + measured tokens/s and peak memory (needs CUDA; bench/gpu_bench.py)
 
 Per token, the teacher does a forward pass (2 FLOPs per active matmul weight) and the student a forward and a
 backward pass (6 per weight), with the output layer (lm_head, V*d) and attention scores (QK^T and AV: 4*L*d_q
@@ -9,7 +9,7 @@ FLOPs per layer per token, forward, full L as dense kernels compute it) counted.
 written here from the published model cards.
 """
 from __future__ import annotations
-import argparse, math, time
+import argparse, math
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen3MoeConfig
 
@@ -162,45 +162,6 @@ def model_report(seq_len:int=512, tokens:int=4096):
         lines += [_fmt(mrows), ""]
     return "\n".join(lines)
 
-# ---------------------------------------------------------------- measured (CUDA only)
-def measure(teacher_name='SmolLM2-360M', student_name='SmolLM2-135M', batch=8, seq_len=512, steps=10, warmup=3):
-    "Tokens/s and peak memory of real distillation steps (random weights; fp16 teacher, autocast fp16 student)."
-    if not torch.cuda.is_available(): return "--measure: no CUDA device on this machine, nothing measured."
-    import torch.nn.functional as F
-    dev = torch.device('cuda')
-    cap = torch.cuda.get_device_capability()
-    torch.cuda.reset_peak_memory_stats()
-    t = AutoModelForCausalLM.from_config(CONFIGS[teacher_name], attn_implementation='sdpa').to(dev, torch.float16).eval()
-    s = AutoModelForCausalLM.from_config(CONFIGS[student_name], attn_implementation='sdpa').to(dev).train()
-    for p in t.parameters(): p.requires_grad_(False)
-    opt = torch.optim.AdamW(s.parameters(), lr=1e-4)
-    scaler = torch.amp.GradScaler('cuda')
-    ids = torch.randint(0, s.config.vocab_size, (batch, seq_len), device=dev)
-    chunk = 1024
-    def step():
-        with torch.no_grad(): th = t.model(input_ids=ids).last_hidden_state  # (B, L, Dt) fp16
-        with torch.autocast('cuda', dtype=torch.float16):
-            sh = s.model(input_ids=ids).last_hidden_state
-        # chunked KD + CE over tokens: never the whole fp32 (N, V)
-        shf, thf, tgt = sh[:, :-1].reshape(-1, sh.shape[-1]), th[:, :-1].reshape(-1, th.shape[-1]), ids[:, 1:].reshape(-1)
-        n, total = shf.shape[0], 0.
-        for i in range(0, n, chunk):
-            with torch.no_grad(): tl = F.log_softmax(t.lm_head(thf[i:i+chunk]).float(), -1)
-            with torch.autocast('cuda', dtype=torch.float16): sl = s.lm_head(shf[i:i+chunk])
-            sl = F.log_softmax(sl.float(), -1)
-            kd = (tl.exp()*(tl - sl)).sum(-1).sum()
-            ce = F.nll_loss(sl, tgt[i:i+chunk], reduction='sum')
-            total = total + (kd + ce)/n
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(total).backward(); scaler.step(opt); scaler.update()
-    for _ in range(warmup): step()
-    torch.cuda.synchronize(); t0 = time.perf_counter()
-    for _ in range(steps): step()
-    torch.cuda.synchronize(); dt = time.perf_counter() - t0
-    return (f"measured on {torch.cuda.get_device_name()} (sm_{cap[0]}{cap[1]}): {teacher_name} -> {student_name}, "
-            f"B={batch}, L={seq_len}, fp16: {batch*seq_len*steps/dt:,.0f} tokens/s, "
-            f"peak memory {torch.cuda.max_memory_allocated()/GB:.2f} GB")
-
 if __name__ == '__main__':
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--seq-len', type=int, default=512)
@@ -209,7 +170,8 @@ if __name__ == '__main__':
     ap.add_argument('--batch', type=int, default=8)
     a = ap.parse_args()
     print(model_report(a.seq_len, a.tokens))
-    if a.measure:
-        for tn, sn in [('SmolLM2-360M', 'SmolLM2-135M')]: print(measure(tn, sn, a.batch, a.seq_len))
+    if a.measure and torch.cuda.is_available():
+        from gpu_bench import measure   # the measured side lives in bench/gpu_bench.py (same pair, more methods)
+        print(); print(measure('SmolLM2-360M', 'SmolLM2-135M', a.batch, a.seq_len))
     else:
         print(f"\nNo measurement: run with --measure on a CUDA machine (CUDA available here: {torch.cuda.is_available()}).")

@@ -140,7 +140,7 @@ def _truncation_collator(col):
     return f
 
 def cross_tokenizer(steps, seed=0):
-    "stories260K (tok512) -> student with the GPT-2 tokenizer: offsets + vocab map vs the seed's truncation vs ULD."
+    "stories260K (tok512) -> student with the GPT-2 tokenizer: offsets + vocab map vs the seed's truncation vs ULD vs hybrid (`cross_vocab_loss`)."
     from kd_toolkit.data import KDCollator
     train, held = story_split(); T = load_stories260k()
     ttok, stok = load_tokenizer('tok512'), load_tokenizer('gpt2')
@@ -151,8 +151,10 @@ def cross_tokenizer(steps, seed=0):
     runs = [('LM only', {'lm': 1.0}, dict(cross_tokenizer=True, kd_topk=32), None),
             ('offsets + vocab map (ours)', {'kd': 1.0, 'lm': 1.0}, dict(cross_tokenizer=True, kd_topk=32), None),
             ("seed's truncation + vocab map", {'kd': 1.0, 'lm': 1.0}, dict(cross_tokenizer=True, kd_topk=32), trunc),
-            ('ULD (offsets, sorted probs)', {'kd': 1.0, 'lm': 1.0}, dict(cross_tokenizer=True, kd_topk=32, divergence='uld'), None)]
+            ('ULD (offsets, sorted probs)', {'kd': 1.0, 'lm': 1.0}, dict(cross_tokenizer=True, kd_topk=32, cross_vocab_loss='uld'), None),
+            ('hybrid (KL on exact matches + ULD)', {'kd': 1.0, 'lm': 1.0}, dict(cross_tokenizer=True, kd_topk=32, cross_vocab_loss='hybrid'), None)]
     for method, cur, cfg, col in runs:
+        if METHODS and not any(m.lower() in method.lower() for m in METHODS): continue
         try:
             s, secs, logged = run(method, T, student_like(V, seed, attn='sdpa'), train, cur, steps, seed, stok,
                           ttok if cfg.get('cross_tokenizer') else None, collator=col, **cfg)
@@ -182,6 +184,8 @@ def smollm2(steps, seed=0, n_chars=30_000):
         rows.append(_row('SmolLM2 -> student', method, evaluate(s, ev_b), secs))
     return rows
 
+METHODS = []   # xtok: run only the rows whose method contains one of these (--methods)
+
 DEFAULT_STEPS = {'same': 200, 'ablation': 200, 'xtok': 80, 'smollm2': 100}
 EXPERIMENTS = {'same': same_tokenizer, 'ablation': ablation, 'xtok': cross_tokenizer, 'smollm2': smollm2}
 
@@ -190,12 +194,16 @@ if __name__ == '__main__':
     ap.add_argument('--only', nargs='*', choices=list(EXPERIMENTS), default=['same', 'ablation', 'xtok'])
     ap.add_argument('--steps', type=int, default=None, help=f'optimizer steps of every run (default per experiment: {DEFAULT_STEPS})')
     ap.add_argument('--seeds', type=int, nargs='*', default=[0, 1], help="seeds of the 'same' experiment; the others use the first")
+    ap.add_argument('--chars', type=int, default=30_000, help='smollm2: characters of tinyshakespeare used (train + held out); the teacher runs at ~60 tokens/s on CPU')
+    ap.add_argument('--methods', nargs='*', default=[], help="xtok: only the rows whose method contains one of these words, e.g. --methods ULD hybrid")
     a = ap.parse_args()
+    METHODS[:] = a.methods
     torch.set_num_threads(int(os.environ['OMP_NUM_THREADS']))
     require_asset('models/stories260K')
     for k in a.only:
         t0 = time.perf_counter()
         steps = a.steps or DEFAULT_STEPS[k]
-        rows = EXPERIMENTS[k](steps, a.seeds) if k == 'same' else EXPERIMENTS[k](steps, a.seeds[0])
+        rows = (EXPERIMENTS[k](steps, a.seeds) if k == 'same' else smollm2(steps, a.seeds[0], a.chars) if k == 'smollm2'
+                else EXPERIMENTS[k](steps, a.seeds[0]))
         print(f"\n## {k}: {steps} steps, batch 8 x 128 tokens, fp32 CPU ({time.perf_counter()-t0:.0f} s)\n")
         print(md_table(rows), flush=True)

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/step_bench.py                  # V = 8,192 and 49,152; speed + memory tables
     .venv/bin/python bench/step_bench.py --rounds 5 --steps 3     # steadier medians (slower)
+    python bench/step_bench.py --device cuda              # the same on a GPU (fp32, TF32 off; memory from the CUDA allocator)
 
 Teacher: Llama 4 layers x 256; student: 2 x 128 (kd_toolkit.testing.tiny_llama); B=4, L=128, fp32 on CPU.
 Every method does the same work on the same batches from the same weights: teacher forward (no grad), student
@@ -12,7 +13,7 @@ Speed: all methods in one process, R rounds, each round runs every method for `-
 every other round); per round the median step time; ratio = median over rounds of the per-round ratio.
 Memory: each method in a fresh process; peak extra = process high-water mark (VmHWM, reset through
 /proc/self/clear_refs just before the steps) minus the resident set before the first step (models, optimizer object and batches already built), in MB and in units of one fp32
-(B*L, V) buffer.
+(B*L, V) buffer; on CUDA the allocator's peak (torch.cuda.max_memory_allocated) minus what was allocated before the steps.
 """
 from __future__ import annotations
 import argparse, contextlib, io, json, os, statistics, subprocess, sys, tempfile, time, warnings
@@ -24,17 +25,21 @@ from flops import md_table
 
 TRL_PIN = '1.16.0'
 B, L, LR, CLIP = 4, 128, 1e-3, 1.0
+DEV = 'cpu'  # --device
+
+def _sync():
+    if DEV != 'cpu': torch.cuda.synchronize()
 
 def make_models(V:int):
     "Teacher (4 x 256) and student (2 x 128), sdpa attention, fp32."
     t = tiny_llama(V, hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=2, seed=1, attn='sdpa')
     s = tiny_llama(V, hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=2, seed=2, attn='sdpa').train()
     for p in t.parameters(): p.requires_grad_(False)
-    return t, s
+    return t.to(DEV), s.to(DEV)
 
 def make_batches(V:int, n:int):
     "n batches with some right padding (so masks matter)."
-    return [rand_batch(V, B, L, pad_frac=0.1, seed=i) for i in range(n)]
+    return [{k: v.to(DEV) for k, v in rand_batch(V, B, L, pad_frac=0.1, seed=i).items()} for i in range(n)]
 
 # ------------------------------------------------------------------ the hand-written loop (~30 lines)
 class Hand:
@@ -84,15 +89,15 @@ class TRL:
         self.times, self.losses, self.s = [], [], s
         bench = self
         class _Timer(TrainerCallback):
-            def on_step_begin(self, *a, **k): bench._t0 = time.perf_counter()
-            def on_step_end(self, *a, **k): bench.times.append(time.perf_counter() - bench._t0)
+            def on_step_begin(self, *a, **k): _sync(); bench._t0 = time.perf_counter()
+            def on_step_end(self, *a, **k): _sync(); bench.times.append(time.perf_counter() - bench._t0)
         self._ds = lambda batches: Dataset.from_dict({k: [r for b in batches for r in b[k].tolist()]
                                                       for k in ('input_ids', 'attention_mask', 'labels')})
         collate = lambda rows: {k: torch.tensor([r[k] for r in rows]) for k in ('input_ids', 'attention_mask', 'labels')}
         self.args = GKDConfig(output_dir=tempfile.mkdtemp(prefix='gkd_bench_'), lmbda=0.0, beta=0.0, temperature=1.0,
                               per_device_train_batch_size=B, learning_rate=LR, lr_scheduler_type='constant',
                               weight_decay=0.0, max_grad_norm=CLIP, max_steps=1, logging_steps=10**6,
-                              save_strategy='no', report_to=[], use_cpu=True, dataloader_num_workers=0,
+                              save_strategy='no', report_to=[], use_cpu=DEV == 'cpu', dataloader_num_workers=0,
                               disable_tqdm=True, max_length=None, bf16=False, fp16=False, seed=0,
                               optim='adamw_torch', adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8)
         with warnings.catch_warnings():
@@ -128,14 +133,15 @@ class Ours:
         from datasets import Dataset
         self.times, bench = [], self
         class _Timer(kt.TrainerCallback):
-            def on_step_begin(self, *a, **k): bench._t0 = time.perf_counter()
-            def on_step_end(self, *a, **k): bench.times.append(time.perf_counter() - bench._t0)
+            def on_step_begin(self, *a, **k): _sync(); bench._t0 = time.perf_counter()
+            def on_step_end(self, *a, **k): _sync(); bench.times.append(time.perf_counter() - bench._t0)
         self._ds = lambda batches: Dataset.from_dict({k: [r for b in batches for r in b[k].tolist()]
                                                       for k in ('input_ids', 'attention_mask', 'labels')})
         collate = lambda rows: {k: torch.tensor([r[k] for r in rows]) for k in ('input_ids', 'attention_mask', 'labels')}
         cfg = KDConfig(output_dir=tempfile.mkdtemp(prefix='kd_bench_'), max_steps=1, batch_size=B, lr=LR,
                        weight_decay=0.0, warmup_ratio=0.0, max_grad_norm=CLIP, precision='fp32', divergence='fkl',
-                       temperature=1.0, logging_steps=10**6, eval_steps=0, save_steps=10**9, progress_bar=False, **self.extra)
+                       temperature=1.0, logging_steps=10**6, eval_steps=0, save_steps=10**9, progress_bar=False,
+                       teacher_dtype='keep', **self.extra)   # 'keep': the fp32 teacher stays fp32 on a GPU too (same work)
         cur = {'kd': 1.0, 'lm': lm_weight} if lm_weight else {'kd': 1.0}
         self.tr = kt.KDTrainer(cfg, t, s, self._ds(make_batches(s.config.vocab_size, 1)), None, collate, cur,
                                callbacks=[_Timer()])
@@ -164,7 +170,7 @@ def _times(m, batches):
     if hasattr(m, 'run'): return m.run(batches)
     out = []
     for b in batches:
-        t0 = time.perf_counter(); m.step(b); out.append(time.perf_counter() - t0)
+        _sync(); t0 = time.perf_counter(); m.step(b); _sync(); out.append(time.perf_counter() - t0)
     return out
 
 def speed(V, keys, lm_weight, rounds, steps):
@@ -184,6 +190,10 @@ def speed(V, keys, lm_weight, rounds, steps):
         for k in (keys if r % 2 == 0 else keys[::-1]): per[k].append(statistics.median(_times(ms[k], batches)))
     return per, first
 
+def _where():
+    if DEV == 'cpu': return f"CPU, {torch.get_num_threads()} thread(s)"
+    return f"{torch.cuda.get_device_name()} (TF32 off), torch {torch.__version__}"
+
 def _rss_kb(field):
     for line in open('/proc/self/status'):
         if line.startswith(field): return int(line.split()[1])
@@ -193,13 +203,17 @@ def peak_child(method, V, lm_weight, steps):
     t, s = make_models(V); batches = make_batches(V, steps)
     m = METHODS[method](t, s, lm_weight)
     import gc; gc.collect()
+    if DEV != 'cpu':
+        _sync(); torch.cuda.reset_peak_memory_stats(); base = torch.cuda.memory_allocated()
+        _times(m, batches); _sync()
+        return (torch.cuda.max_memory_allocated() - base)/2**20
     with open('/proc/self/clear_refs', 'w') as f: f.write('5')  # reset the high-water mark (VmHWM) to the current RSS
     base = _rss_kb('VmRSS:')
     _times(m, batches)
     return (_rss_kb('VmHWM:') - base)/1024
 
 def peak(method, V, lm_weight, steps=3):
-    r = subprocess.run([sys.executable, os.path.abspath(__file__), '--peak-child', method, '--vocab', str(V),
+    r = subprocess.run([sys.executable, os.path.abspath(__file__), '--peak-child', method, '--vocab', str(V), '--device', DEV,
                         '--lm-weight', str(lm_weight), '--steps', str(steps)], capture_output=True, text=True)
     if r.returncode: raise RuntimeError(f"memory child for {method} failed:\n{r.stderr[-2000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])['peak_mb']
@@ -231,8 +245,8 @@ def main(vocabs, rounds, steps):
                                        'min..max over rounds': f"{min(tb/ta for ta, tb in zip(per[a], per[b])):.2f}..{max(tb/ta for ta, tb in zip(per[a], per[b])):.2f}",
                                        'peak memory ratio': mem[a]/mem[b] if mem[b] else float('nan')})
             print(f"(partial) {workload} V={V}:", md_table([r for r in rows if r['V'] == V and r['workload'] == workload]), sep='\n', flush=True)
-    print(f"\n## One distillation step, teacher 4x256 -> student 2x128, B={B}, L={L}, fp32 CPU, "
-          f"{torch.get_num_threads()} thread(s), {rounds} rounds x {steps} steps\n")
+    print(f"\n## One distillation step, teacher 4x256 -> student 2x128, B={B}, L={L}, fp32 "
+          f"{_where()}, {rounds} rounds x {steps} steps\n")
     print(md_table(rows)); print(); print(md_table(ratio_rows))
     return rows, ratio_rows
 
@@ -242,8 +256,11 @@ if __name__ == '__main__':
     ap.add_argument('--rounds', type=int, default=3)
     ap.add_argument('--steps', type=int, default=2)
     ap.add_argument('--lm-weight', type=float, default=1.0)
+    ap.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
     ap.add_argument('--peak-child', choices=list(METHODS), help=argparse.SUPPRESS)
     a = ap.parse_args()
+    DEV = a.device
+    if DEV == 'cuda' and not torch.cuda.is_available(): sys.exit("--device cuda: no CUDA device on this machine")
     torch.set_num_threads(int(os.environ['OMP_NUM_THREADS']))
     if a.peak_child: print(json.dumps({'peak_mb': peak_child(a.peak_child, a.vocab[0], a.lm_weight, a.steps)}))
     else: main(a.vocab, a.rounds, a.steps)

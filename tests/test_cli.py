@@ -26,7 +26,7 @@ def _nothing_presented(out: Path):
 
 @pytest.fixture(scope='module')
 def tiny_teacher(tmp_path_factory) -> Path:
-    "A local model folder with a tokenizer (no download, no shared data): a byte-level BPE and a random 2-layer Llama."
+    "A local model folder with a tokenizer (no download, no shared data): a byte-level BPE and a random 1-layer Llama."
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
     tk = Tokenizer(models.BPE())
@@ -53,6 +53,11 @@ def test_unknown_teacher_path(tmp_path):
     assert time.time() - t0 < 30 and '[1/5]' not in stdout   # failed before loading anything
     _nothing_presented(out)
 
+def test_bad_steps_fail_before_loading(tmp_path):
+    code, stdout, err = _run(['demo', '--steps', '0', '--out', str(tmp_path/'out')])
+    assert code != 0 and '--steps 0' in err and '[1/5]' not in stdout, err
+    _nothing_presented(tmp_path/'out')
+
 def test_unwritable_output_folder(tmp_path, tiny_teacher):
     "The output's parent is a regular file: no user (root included) can create the folder."
     blocker = tmp_path/'file.txt'; blocker.write_text('x')
@@ -61,6 +66,15 @@ def test_unwritable_output_folder(tmp_path, tiny_teacher):
     assert code != 0 and 'cannot write' in err and str(out) in err, err
     assert '[1/5]' not in stdout   # checked before the teacher is loaded
     assert blocker.read_text() == 'x'
+
+@pytest.mark.skipif(not hasattr(os, 'geteuid') or os.geteuid() == 0, reason='root can write into read-only folders')
+def test_read_only_parent_folder(tmp_path, tiny_teacher):
+    parent = tmp_path/'ro'; parent.mkdir(); parent.chmod(0o555)
+    try:
+        code, stdout, err = _run(['demo', '--teacher', str(tiny_teacher), '--out', str(parent/'out')])
+        assert code != 0 and 'cannot write' in err and '[1/5]' not in stdout, err
+        assert list(parent.iterdir()) == []
+    finally: parent.chmod(0o755)
 
 def test_output_path_is_a_file(tmp_path, tiny_teacher):
     out = tmp_path/'results'; out.write_text('mine')
@@ -91,6 +105,8 @@ def test_demo_short_run_writes_a_complete_result(tmp_path, tiny_teacher, steps):
     code, stdout, err = _run(['demo', '--teacher', str(tiny_teacher), '--steps', str(steps), '--max-length', '32', '--out', str(out)])
     assert code == 0, err
     assert not list(tmp_path.glob('.demo*')), "temporary folder left after success"
+    (tmp_path/'plain').mkdir()
+    assert out.stat().st_mode & 0o777 == (tmp_path/'plain').stat().st_mode & 0o777   # not left private like a temp folder
     table = pd.read_csv(out/'results.csv', index_col=0)
     assert {'teacher', 'student_lm_only', 'student_kd'} <= set(table.index)
     ppl, bpb = table['perplexity'], table['bits_per_byte']
@@ -122,9 +138,23 @@ def test_evaluate_bits_per_byte_counts_every_byte(tmp_path):
     n_file, n_lines = len(text.read_bytes()), text.read_text().count('\n')
     assert n_file - n_lines - 1 <= n_bytes <= n_file + 1, (n_bytes, n_file)   # every byte scored once (newlines may be cut)
 
+def test_evaluate_against_a_teacher_with_another_tokenizer(tiny_teacher):
+    "Positions are aligned by text and the teacher's vocabulary mapped (no index errors from mixing vocabularies)."
+    model, text = require_asset(STORIES260K), require_asset(TEXTS['tinystories'])
+    code, stdout, err = _run(['evaluate', '--model', str(model), '--teacher', str(tiny_teacher), '--data', str(text)])
+    assert code == 0, err
+    vals = {m.group(1): float(m.group(2)) for m in re.finditer(r'^(\w+)\s+([-\d.e+]+)$', stdout, re.M)}
+    assert 4.5 < vals['student_ppl'] < 8.0, vals                     # the real model, as without a teacher
+    assert abs(vals['teacher_log_ppl'] - math.log(300)) < 0.5, vals   # a random 300-token model is near uniform
+    assert vals['n_compared'] > 0.9 * vals['n_tokens'] and vals['kl'] > 0, vals
+
 def test_evaluate_and_distill_bad_input(tmp_path):
+    import json
     code, _, err = _run(['evaluate', '--model', str(tmp_path/'nope'), '--data', str(tmp_path/'nope.txt')])
-    assert code != 0 and 'nope' in err, err
+    assert code != 0 and 'nope.txt: no such file' in err, err
+    (tmp_path/'some.txt').write_text(STORY)
+    code, _, err = _run(['evaluate', '--model', str(tmp_path/'nope'), '--data', str(tmp_path/'some.txt')])
+    assert code != 0 and f"--model {tmp_path/'nope'}: no model there" in err, err
     code, _, err = _run(['distill', '--config', str(tmp_path/'missing.json')])
     assert code != 0 and 'no such file' in err, err
     bad = tmp_path/'bad.json'; bad.write_text('{"teacher": ')
@@ -133,6 +163,9 @@ def test_evaluate_and_distill_bad_input(tmp_path):
     part = tmp_path/'part.json'; part.write_text('{"teacher": "x"}')
     code, _, err = _run(['distill', '--config', str(part)])
     assert code != 0 and "'student'" in err, err
+    (tmp_path/'nomodel.json').write_text(json.dumps(dict(teacher=str(tmp_path/'t'), student=str(tmp_path/'s'), train=STORY)))
+    code, _, err = _run(['distill', '--config', str(tmp_path/'nomodel.json')])
+    assert code != 0 and 'nomodel.json: teacher' in err and 'no model there' in err, err
 
 def test_distill_from_config_file(tmp_path):
     "A JSON run spec (real stories260K teacher, a random 1-layer student with its vocabulary): trains, saves, reports."
@@ -156,3 +189,19 @@ def test_distill_from_config_file(tmp_path):
     assert h['step'].max() == 6
     from transformers import AutoModelForCausalLM
     assert AutoModelForCausalLM.from_pretrained(tmp_path/'out'/'student').config.vocab_size == 512
+
+@pytest.mark.slow
+def test_default_demo_kd_beats_lm_only(tmp_path):
+    "The embedded default as `make demo` runs it (real SmolLM2-135M teacher, stdlib corpus): KD wins within 10 minutes."
+    from kd_toolkit.cli import fetch_smollm2, CLIError
+    try: fetch_smollm2()
+    except CLIError as e: pytest.skip(f"no SmolLM2 teacher here: {e}")
+    t0 = time.time()
+    code, stdout, err = _run(['demo', '--out', str(tmp_path/'demo')])
+    secs = time.time() - t0
+    assert code == 0, err
+    t = pd.read_csv(tmp_path/'demo'/'results.csv', index_col=0)
+    assert t.loc['student_kd', 'perplexity'] < t.loc['student_lm_only', 'perplexity'], t
+    assert t.loc['student_kd', 'bits_per_byte'] < t.loc['student_lm_only', 'bits_per_byte'], t
+    assert t.loc['teacher', 'perplexity'] < t.loc['student_kd', 'perplexity'], t
+    assert secs < 600, f"the demo took {secs:.0f} s (budget: 10 minutes on 2 cores)"

@@ -7,7 +7,7 @@ nbformat = pytest.importorskip('nbformat')
 papermill = pytest.importorskip('papermill')
 ipykernel_spec = pytest.importorskip('ipykernel.kernelspec')
 import pandas as pd
-from kd_toolkit.testing import has_asset, STORIES260K, TEXTS
+from kd_toolkit.testing import has_asset, load_tokenizer, tiny_llama, STORIES260K, TEXTS, TOKENIZERS
 
 NB = Path(__file__).resolve().parents[1]/'kaggle'/'kd_toolkit_kaggle.ipynb'
 KERNEL = 'kd-toolkit-test'
@@ -33,12 +33,18 @@ def test_metadata_points_at_the_notebook():
     assert len(tagged) == 1 and "pair = 'cross'" in tagged[0].source and "preset = 'auto'" in tagged[0].source
     assert not any(c.get('outputs') for c in nb.cells if c.cell_type == 'code'), "commit the notebook without outputs"
 
-@pytest.mark.parametrize('assets', ['shared', 'none'])
+@pytest.mark.parametrize('assets', ['shared', 'cross', 'none'])
 def test_notebook_smoke_run(kernel, tmp_path, assets):
-    "`shared`: the real stories260K teacher and TinyStories text; `none`: a fresh machine (tiny config models, built-in texts)."
-    real = assets == 'shared'
+    """`shared`: the real stories260K teacher and TinyStories text; `cross`: the same teacher and a student with the SmolLM2
+    tokenizer (the notebook's default kind of pair: different tokenizers); `none`: a fresh machine (tiny models, built-in texts)."""
+    real, cross = assets in ('shared', 'cross'), assets == 'cross'
     if real and not (has_asset(STORIES260K) and has_asset(TEXTS['tinystories'])): pytest.skip('no ../shared/data here')
-    params = dict(teacher='stories260k' if real else 'tiny', preset='smoke', steps=6, max_length=48, n_eval=3,
+    if cross and not has_asset(TOKENIZERS['smollm2']): pytest.skip('no SmolLM2 tokenizer in ../shared/data')
+    student = 'tiny'
+    if cross:   # a random 2-layer student over SmolLM2's 49,152 tokens (the teacher has 512)
+        student, tok = str(tmp_path/'student_in'), load_tokenizer('smollm2')
+        tiny_llama(vocab_size=len(tok), hidden_size=32, num_layers=2).save_pretrained(student); tok.save_pretrained(student)
+    params = dict(teacher='stories260k' if real else 'tiny', student=student, preset='smoke', steps=6, max_length=48, n_eval=3,
                   dataset='tinystories' if real else 'builtin', gen_tokens=8, output_dir=str(tmp_path/'out'))
     env = {'OMP_NUM_THREADS': '1', 'HF_HUB_OFFLINE': '1', 'HF_DATASETS_OFFLINE': '1'}
     if not real: env['KD_TOOLKIT_DATA'] = str(tmp_path/'no-shared-data')   # kd_toolkit.testing then finds no assets
@@ -73,6 +79,11 @@ def test_notebook_smoke_run(kernel, tmp_path, assets):
     # training ran for the requested steps and its history has the loss breakdown
     hist = pd.read_csv(out/'history.csv')
     assert hist['step'].max() == params['steps'] and {'raw/kd', 'raw/lm', 'raw/feature'} <= set(hist.columns)
+    if cross:   # the teacher's top-k mapped onto student ids; a random student is near uniform over its 49,152 ids
+        assert hist['kd_path'].dropna().str.contains('topk').all(), hist['kd_path'].unique()
+        assert abs(table.loc['log_ppl', 'student_before'] - math.log(49152)) < 0.3, table
+        shown = ''.join(str(o.get('data', {}).get('text/plain', '')) + str(o.get('text', '')) for c in code for o in c.get('outputs', []))
+        assert 'tokenizers differ' in shown and 'coverage' in shown   # the alignment preview ran
     # widths differ (student d=32, teacher d=64): the least-squares projector starts far better than a random one
     init = pd.read_csv(out/'projector_init.csv', index_col=0)['feature_loss']
     assert 0 <= init['lstsq'] < 0.9 and 1.5 < init['normal'] < 2.5, init   # nmse: 0 = match, 2 = unrelated

@@ -73,7 +73,44 @@ def test_cross_tokenizer_distill_runs():
     res = distill(make_config('smoke', cross_tokenizer=True, **base), teacher, tiny_llama(vocab_size=512, hidden_size=32, num_layers=1),
                   texts, student_tokenizer=stok, teacher_tokenizer=ttok)
     h = res.history
-    assert (h.kd_path == 'topk').all() and h['raw/kd'].notna().all() and (h['raw/kd'] > 0).all()
+    assert (h.kd_path == 'topk+map').all() and h['raw/kd'].notna().all() and (h['raw/kd'] > 0).all()
+
+def _xtok(loss, teacher, tmp, vocab_map, **kw):
+    "Three cross-tokenizer steps (teacher vocab 64, student vocab 48: ids < 48 are valid for both); the history."
+    cfg = make_config('smoke', output_dir=str(tmp/f'{loss}-{len(os.listdir(tmp))}'), max_steps=3, kd_topk=8, save_steps=100,
+                      cross_tokenizer=True, cross_vocab_loss=loss, **kw)
+    tr = KDTrainer(cfg, teacher, tiny_llama(vocab_size=48, hidden_size=32, num_layers=1, seed=2), _ds(V=48),
+                   curriculum={'lm': 1.0, 'kd': 1.0}, vocab_map=vocab_map)
+    tr.train()
+    return tr.history
+
+def test_cross_vocab_loss_uld_ignores_teacher_token_identity(tmp_path):
+    "ULD compares sorted probabilities: permuting the teacher's output vocabulary leaves the whole run unchanged; 'map' sees it."
+    from kd_toolkit.align import VocabMap
+    from kd_toolkit.train import build_teacher_cache, _default_collator
+    teacher, perm = tiny_llama(vocab_size=64, hidden_size=32, seed=1), torch.randperm(64, generator=torch.Generator().manual_seed(3))
+    permuted = tiny_llama(vocab_size=64, hidden_size=32, seed=1)
+    with torch.no_grad():
+        teacher.lm_head.weight.mul_(30)                                   # a confident teacher: KD losses of order 1
+        permuted.lm_head.weight.copy_(teacher.lm_head.weight[perm])       # the same model, output ids shuffled
+    vm = VocabMap(torch.arange(64) % 48, torch.arange(64) < 48, 48)   # teacher ids >= 48 fold onto student ids, inexactly
+    h = {(loss, name): _xtok(loss, t, tmp_path, vm) for loss in ('map', 'uld', 'hybrid') for name, t in (('t', teacher), ('p', permuted))}
+    for (loss, _), df in h.items():
+        assert (df.kd_path == f'topk+{loss}').all() and df['raw/kd'].between(0.1, 10).all(), df
+    u, up, m, mp = (h[k]['raw/kd'].to_numpy() for k in [('uld', 't'), ('uld', 'p'), ('map', 't'), ('map', 'p')])
+    assert abs(u - up).max() < 1e-5 * u.max()          # invariant: no vocabulary map in the loss
+    assert abs(m[0] - mp[0]) > 1e-3 * m[0]              # the mapped KL sees which token is which (100x ULD's tolerance;
+                                                        # small: an untrained student is near uniform over the ids)
+    assert abs(u[0] - m[0]) > 0.05 * m[0]               # ULD is not the mapped KL
+    assert h[('uld', 't')]['raw/lm'].iloc[0] == pytest.approx(h[('map', 't')]['raw/lm'].iloc[0], rel=1e-6)   # same student, same batch
+    # the teacher cache holds top-k over teacher ids for ULD; a cache over student ids is refused
+    ds, col = _ds(V=48), _default_collator()
+    build_teacher_cache(teacher, ds, tmp_path/'c_uld', 8, data_collator=col)
+    hc = _xtok('uld', None, tmp_path, vm, teacher_cache=str(tmp_path/'c_uld'))
+    assert (hc.kd_path == 'cached+uld').all() and abs(hc['raw/kd'].to_numpy() - u).max() < 1e-2 * u.max()   # (fp16-rounded cache)
+    build_teacher_cache(teacher, ds, tmp_path/'c_map', 8, data_collator=col, vocab_map=vm)
+    with pytest.raises(ValueError, match='rebuild it'): _xtok('uld', None, tmp_path, vm, teacher_cache=str(tmp_path/'c_map'))
+    with pytest.raises(ValueError, match='cross_tokenizer=True'): make_config('smoke', cross_vocab_loss='uld')
 
 DDP_SCRIPT = '''
 import os, sys, torch, datasets
