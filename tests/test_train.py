@@ -137,3 +137,14 @@ def test_ddp_two_processes(tmp_path):
     ck = out/'checkpoint-6'
     assert (ck/'rng_state_0.pth').exists() and (ck/'rng_state_1.pth').exists() and (out/'history.csv').exists()
     assert not (out/'.staging').exists()
+
+def test_topk_path_honours_chunk_size(monkeypatch):
+    "The top-k KD (the Kaggle presets' path) runs over `chunk_size` positions at a time, with the same losses as one pass."
+    import kd_toolkit.train as kt
+    seen, orig = [], kt.kd_loss_topk
+    monkeypatch.setattr(kt, 'kd_loss_topk', lambda *a, **k: seen.append(k.get('chunk_size')) or orig(*a, **k))
+    runs = {c: _trainer(kd_topk=8, chunk_size=c, max_steps=3, eval_steps=0) for c in (None, 7)}
+    for tr in runs.values(): tr.train()
+    assert seen and set(seen) == {None, 7}
+    a, b = (runs[c].history for c in (None, 7))
+    assert (a['raw/kd'] - b['raw/kd']).abs().max() <= 1e-5 * a['raw/kd'].abs().max()
