@@ -4,9 +4,9 @@
     .venv/bin/python bench/loss_memory.py --N 512 --V 151936   # smaller N: same ratios, less RAM
     .venv/bin/python bench/loss_memory.py --device cuda        # on a GPU: torch.cuda.max_memory_allocated
 
-Memory is the process high-water mark (`resource.getrusage(...).ru_maxrss`; tracemalloc does not see torch's
-allocations) after the method ran once, minus the high-water mark once the inputs are allocated, in units of one fp32
-(N, V) buffer. The logits' gradient (one (N, V) buffer for the logit methods) counts: every method must produce it.
+Memory is the process high-water mark (VmHWM in /proc/self/status, reset through /proc/self/clear_refs once the
+inputs are allocated; tracemalloc does not see torch's allocations) after the method ran once, minus the resident set
+at that reset, in units of one fp32 (N, V) buffer. The logits' gradient (one (N, V) buffer for the logit methods) counts: every method must produce it.
 Time is the median of `--reps` further runs. Inputs: fp32 student logits (requires grad) and fp32 teacher logits; the
 fused methods get hidden states (N, H) and an lm_head weight (V, H) instead of student logits, and Liger (which fuses
 the teacher too) teacher hidden states and weight instead of teacher logits. A method whose estimated peak exceeds
@@ -17,13 +17,18 @@ chunked LigerFusedLinearJSDLoss in plain torch (compiled=False, when liger-kerne
 kd_loss, top-k kd_loss_topk (k=64, teacher top-k built inside), fused_kd_lm_loss (KD only, and KD + LM).
 """
 from __future__ import annotations
-import argparse, json, os, resource, statistics, subprocess, sys, time
+import argparse, json, os, statistics, subprocess, sys, time
 
 # rough peak of each method in (N, V) fp32 buffers beyond the inputs (from earlier runs), to skip what cannot fit
 EST = dict(naive=5, trl_jsd=15, liger_jsd=2, ours_chunked=1.5, ours_topk=1.5, ours_fused=1, ours_fused_lm=1)
 HIDDEN = 576  # SmolLM2-135M's width
 
-def _rss_bytes(): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+def _status_bytes(field): # a /proc/self/status line (Linux), in bytes
+    for line in open('/proc/self/status'):
+        if line.startswith(field): return int(line.split()[1]) * 1024
+
+def _reset_peak(): # reset the high-water mark (VmHWM) to the current RSS. Not ru_maxrss: it survives exec, so a worker
+    with open('/proc/self/clear_refs', 'w') as f: f.write('5')   # started from a big process would report 0.
 
 def _mem_available():
     try:
@@ -75,10 +80,10 @@ def worker(method, N, V, device, chunk, fused_chunk, reps):
     cuda = device == 'cuda'
     params, run = _make(method, N, V, device, chunk, fused_chunk, torch)
     if cuda: torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); base = torch.cuda.memory_allocated()
-    else: base = _rss_bytes()
+    else: _reset_peak(); base = _status_bytes('VmRSS:')
     loss = run(); loss.backward()
     if cuda: torch.cuda.synchronize(); peak = torch.cuda.max_memory_allocated() - base
-    else: peak = _rss_bytes() - base
+    else: peak = _status_bytes('VmHWM:') - base
     times = []
     for _ in range(reps):
         for p in params: p.grad = None

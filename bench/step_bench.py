@@ -125,7 +125,7 @@ def _ours_import():
         return None, f"kd_toolkit.train not importable ({type(e).__name__}: {e})"
 
 class Ours:
-    name, extra = 'kd_toolkit KDTrainer', {}
+    name, extra = 'kd_toolkit KDTrainer', dict(kd_path='full')   # the `full` path (the 'auto' default before 2026-11-28)
     def __init__(self, t, s, lm_weight):
         kt, why = _ours_import()
         if kt is None: raise RuntimeError(why)

@@ -148,3 +148,14 @@ def test_topk_path_honours_chunk_size(monkeypatch):
     assert seen and set(seen) == {None, 7}
     a, b = (runs[c].history for c in (None, 7))
     assert (a['raw/kd'] - b['raw/kd']).abs().max() <= 1e-5 * a['raw/kd'].abs().max()
+
+def test_auto_kd_path_is_fused_only_where_the_logits_allow():
+    "'auto' takes the fused path for plain logits and falls back when the student changes its logits; an explicit 'fused' is then refused."
+    assert _trainer().kd_path == 'fused'
+    s = tiny_llama(vocab_size=64, hidden_size=32, num_layers=1)
+    def doubled(m, i, o): o.logits.mul_(2)   # a student that rescales its logits in forward
+    s.register_forward_hook(doubled)
+    cfg = make_config('smoke', output_dir=tempfile.mkdtemp())
+    assert KDTrainer(cfg, tiny_llama(vocab_size=64, seed=1), s, _ds(), curriculum={'lm': 1.0, 'kd': 1.0}).kd_path == 'full'
+    with pytest.raises(ValueError, match="kd_path='chunked'"):
+        KDTrainer(cfg.replace(kd_path='fused'), tiny_llama(vocab_size=64, seed=1), s, _ds(), curriculum={'lm': 1.0, 'kd': 1.0})
