@@ -241,14 +241,13 @@ def _img_png(img): return img.screenshot_as_png
 
 def _wait_change(lab, img_find, before_png, what, timeout=30):
     "Wait until the chart's screenshot differs from `before_png`; returns (after_png, diff)."
-    import numpy as np
     a = png_array(before_png)
     def moved():
         png = _img_png(img_find())
         df = changed(a, png_array(png))
         return (png, df) if df['n'] != 0 and df['frac'] > 0.002 else None
     try: return wait_until(moved, timeout, what)
-    except CheckFailed as e:
+    except CheckFailed:
         raise CheckFailed(f"{what} did NOT happen: the chart's pixels are unchanged after {timeout} s "
                           "(the widget callback did not redraw the figure)") from None
 
@@ -262,11 +261,10 @@ def _slider(row, label):
 def check_editor(lab, log):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.keys import Keys
-    el = lab.cell('editor')
-    img = _widget_image(lab, 'editor', 'curriculum editor')
-    sliders = el.find_elements('css selector', '.widget-slider')
+    _widget_image(lab, 'editor', 'curriculum editor')
     start = json.loads(lab.rerun('editor-readback'))
     el = lab.cell('editor')
+    sliders = el.find_elements('css selector', '.widget-slider')
     if len(sliders) != 3 * len(start): raise CheckFailed(f"editor: {len(sliders)} sliders rendered, expected 3 per component ({3 * len(start)})")
     rows = {r.find_element('css selector', '.widget-label').text.strip(): r for r in el.find_elements('css selector', '.widget-hbox')
             if r.find_elements('css selector', '.widget-slider')}
@@ -329,7 +327,6 @@ def check_explorer(lab, log):
     return res | dict(state=state)
 
 def check_live(lab, log):
-    import numpy as np
     el = lab.cell('live')
     lab.shot('live_cell', el)
     outs = lab.outputs('live')
