@@ -246,10 +246,17 @@ def _wait_change(lab, img_find, before_png, what, timeout=30):
         png = _img_png(img_find())
         df = changed(a, png_array(png))
         return (png, df) if df['n'] != 0 and df['frac'] > 0.002 else None
-    try: return wait_until(moved, timeout, what)
+    try: wait_until(moved, timeout, what)
     except CheckFailed:
         raise CheckFailed(f"{what} did NOT happen: the chart's pixels are unchanged after {timeout} s "
                           "(the widget callback did not redraw the figure)") from None
+    last = [None]
+    def settled():   # the same picture twice in a row: the redraw is complete (not caught half-way)
+        png, prev = _img_png(img_find()), last[0]
+        last[0] = png
+        return png if prev is not None and changed(png_array(prev), png_array(png), tol=0)['n'] == 0 else None
+    png = wait_until(settled, 15, f"the chart to settle after: {what}", every=0.4)
+    return png, changed(a, png_array(png))
 
 def _slider(row, label):
     "The (handle, readout) of the slider called `label` in a widget row."
@@ -306,6 +313,8 @@ def check_explorer(lab, log):
     ActionChains(lab.d).move_to_element(raw[0]).click().perform()
     png, res['view'] = _wait_change(lab, find, before, "explorer: the figure changing after clicking the 'raw' view toggle")
     lab.shot('explorer_view_raw', find())
+    w0, w1 = png_array(before).shape[1], png_array(png).shape[1]
+    if not w1 < 0.75 * w0: raise CheckFailed(f"explorer: the 'raw' view should show one panel (a narrower chart), width {w0} -> {w1} px")
     sel = el.find_element('css selector', '.widget-select-multiple select')
     opt = [o for o in sel.find_elements('css selector', 'option') if o.text.strip() == 'kd']
     if not opt: raise CheckFailed("explorer: no 'kd' entry in the components list")

@@ -31,7 +31,7 @@ def _check_value(v, name) -> float:
     if not (v >= 0) or math.isinf(v): raise ValueError(f"{name} must be a finite weight >= 0, got {v}")
     return v
 
-# %% ../nbs/04_curriculum.ipynb #781e08ad
+# %% ../nbs/04_curriculum.ipynb #b496d6f7
 class Schedule:
     "Base class: a weight as a function of training progress p in [0, 1]."
     start, end = 0.0, 1.0
@@ -49,7 +49,7 @@ class Constant(Schedule):
     def _at(self, p): return self.value
     def _values(self): return ('value',)
 
-# %% ../nbs/04_curriculum.ipynb #f85a6a1d
+# %% ../nbs/04_curriculum.ipynb #23fbd537
 @dataclass(frozen=True)
 class Linear(Schedule):
     "`v0` until `start`, a straight line to `v1` at `end`, `v1` after."
@@ -71,13 +71,13 @@ class Linear(Schedule):
     def _at(self, p): return self.v0 + (self.v1 - self.v0) * self._frac(p)
     def _values(self): return ('v0', 'v1')
 
-# %% ../nbs/04_curriculum.ipynb #fbd0bd8b
+# %% ../nbs/04_curriculum.ipynb #ac4b07ef
 @dataclass(frozen=True)
 class Cosine(Linear):
     "Like `Linear`, along a half cosine (flat at both ends)."
     def _at(self, p): return self.v0 + (self.v1 - self.v0) * (1 - math.cos(math.pi * self._frac(p))) / 2
 
-# %% ../nbs/04_curriculum.ipynb #3885bef3
+# %% ../nbs/04_curriculum.ipynb #b44866ec
 @dataclass(frozen=True)
 class Step(Schedule):
     "`v0` before `at`, `v1` from `at` on."
@@ -92,7 +92,7 @@ class Step(Schedule):
     def _at(self, p): return self.v1 if p >= self.at else self.v0
     def _values(self): return ('v0', 'v1')
 
-# %% ../nbs/04_curriculum.ipynb #e0d63ba9
+# %% ../nbs/04_curriculum.ipynb #83fc2468
 def WarmupHold(
     value:float=1.0, # the weight held after the warm-up
     warmup:float=0.1, # length of the warm-up, as a fraction of training
@@ -102,7 +102,7 @@ def WarmupHold(
     if warmup < 0: raise ValueError(f"WarmupHold warmup must be >= 0, got {warmup}")
     return Linear(0.0, value, start, start + warmup)
 
-# %% ../nbs/04_curriculum.ipynb #49f2c0df
+# %% ../nbs/04_curriculum.ipynb #99b35e15
 @patch
 def edit(self:Schedule, start=None, end=None, peak=None) -> Schedule:
     "A copy with a new `start`/`end` and values scaled so that the largest is `peak`."
@@ -113,7 +113,7 @@ def edit(self:Schedule, start=None, end=None, peak=None) -> Schedule:
             kw[f] = peak if old == 0 else getattr(self, f) * peak / old
     return dataclasses.replace(self, **kw)
 
-# %% ../nbs/04_curriculum.ipynb #47c47495
+# %% ../nbs/04_curriculum.ipynb #022af10f
 @patch
 def edit(self:Step, start=None, end=None, peak=None) -> Step:
     "A copy stepping at `start` (`end` is ignored: a step has no width) with its largest value `peak`."
@@ -135,7 +135,7 @@ def _as_schedule(v, name) -> Schedule:
     if isinstance(v, (int, float)) and not isinstance(v, bool): return Constant(_check_value(v, f"weight of {name!r}"))
     raise TypeError(f"{name!r}: expected a Schedule or a number, got {type(v).__name__}")
 
-# %% ../nbs/04_curriculum.ipynb #9f76dade
+# %% ../nbs/04_curriculum.ipynb #fd378d06
 class Curriculum:
     "Named loss components, each weighted by a `Schedule` of training progress, and a temperature schedule."
     def __init__(self,
@@ -162,7 +162,7 @@ class Curriculum:
     def __repr__(self):
         return f"Curriculum({', '.join(f'{n}={s!r}' for n, s in self.components.items())}, temperature={self._T!r})"
 
-# %% ../nbs/04_curriculum.ipynb #ff6f3cc2
+# %% ../nbs/04_curriculum.ipynb #6ae719ec
 @patch
 def boundaries(self:Curriculum) -> list[float]:
     "Sorted progress points where some schedule starts or stops changing (with 0 and 1)."
@@ -175,7 +175,7 @@ def table(self:Curriculum, at=None) -> pd.DataFrame:
     at = self.boundaries() if at is None else [_check_p(p) for p in at]
     return pd.DataFrame([self.weights(p) | {'temperature': self.temperature(p)} for p in at], index=pd.Index(at, name='progress'))
 
-# %% ../nbs/04_curriculum.ipynb #0b47eb7e
+# %% ../nbs/04_curriculum.ipynb #6ca9237a
 @patch
 def replace(self:Curriculum, **components) -> Curriculum:
     "A copy with some components' schedules replaced."
@@ -188,7 +188,7 @@ def seed_curriculum(temperature:float|Schedule=1.0) -> Curriculum:
                        'feature': Linear(0, 1, 0.1, 0.4), 'attention': Linear(0, 1, 0.1, 0.4),
                        'layerwise': Linear(0, 1, 0.4, 0.7), 'contrastive': Linear(0, 1, 0.7, 1.0)}, temperature)
 
-# %% ../nbs/04_curriculum.ipynb #fa76e468
+# %% ../nbs/04_curriculum.ipynb #04150889
 def kd_lm_curriculum(
     kd:float=1.0, # weight of the logit KD loss
     lm:float=1.0, # weight of the next-token CE loss
@@ -224,7 +224,7 @@ class AdaptiveBalancer:
         s = self.scales()
         return sum(weights[k] * s[k] * raw[k] for k in weights if weights[k] > 0)
 
-# %% ../nbs/04_curriculum.ipynb #ce25db12
+# %% ../nbs/04_curriculum.ipynb #01ff9afd
 def figure_png(fig:Figure, # the figure to render
                dpi:int=100, # resolution (pixels per inch)
               ) -> bytes:
@@ -236,7 +236,16 @@ class PngFigure(Figure):
     "A `Figure` that displays itself as a PNG in any notebook front-end, whatever the matplotlib backend."
     def _repr_png_(self): return figure_png(self)
 
-# %% ../nbs/04_curriculum.ipynb #0ba5ec21
+def _image_layout():   # a chart image as wide as the output area, but never wider than its own pixels (no blur)
+    import ipywidgets as W
+    return W.Layout(align_self='flex-start', width='100%', height='auto')
+
+def _show_png(image, fig:Figure, dpi:int=100):
+    "Show `fig` in the ipywidgets Image `image`, at most at its own pixel width."
+    image.layout.max_width = f'{round(fig.get_figwidth() * dpi)}px'
+    image.value = figure_png(fig, dpi)
+
+# %% ../nbs/04_curriculum.ipynb #86c14ecf
 _DASHES = ('-', '--', '-.', ':', (0, (5, 2, 1, 2)), (0, (1, 1)), (0, (8, 3)), (0, (3, 1, 1, 1, 1, 1)))
 _MARKERS = 'osD^vPX*'
 
@@ -280,7 +289,7 @@ def plot_curriculum(
     else: legend_outside(ax, (h, l))
     return fig
 
-# %% ../nbs/04_curriculum.ipynb #19a5c25a
+# %% ../nbs/04_curriculum.ipynb #b4a5a449
 def _sliders(s:Schedule, top:float) -> dict:
     "start/end/peak sliders for schedule `s` (peak up to `top`), disabled where `s` has no such knob."
     import ipywidgets as W
@@ -300,7 +309,7 @@ class CurriculumEditor:
                 ):
         import ipywidgets as W
         self.curriculum, self.figure, self._busy = cur, PngFigure(figsize=(8, 3.5), layout='constrained'), False
-        self.image = W.Image(format='png')   # the plot, replaced in place on every redraw
+        self.image = W.Image(format='png', layout=_image_layout())   # the plot, replaced in place on every redraw
         top = max([max_peak] + [s.peak for s in cur.components.values()])
         self.sliders = {name: _sliders(s, top) for name, s in cur.components.items()}
         for name, sl in self.sliders.items():
@@ -312,13 +321,13 @@ class CurriculumEditor:
     def redraw(self):
         "Redraw the plot of the current curriculum and show it in the image widget."
         plot_curriculum(self.curriculum, fig=self.figure)
-        self.image.value = figure_png(self.figure)
+        _show_png(self.image, self.figure)
 
     def _ipython_display_(self):
         from IPython.display import display
         display(self.widget)
 
-# %% ../nbs/04_curriculum.ipynb #05363c39
+# %% ../nbs/04_curriculum.ipynb #adcab87d
 @patch
 def _changed(self:CurriculumEditor, name, key):
     if self._busy: return
@@ -332,7 +341,7 @@ def _changed(self:CurriculumEditor, name, key):
     self.curriculum = self.curriculum.replace(**{name: new})
     self.redraw()
 
-# %% ../nbs/04_curriculum.ipynb #9e374032
+# %% ../nbs/04_curriculum.ipynb #f96c4f37
 def curriculum_editor(cur:Curriculum, # the curriculum to start from
                       max_peak:float=2.0, # the peak sliders' upper end
                      ) -> CurriculumEditor:

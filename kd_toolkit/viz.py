@@ -9,7 +9,7 @@ import pandas as pd
 from fastcore.basics import patch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-from .curriculum import COMPONENTS, Curriculum, PngFigure, figure_png, legend_outside, line_style, seed_curriculum
+from .curriculum import COMPONENTS, Curriculum, PngFigure, figure_png, legend_outside, line_style, seed_curriculum, _image_layout, _show_png
 
 # %% auto #0
 __all__ = ['UNITS', 'synthetic_history', 'history_components', 'readable_log_ticks', 'plot_loss_breakdown', 'LiveLossChart',
@@ -58,7 +58,7 @@ def history_components(history:pd.DataFrame) -> list[str]:
     have = {c[4:] for c in history.columns if c.startswith('raw/')}
     return [c for c in COMPONENTS if c in have] + sorted(have - set(COMPONENTS))
 
-# %% ../nbs/08_viz.ipynb #a1a1a230
+# %% ../nbs/08_viz.ipynb #26cae7e6
 def _pick(history, components):
     have = history_components(history)
     if not have: raise ValueError("history has no 'raw/<component>' columns: is it a trainer history?")
@@ -71,7 +71,7 @@ def _smooth(s:pd.Series, smooth:float) -> pd.Series:
     if not 0 <= smooth < 1: raise ValueError(f"smooth must be in [0, 1) (an EMA factor; 0: none), got {smooth}")
     return s if smooth == 0 else s.ewm(alpha=1 - smooth, adjust=True, ignore_na=True).mean()
 
-# %% ../nbs/08_viz.ipynb #c8bb9f9f
+# %% ../nbs/08_viz.ipynb #c880975d
 UNITS = {'lm': 'nats/token', 'kd': 'nats/token', 'attention': 'nats/row', 'feature': 'nmse', 'layerwise': 'nmse',
          'router_attention': 'nmse', 'contrastive': 'InfoNCE/log N', 'balance': 'load ratio'}
 
@@ -83,7 +83,7 @@ def _axis_unit(units:dict) -> str:
     "One unit for an axis when all components share it, else a pointer to the legend."
     return f'[{next(iter(units.values()))}]' if len(set(units.values())) == 1 else '[units: see legend]'
 
-# %% ../nbs/08_viz.ipynb #b4d103eb
+# %% ../nbs/08_viz.ipynb #2f855a02
 def readable_log_ticks(ax, # axes with a log y scale, already drawn into (its limits are final)
                       ) -> list[float]:
     "Label a log y axis with plain numbers (0.5, 1, 2, 5, ...: never 6×10⁰); returns the labelled ticks."
@@ -98,7 +98,7 @@ def readable_log_ticks(ax, # axes with a log y scale, already drawn into (its li
     ax.yaxis.set_minor_formatter(NullFormatter())
     return ticks
 
-# %% ../nbs/08_viz.ipynb #94157cce
+# %% ../nbs/08_viz.ipynb #ff729eff
 def _weighted_panel(ax, tr, ev, comps, colors, units, smooth):
     x = tr['step'].to_numpy()
     ys = [_smooth(tr[f'weighted/{c}'], smooth).fillna(0).to_numpy() for c in comps]
@@ -110,7 +110,7 @@ def _weighted_panel(ax, tr, ev, comps, colors, units, smooth):
            ylabel=f'Σ weight·raw loss {_axis_unit(units)}')
     legend_outside(ax, fontsize='x-small')
 
-# %% ../nbs/08_viz.ipynb #24809cfd
+# %% ../nbs/08_viz.ipynb #77e24773
 _EVAL_RAW = {'lm': 'eval/student_log_ppl'}   # an evaluation metric equal to the raw component when `eval/loss/<c>` is absent
 _TEACHER_REF = {'lm': ('eval/teacher_log_ppl', 'teacher CE (eval)')}   # the teacher's value of that metric
 
@@ -129,7 +129,7 @@ def _raw_panel(ax, tr, ev, comps, colors, units, smooth):
     legend_outside(ax, fontsize='x-small')
     if len(x): readable_log_ticks(ax)
 
-# %% ../nbs/08_viz.ipynb #903717c7
+# %% ../nbs/08_viz.ipynb #4b3b0b51
 def plot_loss_breakdown(
     history:pd.DataFrame, # the trainer's history (one row per logged step, plus evaluation rows)
     components:list[str]|None=None, # components to draw; None: all in the history
@@ -176,7 +176,7 @@ class LiveLossChart:
 
     def png(self) -> bytes: return figure_png(self.figure, self.dpi)
 
-# %% ../nbs/08_viz.ipynb #7ad8ce0f
+# %% ../nbs/08_viz.ipynb #67fb199e
 @patch
 def update(self:LiveLossChart, history:pd.DataFrame, force:bool=False) -> bool:
     "Redraw if `every` steps passed since the last drawing (or `force`); True when it redrew."
@@ -198,7 +198,7 @@ def _show(self:LiveLossChart):
     if self.handle is None: self.handle = display(img, display_id=True)
     else: self.handle.update(img)
 
-# %% ../nbs/08_viz.ipynb #0f05b322
+# %% ../nbs/08_viz.ipynb #723ba928
 @patch
 def callback(self:LiveLossChart, trainer):
     "A `transformers.TrainerCallback` that calls `update(trainer.history)` at every log."
@@ -222,28 +222,26 @@ class LossExplorer:
             view=W.ToggleButtons(options=['both', 'weighted', 'raw'], value='both', description='view'),
             smooth=W.FloatSlider(value=0.0, min=0.0, max=0.99, step=0.01, description='smoothing', continuous_update=False),
             steps=W.IntRangeSlider(value=(lo, hi), min=lo, max=hi, description='steps', continuous_update=False))
-        self.figure, self.image = PngFigure(figsize=(15, 3.8), layout='constrained'), W.Image(format='png')
+        self.figure, self.image = PngFigure(figsize=(15, 3.8), layout='constrained'), W.Image(format='png', layout=_image_layout())
         for w in self.controls.values(): w.observe(lambda ch: self.redraw(), names='value')
         self.widget = W.VBox([W.HBox([self.controls['components'], W.VBox([self.controls[k] for k in ('view', 'smooth', 'steps')])]), self.image])
         self.redraw()
 
-# %% ../nbs/08_viz.ipynb #ec305b54
-@patch
-def redraw(self:LossExplorer):
-    "Redraw the chart from the controls' values."
-    c = self.controls
-    if not c['components'].value: return    # nothing selected: keep the last chart
-    panels = ('weighted', 'raw') if c['view'].value == 'both' else (c['view'].value,)
-    self.figure.set_size_inches(7.5 * len(panels), 3.8)
-    plot_loss_breakdown(self.history, list(c['components'].value), c['smooth'].value, tuple(c['steps'].value), panels, self.figure, self.units)
-    self.image.value = figure_png(self.figure, dpi=80)
+    def redraw(self):
+        "Redraw the chart from the controls' values (with nothing selected, keep the last chart)."
+        c = self.controls
+        if not c['components'].value: return
+        panels = ('weighted', 'raw') if c['view'].value == 'both' else (c['view'].value,)
+        self.figure.set_size_inches(7.5 * len(panels), 3.8)
+        plot_loss_breakdown(self.history, list(c['components'].value), c['smooth'].value, tuple(c['steps'].value), panels, self.figure, self.units)
+        _show_png(self.image, self.figure, dpi=80)
 
+# %% ../nbs/08_viz.ipynb #52772206
 @patch
 def _ipython_display_(self:LossExplorer):
     from IPython.display import display
     display(self.widget)
 
-# %% ../nbs/08_viz.ipynb #e6ca4205
 def loss_explorer(history:pd.DataFrame, # the trainer's history
                   units:dict|None=None, # {component: unit} where it differs from `UNITS`
                  ) -> LossExplorer:

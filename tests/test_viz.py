@@ -97,6 +97,7 @@ def test_charts_display_as_png_without_a_matplotlib_backend():
     import ipywidgets as W
     assert isinstance(ex.image, W.Image) and ex.image in ex.widget.children and ex.image.value[:4] == b'\x89PNG'
     assert not any(isinstance(w, W.Output) for w in ex.widget.children)
+    assert ex.image.layout.align_self == 'flex-start' and ex.image.layout.max_width == '1200px'   # (the browser showed a 1-panel chart stretched, blurred)
 
 @pytest.mark.parametrize('bad, msg', [
     (lambda h: plot_loss_breakdown(h.drop(columns='step')), "no 'step' column"),
