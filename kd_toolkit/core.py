@@ -97,7 +97,7 @@ def _has_kernels(capability, arch_list):
     # a cubin for the same major and a lower-or-equal minor runs; PTX of any lower version JITs
     return any(s//10 == cc//10 and s <= cc for s in sms) or any(p <= cc for p in ptx)
 
-# %% ../nbs/00_core.ipynb #3333f313
+# %% ../nbs/00_core.ipynb #901a8734
 _P100_FIX = ("Fix: install a torch build that still ships sm_60 kernels (the CUDA 12.6 wheels, published up to "
              "torch 2.14), then restart the kernel:\n"
              "    pip install 'torch==2.14.*' --index-url https://download.pytorch.org/whl/cu126\n"
@@ -133,7 +133,7 @@ def gpu_preflight(
                      f"{torch.__version__} build only has kernels for {' '.join(arch_list) or 'no CUDA arch'}. "
                      f"Every CUDA operation would fail with 'no kernel image is available'.\n{fix}")
 
-# %% ../nbs/00_core.ipynb #3c93f531
+# %% ../nbs/00_core.ipynb #81b66f7f
 @dataclass
 class DistillArguments:
     "The knobs a distillation run adds to `transformers.TrainingArguments`."
@@ -164,7 +164,7 @@ class DistillArguments:
     time_budget_hours:float|None=None # stop and save after this many hours (Kaggle's limit is 12)
     progress_bar:bool=True # one tqdm bar with a short postfix (never a line per step)
 
-# %% ../nbs/00_core.ipynb #f6a7e17e
+# %% ../nbs/00_core.ipynb #daf9f812
 class ConfigError(TypeError, ValueError):
     "A bad knob: its name or value; one line saying what was wrong and what to do (a `TypeError` and a `ValueError`)."
 
@@ -180,7 +180,7 @@ def _check_keys(given, valid, what='KDConfig', renamed=_RENAMED):
     why = "engine knobs keep transformers.TrainingArguments' names; KDConfig.keys() lists" if what == 'KDConfig' else 'valid are'
     raise ConfigError(f"unknown {what} knob(s) {said} ({why} all {len(valid)})")
 
-# %% ../nbs/00_core.ipynb #8772dc8a
+# %% ../nbs/00_core.ipynb #c46f69c5
 def _type_ok(v, hint) -> bool:
     "Whether value `v` fits the type annotation `hint` (unions, Optional, list/dict, Literal, enums; other hints pass)."
     origin, args = typing.get_origin(hint), typing.get_args(hint)
@@ -201,7 +201,7 @@ def _describe(hint) -> str:
     if args and (typing.get_origin(hint) is typing.Union or isinstance(hint, type(int | None))): return ' or '.join(map(_describe, args))
     return 'None' if hint is type(None) else getattr(hint, '__name__', str(hint))
 
-# %% ../nbs/00_core.ipynb #0fbab1bd
+# %% ../nbs/00_core.ipynb #6f7b82e4
 CURRICULUM_PRESETS = ('kd_lm', 'seed')   # names `train` resolves to `curriculum.kd_lm_curriculum` / `seed_curriculum`
 _CHOICES = dict(precision=('auto', 'fp16', 'bf16', 'fp32'), teacher_dtype=('auto', 'fp16', 'bf16', 'fp32', 'keep'),
                 divergence=('fkl', 'rkl', 'jsd', 'skl', 'srkl', 'tvd'), cross_vocab_loss=('map', 'uld', 'hybrid'),
@@ -222,7 +222,7 @@ _RANGES = dict(max_steps=_ONE, per_device_train_batch_size=_ONE, per_device_eval
                contrastive_temperature=_POS, router_experts=_NONNEG, eval_batches=_ONE, early_stopping_patience=_NONNEG,
                early_stopping_warmup=_UNIT, max_nonfinite_steps=_ONE, time_budget_hours=_POS)
 
-# %% ../nbs/00_core.ipynb #cf5d9038
+# %% ../nbs/00_core.ipynb #485beda5
 def _check_value(name, v, hint):
     "Raise a one-line `ConfigError` unless knob `name`'s value `v` has its type, one of its choices and its range."
     bad = lambda why: ConfigError(f"KDConfig.{name}={v!r}: {why}")
@@ -245,7 +245,7 @@ def _number(s):
         try: return float(s)
         except ValueError: return s
 
-# %% ../nbs/00_core.ipynb #a7b579d5
+# %% ../nbs/00_core.ipynb #5e2ddd33
 def _capability() -> tuple[int,int]|None:
     "This process's CUDA device compute capability, or None without a GPU."
     return tuple(torch.cuda.get_device_capability()) if torch.cuda.is_available() else None
@@ -261,9 +261,9 @@ def _resolve_precision(c, cap):
     if p == 'bf16' and cap is not None and tuple(cap) < (8, 0):
         raise ConfigError(f"precision='bf16' needs compute capability 8.0+ (this GPU: {cap[0]}.{cap[1]}, no bf16 units); use 'fp16' or 'auto'")
     c.precision, c.fp16, c.bf16 = p, p == 'fp16', p == 'bf16'
-    if p == 'bf16' and cap is None: c.use_cpu = True   # bf16 autocast on CPU: the engine wants use_cpu
+    if cap is None: c.use_cpu = True   # no GPU: the engine's CPU mode (bf16 autocast on CPU and gloo DDP need it)
 
-# %% ../nbs/00_core.ipynb #c78bca88
+# %% ../nbs/00_core.ipynb #5ba77573
 def _val(x): return getattr(x, 'value', x)   # an engine enum's string
 
 def _resolve_cadence(c, given:frozenset):
@@ -279,7 +279,7 @@ def _resolve_cadence(c, given:frozenset):
     if _val(c.lr_scheduler_type) == 'warmup_stable_decay' and 'num_decay_steps' not in (c.lr_scheduler_kwargs or {}):
         c.lr_scheduler_kwargs = {**(c.lr_scheduler_kwargs or {}), 'num_decay_steps': max(1, round(0.2 * c.max_steps))}
 
-# %% ../nbs/00_core.ipynb #c07da99f
+# %% ../nbs/00_core.ipynb #856f68ab
 def _check_schedule(c):
     "Refuse a warmup or decay that does not fit the run, one line each."
     sched, w = _val(c.lr_scheduler_type), c.warmup_steps
@@ -291,7 +291,7 @@ def _check_schedule(c):
     if n_warm + decay > c.max_steps:
         raise ConfigError(f"warmup_stable_decay: warmup ({n_warm}) + num_decay_steps ({decay}) > max_steps={c.max_steps}")
 
-# %% ../nbs/00_core.ipynb #d0b7693d
+# %% ../nbs/00_core.ipynb #8c545f77
 def _check_curriculum(cur):
     "A preset name, or {component name: weight >= 0 or a schedule} that weights something."
     if isinstance(cur, str):
@@ -304,7 +304,7 @@ def _check_curriculum(cur):
         raise ConfigError(f"curriculum weights {bad}: each is a number >= 0 or a schedule, keyed by component name")
     if all(num(v) and v == 0 for v in cur.values()): raise ConfigError(f"curriculum={cur} weights nothing: give some component a weight > 0")
 
-# %% ../nbs/00_core.ipynb #bd8098c1
+# %% ../nbs/00_core.ipynb #a68db42c
 def _check_together(c):
     "Refuse knobs that contradict each other, one line each."
     if c.load_best_model_at_end and _val(c.eval_strategy) == 'no': raise ConfigError("load_best_model_at_end=True needs evaluation: set eval_steps > 0")
@@ -318,7 +318,7 @@ def _check_together(c):
     if c.lora is not None and importlib.util.find_spec('peft') is None:
         raise ConfigError("lora=... trains a LoRA student with the peft library, which is not installed: pip install 'kd_toolkit[peft]'")
 
-# %% ../nbs/00_core.ipynb #399d8733
+# %% ../nbs/00_core.ipynb #54289eda
 @dataclass
 class KDConfig(TrainingArguments, DistillArguments):
     "A distillation run's config: every `transformers.TrainingArguments` knob under its own name, plus `DistillArguments`."
@@ -365,7 +365,7 @@ def _hints(cls) -> dict:
     "Every field's type annotation (the engine's `accelerator_config` also holds its own config object)."
     return typing.get_type_hints(cls) | {'accelerator_config': typing.Any}
 
-# %% ../nbs/00_core.ipynb #e3f930dc
+# %% ../nbs/00_core.ipynb #89e28945
 @patch
 def to_dict(self:KDConfig) -> dict:
     "Every knob as a plain value (enums as strings); secrets (`*_token`) are never written."
@@ -381,7 +381,7 @@ def replace(self:KDConfig, **changes) -> KDConfig:
     "A copy with `changes`; the knobs you never set are derived again."
     return type(self)(**{**self._given, **changes})
 
-# %% ../nbs/00_core.ipynb #226be31f
+# %% ../nbs/00_core.ipynb #3c32d661
 @patch
 def to_json(self:KDConfig, path:str|Path|None=None) -> str:
     "The knobs as JSON text, written to `path` when given (what `from_json` and the CLI read)."
@@ -394,7 +394,7 @@ def from_json(cls:KDConfig, path:str|Path) -> KDConfig:
     "A config from a JSON file of knobs: all of them (as `to_json` writes) or only those you change."
     return cls.from_dict(json.loads(Path(path).read_text()))
 
-# %% ../nbs/00_core.ipynb #df761847
+# %% ../nbs/00_core.ipynb #19ee3cd4
 _GPU = dict(per_device_train_batch_size=8, gradient_accumulation_steps=4, max_length=512, learning_rate=3e-4, kd_topk=64,
             chunk_size=1024, logging_steps=25, eval_steps=250, eval_batches=50, early_stopping_patience=5, dataloader_num_workers=2)
 PRESETS = {
@@ -407,7 +407,7 @@ PRESETS = {
 }
 _OLD_PRESETS = {'kaggle_p100': 'fp16_16gb', 'kaggle_t4x2': 'fp16_16gb_ddp'}
 
-# %% ../nbs/00_core.ipynb #dd4ef0e6
+# %% ../nbs/00_core.ipynb #18ecdb95
 def auto_preset(
     capability:tuple[int,int]|None, # the GPU's compute capability; None: no GPU
     world_size:int=1, # processes of a DDP run
@@ -427,7 +427,7 @@ def make_config(
         raise ConfigError(f"unknown preset {preset!r}" + (f": did you mean {near!r}?" if near else '') + f" Presets: {', '.join(PRESETS)}, 'auto'")
     return KDConfig(**{**PRESETS.get(preset, {}), **overrides})
 
-# %% ../nbs/00_core.ipynb #1da9ac78
+# %% ../nbs/00_core.ipynb #0d028c30
 def as_config(
     config:KDConfig|dict|str|Path, # a KDConfig, {knob: value}, a preset name, or a .json file of knobs
 ) -> KDConfig:

@@ -34,6 +34,7 @@ def _layer_list(m:nn.Module) -> tuple[str, nn.ModuleList]:
     if not cands: raise ValueError(f"{type(m).__name__} has no ModuleList of layers")
     return max(cands, key=lambda nc: len(nc[1]))
 
+# %% ../nbs/07_train.ipynb #281cdef9
 @torch.no_grad()
 def init_from_teacher(
     student:nn.Module, # modified in place
@@ -90,13 +91,18 @@ def _resolve_curriculum(cur, temperature:float=1.0):
 # %% ../nbs/07_train.ipynb #2b74f027
 def _vocab(m:nn.Module) -> int: return m.get_output_embeddings().weight.shape[0]
 
+def _check_vocab(args:KDConfig, teacher, student):
+    "One vocabulary for teacher and student unless `cross_tokenizer`; the error says which knob to turn."
+    if teacher is None or args.cross_tokenizer: return
+    try: check_vocab(_vocab(student), _vocab(teacher))
+    except ValueError as e:
+        raise ValueError(f"{e}\nIn a KDConfig: set cross_tokenizer=True and kd_topk > 0, and pass both tokenizers to distill(); with one "
+                         "tokenizer and a padded embedding, resize the student's embeddings (student.resize_token_embeddings) to the teacher's size.") from None
+
+# %% ../nbs/07_train.ipynb #fcbfa8a6
 def _check_models(args:KDConfig, teacher, student, names, plan:Plan, cached:set):
     "Refuse teacher/student/curriculum combinations that cannot run, naming the knob to turn."
-    if teacher is not None and not args.cross_tokenizer:
-        try: check_vocab(_vocab(student), _vocab(teacher))
-        except ValueError as e:
-            raise ValueError(f"{e}\nIn a KDConfig: set cross_tokenizer=True and kd_topk > 0, and pass both tokenizers to distill(); with one "
-                             "tokenizer and a padded embedding, resize the student's embeddings (student.resize_token_embeddings) to the teacher's size.") from None
+    _check_vocab(args, teacher, student)
     if args.cross_tokenizer and (plan.kd_path not in ('topk', 'cached') or (plan.vocab_map is None and 'topk' not in cached)):
         raise ValueError("cross_tokenizer=True needs a vocab_map (align.VocabMap.from_tokenizers) and kd_topk > 0")
     if args.cross_vocab_loss == 'hybrid' and plan.vocab_map is None:
@@ -150,6 +156,7 @@ def _extra_modules(args:KDConfig, teacher, student, names, projector=None, route
         return Projector(student.config.hidden_size, teacher.config.hidden_size), router, True
     return projector, router, False
 
+# %% ../nbs/07_train.ipynb #132e013b
 @torch.no_grad()
 def _fit_projector(projector, student, teacher, dataset, collate, device, n:int=32):
     "Start the projector from the ridge least-squares fit of the teacher's last hidden state on the student's (first `n` examples)."
@@ -207,15 +214,18 @@ class _Window:
         for k, wk in w.items(): self.comp[k].append((got.get(k, math.nan), wk, scales.get(k, 1.0)))   # inactive: raw not computed
         self.total.append(tot); self.tokens += int(n)
         return set()
-    def logs(self, balanced:bool=False) -> dict:
-        "Means over the window: `loss`; per component `raw/` (where computed), `weight/`, `weighted/` (`scale/` when balanced); tokens/s."
-        out = {'loss': float(np.mean(self.total)) if self.total else float('nan'), 'tokens_per_s': self.tokens / max(time.time() - self.t0, 1e-9)}
-        for k, vs in self.comp.items():
-            r, w, s = np.array(vs).T
-            on = ~np.isnan(r)
-            out |= {f'raw/{k}': r[on].mean() if on.any() else math.nan, f'weight/{k}': w.mean(), f'weighted/{k}': np.where(on, r*w*s, 0).mean()}
-            if balanced: out[f'scale/{k}'] = s.mean()
-        return out
+
+# %% ../nbs/07_train.ipynb #ecabcfea
+@patch
+def logs(self:_Window, balanced:bool=False) -> dict:
+    "Means over the window: `loss`; per component `raw/` (where computed), `weight/`, `weighted/` (`scale/` when balanced); tokens/s."
+    out = {'loss': float(np.mean(self.total)) if self.total else float('nan'), 'tokens_per_s': self.tokens / max(time.time() - self.t0, 1e-9)}
+    for k, vs in self.comp.items():
+        r, w, s = np.array(vs).T
+        on = ~np.isnan(r)
+        out |= {f'raw/{k}': r[on].mean() if on.any() else math.nan, f'weight/{k}': w.mean(), f'weighted/{k}': np.where(on, r*w*s, 0).mean()}
+        if balanced: out[f'scale/{k}'] = s.mean()
+    return out
 
 # %% ../nbs/07_train.ipynb #afc316c7
 def _history(log_history:list, kd_path:str) -> pd.DataFrame:
@@ -243,12 +253,15 @@ class _KDCallback(TrainerCallback):
         if args.progress_bar and state.is_local_process_zero:
             from tqdm.auto import tqdm
             self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc='distill', dynamic_ncols=True)
-    def on_log(self, args, state, control, logs=None, **kw):
-        if self.bar is not None and logs and 'loss' in logs:
-            pf = {'loss': f"{logs['loss']:.3g}"} | ({'kd': f"{logs['raw/kd']:.3g}"} if 'raw/kd' in logs else {})
-            if lr := next(iter(self.tr._lrs.values()), None): pf['lr'] = f"{lr:.1e}"
-            if n := self.tr.kd_state['skipped_steps']: pf['skip'] = n
-            self.bar.set_postfix(pf, refresh=False)
+
+# %% ../nbs/07_train.ipynb #d3ec796f
+@patch
+def on_log(self:_KDCallback, args, state, control, logs=None, **kw):
+    if self.bar is not None and logs and 'loss' in logs:
+        pf = {'loss': f"{logs['loss']:.3g}"} | ({'kd': f"{logs['raw/kd']:.3g}"} if 'raw/kd' in logs else {})
+        if lr := next(iter(self.tr._lrs.values()), None): pf['lr'] = f"{lr:.1e}"
+        if n := self.tr.kd_state['skipped_steps']: pf['skip'] = n
+        self.bar.set_postfix(pf, refresh=False)
 
 # %% ../nbs/07_train.ipynb #eeb6b0e4
 def _nonfinite_groups(param_groups) -> list[str]:
@@ -259,6 +272,7 @@ def _nonfinite_groups(param_groups) -> list[str]:
     norms = torch.stack([torch.nn.utils.get_total_norm(gs).to(named[0][1][0].device) for _, gs in named])
     return [n for (n, _), ok in zip(named, torch.isfinite(norms).tolist()) if not ok]
 
+# %% ../nbs/07_train.ipynb #62b10bb9
 @patch
 def on_pre_optimizer_step(self:_KDCallback, args, state, control, **kw):
     tr = self.tr
@@ -287,6 +301,7 @@ def on_step_end(self:_KDCallback, args, state, control, **kw):
         tr.stop_reason, control.should_save, control.should_training_stop = 'time_budget', True, True
     if self.bar is not None: self.bar.update(state.global_step - self.bar.n)
 
+# %% ../nbs/07_train.ipynb #b9d544f8
 @patch
 def diagnosis(self:_KDCallback) -> str:
     "Which components or parameter groups went non-finite over the last run of skipped steps, and the fp16 loss scale."
@@ -325,6 +340,7 @@ class _LiveCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kw):
         if state.is_world_process_zero: self.chart.update(self.trainer.history, force=True)   # the last steps, whatever `every`
 
+# %% ../nbs/07_train.ipynb #7ca42909
 def _split_callbacks(callbacks) -> tuple[list, list]:
     "Engine callbacks (TrainerCallback classes or instances) and live charts (objects with `.update(history)`)."
     engine, charts = [], []
@@ -376,6 +392,13 @@ class KDTrainer(Trainer):
 
 # %% ../nbs/07_train.ipynb #ea2cf89c
 @patch
+def _teacher(self:KDTrainer, inputs, idx, need:set, plan) -> dict:
+    "What the active components need from the teacher: cache fields from the cache, the rest from one live pass (none if nothing)."
+    cached = {n: self.cache.read(n, idx, inputs['input_ids'].device) for n in need if self.cache is not None and n in self.cache.fields}
+    return cached | (teacher_outputs(self.teacher, inputs, need - set(cached), plan) if need - set(cached) else {})
+
+# %% ../nbs/07_train.ipynb #460c86b9
+@patch
 def compute_loss(self:KDTrainer, model, inputs, return_outputs=False, num_items_in_batch=None):
     "This step's active components from only the passes they need; total = Σ weight·raw (Σ weight·scale·raw when balanced)."
     p, idx = self.progress(), inputs.pop('kd_index', None)
@@ -390,12 +413,6 @@ def compute_loss(self:KDTrainer, model, inputs, return_outputs=False, num_items_
     self._active |= set(w)
     return (total, raw) if return_outputs else total
 
-@patch
-def _teacher(self:KDTrainer, inputs, idx, need:set, plan) -> dict:
-    "What the active components need from the teacher: cache fields from the cache, the rest from one live pass (none if nothing)."
-    cached = {n: self.cache.read(n, idx, inputs['input_ids'].device) for n in need if self.cache is not None and n in self.cache.fields}
-    return cached | (teacher_outputs(self.teacher, inputs, need - set(cached), plan) if need - set(cached) else {})
-
 # %% ../nbs/07_train.ipynb #7476a1c2
 @patch
 def create_optimizer(self:KDTrainer, model=None):
@@ -406,6 +423,7 @@ def create_optimizer(self:KDTrainer, model=None):
         self.optimizer = cls(groups, **kw)
     return self.optimizer
 
+# %% ../nbs/07_train.ipynb #ee5fb7ba
 @patch
 def training_step(self:KDTrainer, model, inputs, num_items_in_batch=None):
     "The engine's step; under DDP the projector/router gradients are averaged across processes on the last micro-batch."
@@ -425,7 +443,7 @@ def log(self:KDTrainer, logs:dict, start_time=None):
         self._win = _Window()
     Trainer.log(self, logs, start_time)
 
-
+# %% ../nbs/07_train.ipynb #850099e1
 def _reduce_metrics(res:dict, accelerator) -> dict:
     "DDP: each rank evaluated its shard; combine token-weighted (perplexities from the combined log-perplexity)."
     if accelerator.num_processes == 1: return res
@@ -434,6 +452,7 @@ def _reduce_metrics(res:dict, accelerator) -> dict:
     out = {k: float(x) / float(v[-1]) for k, x in zip(keys, v[:-1])} | {'n_tokens': float(v[-1])}
     return out | {k: math.exp(out[k[:-4] + '_log_ppl']) for k in keys if k.endswith('_ppl') and k[:-4] + '_log_ppl' in out}
 
+# %% ../nbs/07_train.ipynb #242f4051
 @patch
 def evaluate(self:KDTrainer, eval_dataset=None, ignore_keys=None, metric_key_prefix='eval') -> dict:
     "Schedule-invariant metrics of the student: perplexity, bits-per-byte, KL and agreement to the teacher (`evaluate.Evaluator`)."
@@ -462,6 +481,7 @@ def save_model(self:KDTrainer, output_dir=None, _internal_call=False):
     with _no_hf_bars(): Trainer.save_model(self, output_dir, _internal_call)
     if len(self.extras) and self.args.should_save: torch.save(self.extras.state_dict(), Path(output_dir or self.args.output_dir)/'kd_modules.pt')
 
+# %% ../nbs/07_train.ipynb #66c3dc0a
 @patch
 def train(self:KDTrainer, resume_from_checkpoint=None, **kw):
     "The engine's `train`; resuming also brings back the projector/router and the distillation state."
@@ -494,14 +514,15 @@ def _save_checkpoint(self:KDTrainer, model, trial):
     if self.state.best_global_step:   # (the engine looked for the best checkpoint in the staging folder)
         best = run_dir/f'checkpoint-{self.state.best_global_step}'
         if best.exists() or self.state.best_global_step == self.state.global_step: self.state.best_model_checkpoint = str(best)
-    if not self.args.should_save: return
-    tmp, final, trash = stage/name, run_dir/name, run_dir/f'.old-{name}'
-    (tmp/'kd_state.json').write_text(json.dumps({**self.kd_state, 'stop_reason': self.stop_reason, 'kd_path': self.kd_path_label}, default=str))
-    self.state.save_to_json(str(tmp/'trainer_state.json'))
-    if final.exists(): shutil.rmtree(trash, ignore_errors=True); os.replace(final, trash)
-    os.replace(tmp, final); shutil.rmtree(trash, ignore_errors=True); shutil.rmtree(stage, ignore_errors=True)
-    rotate_checkpoints(output_dir=str(run_dir), save_total_limit=self.args.save_total_limit,
-                       best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
+    if self.args.should_save:
+        tmp, final, trash = stage/name, run_dir/name, run_dir/f'.old-{name}'
+        (tmp/'kd_state.json').write_text(json.dumps({**self.kd_state, 'stop_reason': self.stop_reason, 'kd_path': self.kd_path_label}, default=str))
+        self.state.save_to_json(str(tmp/'trainer_state.json'))
+        if final.exists(): shutil.rmtree(trash, ignore_errors=True); os.replace(final, trash)
+        os.replace(tmp, final); shutil.rmtree(trash, ignore_errors=True); shutil.rmtree(stage, ignore_errors=True)
+        rotate_checkpoints(output_dir=str(run_dir), save_total_limit=self.args.save_total_limit,
+                           best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
+    self.accelerator.wait_for_everyone()   # (DDP: the other ranks go on once the checkpoint is in place)
 
 # %% ../nbs/07_train.ipynb #8942c9de
 def _name(m) -> str: return getattr(getattr(m, 'config', None), '_name_or_path', '') or type(m).__name__
@@ -533,6 +554,7 @@ def create_model_card(self:KDTrainer, eval:pd.Series|None=None, train_name:str|N
     d = Path(self.args.output_dir)/'student'; d.mkdir(parents=True, exist_ok=True)
     (d/'README.md').write_text(model_card(self, eval, train_name))
 
+# %% ../nbs/07_train.ipynb #1157d8f5
 @patch
 def push_to_hub(self:KDTrainer, commit_message:str='End of distillation', blocking:bool=True, token=None, revision=None, private=None, **kw):
     "Upload `output_dir/student` (model or adapter, tokenizer, model card) to the hub repo `hub_model_id`."
@@ -559,6 +581,7 @@ class DistillResult:
         ev = '' if self.eval is None else f", eval student_ppl={self.eval.get('student_ppl', float('nan')):.3f}"
         return f"DistillResult({len(self.history)} history rows, stopped: {self.stop_reason}{ev}, in {self.output_dir})"
 
+# %% ../nbs/07_train.ipynb #0b3ce2e1
 def _as_dataset(data, student_tok, teacher_tok, cfg):
     "A tokenized dataset from texts, a text file, a `datasets.Dataset` with `text`, or a tokenized dataset."
     if data is None: return None
