@@ -69,7 +69,7 @@ def fused(self:Step) -> dict:
                                                chunk_size=p.chunk_size or 1024, lm_head_bias=getattr(p.head, 'bias', None), **self.div)
     return self._memo['fused']
 
-# %% ../nbs/07b_components.ipynb #5be48841
+# %% ../nbs/07b_components.ipynb #233a5bb8
 @patch
 def routed(self:Step) -> dict:
     "The knowledge router's `feature`, `balance` and `router_attention`, from one routing."
@@ -91,7 +91,7 @@ def kd(s:Step) -> torch.Tensor:
     if 'topk' in s.teacher: return kd_loss_topk(s.student.logits[m], s.teacher['topk'], s.kmask[m], chunk_size=p.chunk_size, **s.div)
     return kd_loss(s.student.logits, s.teacher['logits'], s.kmask, chunk_size=p.chunk_size, **s.div)
 
-# %% ../nbs/07b_components.ipynb #d5d49f13
+# %% ../nbs/07b_components.ipynb #af3b918f
 def kd_uld(s:Step) -> torch.Tensor:
     "Cross-vocabulary KD by sorted probabilities (ULD): no vocabulary map."
     return uld_loss(s.student.logits[s.mask], s.teacher['topk'], s.kmask[s.mask], s.plan.temperature)
@@ -112,7 +112,7 @@ def layerwise(s:Step) -> torch.Tensor:
     return torch.stack([hidden_loss(s.project(sh[i+1]), s.align(th[j+1]), s.kmask, s.plan.hidden_kind)
                         for i, j in enumerate(layer_map(len(sh) - 1, len(th) - 1))]).mean()
 
-# %% ../nbs/07b_components.ipynb #c99c0c11
+# %% ../nbs/07b_components.ipynb #6459f595
 def contrastive(s:Step) -> torch.Tensor:
     "Token-level InfoNCE between the student's and the teacher's last hidden states."
     return contrastive_loss(s.project(s.student.hidden_states[-1]), s.align(s.teacher['hidden'][-1]), s.kmask, s.plan.contrastive_temperature)
@@ -132,7 +132,7 @@ class Component:
     student:tuple|Callable=('logits',) # from the student: 'logits', 'hidden', 'attentions' (or a function of the Plan)
     teacher:tuple|Callable=() # from the teacher: 'logits', 'hidden', 'attentions', a cache field such as 'topk'; () none
 
-# %% ../nbs/07b_components.ipynb #6e265ae1
+# %% ../nbs/07b_components.ipynb #4e4da25b
 _logits = lambda p: ('hidden',) if p.kd_path == 'fused' else ('logits',)      # fused: the last hidden state, no logits
 _dist = lambda p: ('topk',) if p.kd_path in ('topk', 'cached') else ('logits',)
 _H = ('hidden',)
@@ -167,7 +167,7 @@ def student_pass(model:nn.Module, batch:dict, need:set):
     if 'logits' not in need: kw['logits_to_keep'] = 1
     return model(input_ids=batch['input_ids'], attention_mask=batch['attention_mask'], **kw)
 
-# %% ../nbs/07b_components.ipynb #e8f5bc37
+# %% ../nbs/07b_components.ipynb #ee40061f
 @torch.no_grad()
 def teacher_outputs(teacher:nn.Module, batch:dict, need:set, plan:Plan) -> dict:
     "The teacher's outputs that `need` names: 'logits' (on the student's positions), 'hidden', 'attentions', cache fields."
@@ -215,7 +215,7 @@ def pick_kd_path(
         raise ValueError(f"kd_path='fused' rebuilds the student's logits as last_hidden_state @ lm_head.weight.T, but {why}, so the "
                          "fused losses would use the wrong distribution. Use kd_path='chunked' (losses chunked over the model's own logits) or 'auto'.")
     if kd_path != 'auto': return kd_path
+    if 'kd' not in names: return 'chunked' if chunk_size else 'full'   # no KD: the plain path (for the LM loss)
     if cached: return 'cached'
-    if 'kd' in names and kd_topk: return 'topk'
-    if 'kd' in names and _fused_blocker(student) is None: return 'fused'
-    return 'chunked' if chunk_size else 'full'
+    if kd_topk: return 'topk'
+    return 'fused' if _fused_blocker(student) is None else 'chunked' if chunk_size else 'full'

@@ -34,7 +34,7 @@ def _layer_list(m:nn.Module) -> tuple[str, nn.ModuleList]:
     if not cands: raise ValueError(f"{type(m).__name__} has no ModuleList of layers")
     return max(cands, key=lambda nc: len(nc[1]))
 
-# %% ../nbs/07_train.ipynb #281cdef9
+# %% ../nbs/07_train.ipynb #8d9955ed
 @torch.no_grad()
 def init_from_teacher(
     student:nn.Module, # modified in place
@@ -99,7 +99,7 @@ def _check_vocab(args:KDConfig, teacher, student):
         raise ValueError(f"{e}\nIn a KDConfig: set cross_tokenizer=True and kd_topk > 0, and pass both tokenizers to distill(); with one "
                          "tokenizer and a padded embedding, resize the student's embeddings (student.resize_token_embeddings) to the teacher's size.") from None
 
-# %% ../nbs/07_train.ipynb #fcbfa8a6
+# %% ../nbs/07_train.ipynb #eff4e4ec
 def _check_models(args:KDConfig, teacher, student, names, plan:Plan, cached:set):
     "Refuse teacher/student/curriculum combinations that cannot run, naming the knob to turn."
     _check_vocab(args, teacher, student)
@@ -118,8 +118,9 @@ def _check_models(args:KDConfig, teacher, student, names, plan:Plan, cached:set)
 # %% ../nbs/07_train.ipynb #6d6ee273
 def _open_cache(args:KDConfig, teacher, dataset, collate, plan:Plan, curriculum) -> TeacherCache|None:
     "Open (building it first if missing) and check the run's teacher cache, or None without one."
-    if not args.teacher_cache: return None
-    path, fields = Path(args.teacher_cache), sorted(needs(curriculum.names, replace(plan, kd_path='cached'))[1] & set(FIELDS)) or ['topk']
+    fields = sorted(needs(curriculum.names, replace(plan, kd_path='cached'))[1] & set(FIELDS))
+    if not args.teacher_cache or not fields: return None   # (no component reads a cacheable field: no cache to open)
+    path = Path(args.teacher_cache)
     if (T := curriculum.temperature(0)) != curriculum.temperature(1): raise ValueError("a teacher cache holds log-probs at one temperature; the curriculum's changes")
     if not (path/'meta.json').exists():
         if teacher is None or not args.kd_topk: raise ValueError("building the teacher cache needs the teacher and kd_topk > 0")
@@ -156,7 +157,7 @@ def _extra_modules(args:KDConfig, teacher, student, names, projector=None, route
         return Projector(student.config.hidden_size, teacher.config.hidden_size), router, True
     return projector, router, False
 
-# %% ../nbs/07_train.ipynb #132e013b
+# %% ../nbs/07_train.ipynb #e4a54a0d
 @torch.no_grad()
 def _fit_projector(projector, student, teacher, dataset, collate, device, n:int=32):
     "Start the projector from the ridge least-squares fit of the teacher's last hidden state on the student's (first `n` examples)."
@@ -215,7 +216,7 @@ class _Window:
         self.total.append(tot); self.tokens += int(n)
         return set()
 
-# %% ../nbs/07_train.ipynb #ecabcfea
+# %% ../nbs/07_train.ipynb #4bf280cd
 @patch
 def logs(self:_Window, balanced:bool=False) -> dict:
     "Means over the window: `loss`; per component `raw/` (where computed), `weight/`, `weighted/` (`scale/` when balanced); tokens/s."
@@ -254,7 +255,7 @@ class _KDCallback(TrainerCallback):
             from tqdm.auto import tqdm
             self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc='distill', dynamic_ncols=True)
 
-# %% ../nbs/07_train.ipynb #d3ec796f
+# %% ../nbs/07_train.ipynb #e1e11d3a
 @patch
 def on_log(self:_KDCallback, args, state, control, logs=None, **kw):
     if self.bar is not None and logs and 'loss' in logs:
@@ -272,7 +273,7 @@ def _nonfinite_groups(param_groups) -> list[str]:
     norms = torch.stack([torch.nn.utils.get_total_norm(gs).to(named[0][1][0].device) for _, gs in named])
     return [n for (n, _), ok in zip(named, torch.isfinite(norms).tolist()) if not ok]
 
-# %% ../nbs/07_train.ipynb #62b10bb9
+# %% ../nbs/07_train.ipynb #7b90f410
 @patch
 def on_pre_optimizer_step(self:_KDCallback, args, state, control, **kw):
     tr = self.tr
@@ -301,7 +302,7 @@ def on_step_end(self:_KDCallback, args, state, control, **kw):
         tr.stop_reason, control.should_save, control.should_training_stop = 'time_budget', True, True
     if self.bar is not None: self.bar.update(state.global_step - self.bar.n)
 
-# %% ../nbs/07_train.ipynb #b9d544f8
+# %% ../nbs/07_train.ipynb #c2eefc5e
 @patch
 def diagnosis(self:_KDCallback) -> str:
     "Which components or parameter groups went non-finite over the last run of skipped steps, and the fp16 loss scale."
@@ -340,7 +341,7 @@ class _LiveCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kw):
         if state.is_world_process_zero: self.chart.update(self.trainer.history, force=True)   # the last steps, whatever `every`
 
-# %% ../nbs/07_train.ipynb #7ca42909
+# %% ../nbs/07_train.ipynb #22ab3980
 def _split_callbacks(callbacks) -> tuple[list, list]:
     "Engine callbacks (TrainerCallback classes or instances) and live charts (objects with `.update(history)`)."
     engine, charts = [], []
@@ -397,7 +398,7 @@ def _teacher(self:KDTrainer, inputs, idx, need:set, plan) -> dict:
     cached = {n: self.cache.read(n, idx, inputs['input_ids'].device) for n in need if self.cache is not None and n in self.cache.fields}
     return cached | (teacher_outputs(self.teacher, inputs, need - set(cached), plan) if need - set(cached) else {})
 
-# %% ../nbs/07_train.ipynb #460c86b9
+# %% ../nbs/07_train.ipynb #6e359334
 @patch
 def compute_loss(self:KDTrainer, model, inputs, return_outputs=False, num_items_in_batch=None):
     "This step's active components from only the passes they need; total = Σ weight·raw (Σ weight·scale·raw when balanced)."
@@ -423,7 +424,7 @@ def create_optimizer(self:KDTrainer, model=None):
         self.optimizer = cls(groups, **kw)
     return self.optimizer
 
-# %% ../nbs/07_train.ipynb #ee5fb7ba
+# %% ../nbs/07_train.ipynb #4eb2d552
 @patch
 def training_step(self:KDTrainer, model, inputs, num_items_in_batch=None):
     "The engine's step; under DDP the projector/router gradients are averaged across processes on the last micro-batch."
@@ -443,7 +444,7 @@ def log(self:KDTrainer, logs:dict, start_time=None):
         self._win = _Window()
     Trainer.log(self, logs, start_time)
 
-# %% ../nbs/07_train.ipynb #850099e1
+# %% ../nbs/07_train.ipynb #45a6fdc6
 def _reduce_metrics(res:dict, accelerator) -> dict:
     "DDP: each rank evaluated its shard; combine token-weighted (perplexities from the combined log-perplexity)."
     if accelerator.num_processes == 1: return res
@@ -452,7 +453,7 @@ def _reduce_metrics(res:dict, accelerator) -> dict:
     out = {k: float(x) / float(v[-1]) for k, x in zip(keys, v[:-1])} | {'n_tokens': float(v[-1])}
     return out | {k: math.exp(out[k[:-4] + '_log_ppl']) for k in keys if k.endswith('_ppl') and k[:-4] + '_log_ppl' in out}
 
-# %% ../nbs/07_train.ipynb #242f4051
+# %% ../nbs/07_train.ipynb #7d4c32f8
 @patch
 def evaluate(self:KDTrainer, eval_dataset=None, ignore_keys=None, metric_key_prefix='eval') -> dict:
     "Schedule-invariant metrics of the student: perplexity, bits-per-byte, KL and agreement to the teacher (`evaluate.Evaluator`)."
@@ -481,7 +482,7 @@ def save_model(self:KDTrainer, output_dir=None, _internal_call=False):
     with _no_hf_bars(): Trainer.save_model(self, output_dir, _internal_call)
     if len(self.extras) and self.args.should_save: torch.save(self.extras.state_dict(), Path(output_dir or self.args.output_dir)/'kd_modules.pt')
 
-# %% ../nbs/07_train.ipynb #66c3dc0a
+# %% ../nbs/07_train.ipynb #496ee035
 @patch
 def train(self:KDTrainer, resume_from_checkpoint=None, **kw):
     "The engine's `train`; resuming also brings back the projector/router and the distillation state."
@@ -554,7 +555,7 @@ def create_model_card(self:KDTrainer, eval:pd.Series|None=None, train_name:str|N
     d = Path(self.args.output_dir)/'student'; d.mkdir(parents=True, exist_ok=True)
     (d/'README.md').write_text(model_card(self, eval, train_name))
 
-# %% ../nbs/07_train.ipynb #1157d8f5
+# %% ../nbs/07_train.ipynb #dd910936
 @patch
 def push_to_hub(self:KDTrainer, commit_message:str='End of distillation', blocking:bool=True, token=None, revision=None, private=None, **kw):
     "Upload `output_dir/student` (model or adapter, tokenizer, model card) to the hub repo `hub_model_id`."
@@ -581,7 +582,7 @@ class DistillResult:
         ev = '' if self.eval is None else f", eval student_ppl={self.eval.get('student_ppl', float('nan')):.3f}"
         return f"DistillResult({len(self.history)} history rows, stopped: {self.stop_reason}{ev}, in {self.output_dir})"
 
-# %% ../nbs/07_train.ipynb #0b3ce2e1
+# %% ../nbs/07_train.ipynb #43cf9bdc
 def _as_dataset(data, student_tok, teacher_tok, cfg):
     "A tokenized dataset from texts, a text file, a `datasets.Dataset` with `text`, or a tokenized dataset."
     if data is None: return None

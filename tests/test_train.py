@@ -243,3 +243,17 @@ def test_kdtrainer_stays_small_on_public_hooks():
         if patched and node.name.startswith('_') and hasattr(kt.Trainer, node.name): private.add(node.name)
     assert n <= 150, n
     assert private == {'_save_checkpoint', '_get_output_dir'}, private
+
+def test_make_config_auto_follows_the_gpu(tmp_path):
+    "make_config('auto'): bf16_gpu on sm_80+, fp16_16gb below (fp16_16gb_ddp under DDP), cpu_demo without a GPU (capability mocked)."
+    from unittest import mock
+    from kd_toolkit.core import ConfigError, PRESETS
+    def auto(cap, world='1', **bf16):
+        with mock.patch('kd_toolkit.core._capability', return_value=cap), mock.patch.dict(os.environ, {'WORLD_SIZE': world}), \
+             mock.patch('transformers.training_args.is_torch_bf16_gpu_available', return_value=True):
+            return make_config('auto', output_dir=str(tmp_path))
+    assert (auto(None).precision, auto(None).max_steps) == ('fp32', PRESETS['cpu_demo']['max_steps'])
+    assert (auto((7, 5)).fp16, auto((7, 5)).per_device_train_batch_size) == (True, 8)
+    assert auto((7, 5), world='2').per_device_train_batch_size == 4            # fp16_16gb_ddp: half the per-device batch
+    assert (auto((8, 0)).bf16, auto((9, 0)).precision) == (True, 'bf16')
+    with pytest.raises(ConfigError, match="did you mean 'fp16_16gb'"): make_config('kaggle_p100')
