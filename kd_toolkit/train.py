@@ -380,14 +380,12 @@ class KDTrainer(Trainer):
         self.extras = nn.ModuleDict({k: m for k, m in (('projector', r.plan.projector), ('router', r.plan.router)) if m is not None}).to(r.args.device)
         self.balancer = C.AdaptiveBalancer() if r.args.balance == 'adaptive' else None
         self.kd_state = dict(skipped_steps=0, nonfinite_run=0, nonfinite=[], best=None, bad_evals=0)
+        if self.balancer: self.kd_state['balancer'] = dict(ema=self.balancer.ema, n=self.balancer.n)   # checkpointed with the counters
         self._win, self._staging, self.stop_reason, self._step_bad, self._grad_bad, self._lrs = _Window(), None, None, set(), [], {}
         self._active, self._active_run = set(), set()   # components active in this step, and over a run of skipped steps
 
-    kd_config = property(lambda self: self.args)   # the run's KDConfig (the engine's args)
-    kd_path = property(lambda self: self.plan.kd_path)
-    @property
-    def kd_path_label(self) -> str: # the KD path that ran, e.g. 'topk', 'cached' or, across tokenizers, 'topk+uld'
-        return f"{self.plan.kd_path}+{self.plan.cross_vocab_loss}" if self.args.cross_tokenizer else self.plan.kd_path
+    kd_path = property(lambda self: self.plan.kd_path)   # 'full', 'chunked', 'topk', 'fused' or 'cached'; as logged, across tokenizers 'topk+uld':
+    kd_path_label = property(lambda self: f"{self.plan.kd_path}+{self.plan.cross_vocab_loss}" if self.args.cross_tokenizer else self.plan.kd_path)
     def progress(self) -> float: return min(self.state.global_step / max(self.state.max_steps, 1), 1.0)
     history = property(lambda self: _history(self.state.log_history, self.kd_path_label), doc="The run's history: one row per log and per evaluation.")
 
@@ -497,6 +495,7 @@ def _load_kd(self:KDTrainer, ckpt, state:bool=True):
     ckpt = Path(ckpt)
     if len(self.extras) and (ckpt/'kd_modules.pt').exists(): self.extras.load_state_dict(torch.load(ckpt/'kd_modules.pt', weights_only=True))
     if state and (f := ckpt/'kd_state.json').exists(): self.kd_state.update({k: v for k, v in json.loads(f.read_text()).items() if k in self.kd_state})
+    if state and self.balancer: self.balancer.ema, self.balancer.n = self.kd_state['balancer']['ema'], self.kd_state['balancer']['n']
 
 # %% ../nbs/07_train.ipynb #66b3eb7f
 @patch

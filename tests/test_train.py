@@ -2,7 +2,7 @@
 import os, tempfile
 os.environ.setdefault('OMP_NUM_THREADS', '1')
 import datasets, pytest, torch
-from transformers import TrainerControl, TrainerState
+from transformers import TrainerCallback, TrainerControl, TrainerState
 from kd_toolkit.core import make_config
 from kd_toolkit.testing import has_asset, load_stories260k, load_tokenizer, read_text, tiny_llama, STORIES260K
 from kd_toolkit.train import KDTrainer, _KDCallback, distill
@@ -257,3 +257,18 @@ def test_make_config_auto_follows_the_gpu(tmp_path):
     assert auto((7, 5), world='2').per_device_train_batch_size == 4            # fp16_16gb_ddp: half the per-device batch
     assert (auto((8, 0)).bf16, auto((9, 0)).precision) == (True, 'bf16')
     with pytest.raises(ConfigError, match="did you mean 'fp16_16gb'"): make_config('kaggle_p100')
+
+def test_resume_is_exact_with_the_adaptive_balancer(tmp_path):
+    "balance='adaptive' keeps running means; they are checkpointed (kd_state.json), so 4 + resume + 4 steps equal 8 in one go, bit for bit."
+    class _StopAt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step >= 4: control.should_training_stop = True
+    def run(out, stop=False, resume=None):
+        tr = _trainer(max_steps=8, eval_steps=0, save_steps=4, balance='adaptive')
+        tr.args.output_dir = str(tmp_path/out)
+        if stop: tr.add_callback(_StopAt())
+        tr.train(resume_from_checkpoint=resume); return tr
+    full = run('full'); run('half', stop=True)
+    res = run('half', resume=str(tmp_path/'half'/'checkpoint-4'))
+    assert res.balancer.n['kd'] == full.balancer.n['kd'] == 8 and res.balancer.ema == full.balancer.ema
+    assert max((p - q).abs().max().item() for p, q in zip(full.model.parameters(), res.model.parameters())) == 0.0
