@@ -190,7 +190,7 @@ def run_demo(out:str|Path='kd_demo', # output folder (written atomically)
             raise CLIError(f"the corpus is too small: {len(train_ds)} training chunks of {max_length} tokens (need at least {batch_size}, one batch) "
                            f"and {len(eval_b)} held-out batches; give a larger --data file")
         log(f"[1/5] teacher {teacher}: loading"); t_model, tok = load_teacher(teacher, tokenizer=tok)
-        cfg = make_config('cpu_demo', max_steps=steps, max_length=max_length, batch_size=batch_size, kd_topk=kd_topk, seed=seed, eval_steps=0, logging_steps=max(1, min(10, steps // 10)),
+        cfg = make_config('cpu_demo', max_steps=steps, max_length=max_length, per_device_train_batch_size=batch_size, kd_topk=kd_topk, seed=seed, eval_steps=0, logging_steps=max(1, min(10, steps // 10)),
                           teacher_cache=str(tmp/'teacher_cache'), progress_bar=False, save_total_limit=1)
         n_tok = sum(len(x) for x in train_ds['input_ids'])
         log(f"[2/5] corpus: {len(train_docs)} train docs ({n_tok} tokens), {len(eval_docs)} held-out docs; caching the teacher's top-{kd_topk}")
