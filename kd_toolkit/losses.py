@@ -4,15 +4,15 @@
 
 # %% ../nbs/02_losses.ipynb #1e5464f4
 from __future__ import annotations
-import math
+import math, numbers
 from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from .core import masked_mean, rms_normalize
 
 # %% auto #0
-__all__ = ['DIVERGENCES', 'next_token_targets', 'kd_loss', 'TopK', 'topk_teacher', 'kd_loss_topk', 'lm_loss', 'fused_kd_lm_loss',
-           'hidden_loss', 'layer_map', 'attention_loss', 'contrastive_loss', 'check_vocab']
+__all__ = ['DIVERGENCES', 'next_token_targets', 'auto_chunk', 'kd_loss', 'TopK', 'topk_teacher', 'kd_loss_topk', 'lm_loss',
+           'fused_kd_lm_loss', 'hidden_loss', 'layer_map', 'attention_loss', 'contrastive_loss', 'check_vocab']
 
 # %% ../nbs/02_losses.ipynb #83a07bd0
 def next_token_targets(
@@ -59,44 +59,67 @@ def _check_div(divergence, temperature, beta, skew):
     if not 0 <= skew < 1: raise ValueError(f"skew must be in [0, 1) (DistiLLM's alpha), got {skew}")
 
 # %% ../nbs/02_losses.ipynb #f2b8c9fe
-def _autograd_step(f): # a loss f(x, i) -> scalar as a chunk step (x, i, need_grad) -> (loss, grad of x or None)
+def _autograd_step(f): # a loss f(x, i) -> scalar as a chunk step (x, i, need_grad) -> (loss, fp32 grad of x or None)
     def step(x, i, need):
         if not need:
             with torch.no_grad(): return f(x, i), None
         with torch.enable_grad():
-            xc = x.detach().requires_grad_()
+            xc = x.detach().float().requires_grad_()   # the chunk's gradient stays fp32 until the upstream scale
             loss = f(xc, i)
         return loss.detach(), torch.autograd.grad(loss, xc)[0]
     return step
 
+# %% ../nbs/02_losses.ipynb #1d6e0a03
 class _ChunkGrad(torch.autograd.Function):
-    "Sum of `step(x[i:i+c], i)` over row chunks of `x`, each chunk's gradient computed in forward into one buffer."
+    "Sum of `step(x[i:i+c], i)` over row chunks of `x`; each chunk's fp32 gradient is scaled by `g` before one rounding."
     @staticmethod
     def forward(ctx, x, step, chunk_size):
-        need = ctx.needs_input_grad[0]
-        grad = torch.empty_like(x) if need else None
+        eager = ctx.needs_input_grad[0] and x.dtype == torch.float32   # fp32: keep the gradient now, one pass
+        grad = torch.empty_like(x) if eager else None
         total = torch.zeros((), dtype=torch.float32, device=x.device)
         for i in range(0, x.shape[0], chunk_size):
-            loss, g = step(x[i:i+chunk_size], i, need)
-            if need: grad[i:i+chunk_size] = g
+            loss, gc = step(x[i:i+chunk_size], i, eager)
+            if eager: grad[i:i+chunk_size] = gc
             total += loss
-        ctx.grad = grad
+        ctx.grad, ctx.step, ctx.chunk_size, ctx.used = grad, step, chunk_size, False
+        if not eager: ctx.save_for_backward(x)                       # fp16/bf16: recompute in backward
         return total
 
     @staticmethod
-    def backward(ctx, g):
-        grad, ctx.grad = ctx.grad, None
-        if grad is None: raise RuntimeError("chunked loss: backward called twice (retain_graph is not supported)")
-        if g.item() != 1: grad.mul_(g.to(grad.dtype))
+    def backward(ctx, g): # g: the upstream gradient (the loss scale times the component's weight)
+        if ctx.used: raise RuntimeError("chunked loss: backward called twice (retain_graph is not supported)")
+        ctx.used = True
+        if ctx.grad is not None:                                    # fp32, made in forward: scale it in place
+            grad, ctx.grad = ctx.grad, None
+            return (grad if g.item() == 1 else grad.mul_(g)), None, None
+        x, = ctx.saved_tensors
+        grad, c = torch.empty_like(x), ctx.chunk_size
+        for i in range(0, x.shape[0], c):                           # fp32 gradient × g, then ONE rounding to x's dtype
+            grad[i:i+c] = ctx.step(x[i:i+c], i, True)[1].mul_(g)
         return grad, None, None
 
+# %% ../nbs/02_losses.ipynb #1d6e0a05
+def auto_chunk(
+    n:int, # positions (rows of the logits)
+    vocab:int, # columns of the logits
+) -> int:
+    "Positions per chunk for `chunk_size='auto'`: N/32 (temporaries ≈ 0.03 (N, V) each), at most 2^24/V rows, at least 16."
+    return max(16, min(-(-n // 32), (1 << 24) // max(vocab, 1)))
+
+def _chunk_rows(chunk_size, n, vocab): # None (plain autograd) | 'auto' | positive int -> None or an int
+    if chunk_size is None: return None
+    if isinstance(chunk_size, str) and chunk_size == 'auto': return auto_chunk(n, vocab)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive number of positions, 'auto' or None, got {chunk_size!r}")
+    return int(chunk_size)
+
+# %% ../nbs/02_losses.ipynb #1d6e0a07
 def _chunked(x, fn, chunk_size, step=None): # plain autograd of fn(x, 0) when chunk_size is None, else _ChunkGrad
-    if chunk_size is None: return fn(x, 0)
-    if chunk_size < 1: raise ValueError(f"chunk_size must be a positive number of positions or None, got {chunk_size}")
+    c = _chunk_rows(chunk_size, x.shape[0], x.shape[-1])
+    if c is None: return fn(x, 0)
     step = step or _autograd_step(fn)
-    if x.requires_grad and torch.is_grad_enabled(): return _ChunkGrad.apply(x, step, int(chunk_size))
-    return sum((step(x[i:i+chunk_size], i, False)[0] for i in range(0, x.shape[0], chunk_size)),
-               torch.zeros((), device=x.device))
+    if x.requires_grad and torch.is_grad_enabled(): return _ChunkGrad.apply(x, step, c)
+    return sum((step(x[i:i+c], i, False)[0] for i in range(0, x.shape[0], c)), torch.zeros((), device=x.device))
 
 def _flat_mask(mask, lead, device): # mask (...) matching the leading dims -> (N,) float weights summing to 1
     if mask is None: m = torch.ones(lead, device=device)
@@ -145,7 +168,7 @@ def kd_loss(
     temperature:float=1.0, # softmax temperature T; the result is multiplied by T²
     beta:float=0.5, # 'jsd': the teacher's weight in the mixture (TRL's convention)
     skew:float=0.1, # 'skl'/'srkl': DistiLLM's alpha
-    chunk_size:int|None=None, # positions per chunk (memory ~ one (N, V) buffer); None: one plain autograd pass
+    chunk_size:int|str|None=None, # positions per chunk (memory ~ one (N, V) buffer), 'auto' (`auto_chunk`); None: plain autograd
 ) -> torch.Tensor:
     "Divergence between teacher and student next-token distributions, times T², mean over valid positions (fp32)."
     _check_div(divergence, temperature, beta, skew)
@@ -171,13 +194,14 @@ def topk_teacher(
     teacher_logits:torch.Tensor, # (..., V) teacher logits
     k:int, # how many tokens to keep per position
     temperature:float=1.0, # the softmax temperature; use the same one in `kd_loss_topk`
-    chunk_size:int=1024, # positions per chunk (one fp32 chunk × V at a time)
+    chunk_size:int|str=1024, # positions per chunk (one fp32 chunk × V at a time), or 'auto' (`auto_chunk`)
 ) -> TopK:
     "The teacher's top-k log-probabilities, ids and tail bucket, flattened over positions."
     V = teacher_logits.shape[-1]
     if not 1 <= k <= V: raise ValueError(f"k must be between 1 and the vocabulary size {V}, got {k}")
     if not temperature > 0: raise ValueError(f"temperature must be > 0, got {temperature}")
     t = teacher_logits.reshape(-1, V)
+    chunk_size = _chunk_rows(chunk_size, t.shape[0], V) or t.shape[0] or 1
     out = []
     for i in range(0, t.shape[0], chunk_size):
         lp = _logprobs(t[i:i+chunk_size], temperature)
@@ -220,7 +244,7 @@ def kd_loss_topk(
     temperature:float=1.0, # applied to the student; the TopK must be built at the same temperature
     beta:float=0.5, # 'jsd': the teacher's weight in the mixture
     skew:float=0.1, # 'skl'/'srkl': DistiLLM's alpha
-    chunk_size:int|None=None, # positions per chunk; None: one plain autograd pass
+    chunk_size:int|str|None=None, # positions per chunk, 'auto' (`auto_chunk`); None: one plain autograd pass
 ) -> torch.Tensor:
     "KD against a top-k teacher: the divergence over the k teacher tokens plus a tail bucket, times T², mean over valid positions."
     _check_div(divergence, temperature, beta, skew)
@@ -255,7 +279,7 @@ def lm_loss(
     logits:torch.Tensor, # (..., V) logits
     targets:torch.Tensor, # (...) next-token ids (`next_token_targets`), `ignore_index` where nothing is scored
     ignore_index:int=-100, # the target id to skip
-    chunk_size:int|None=None, # positions per chunk; None: one plain autograd pass
+    chunk_size:int|str|None=None, # positions per chunk, 'auto' (`auto_chunk`); None: one plain autograd pass
 ) -> torch.Tensor:
     "Next-token cross-entropy in fp32, mean over the positions whose target is not `ignore_index`."
     V = logits.shape[-1]
@@ -285,30 +309,29 @@ class _FusedLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, W, b, steps, chunk_size):
         ctx.save_for_backward(h, W, b)
-        ctx.steps, ctx.chunk_size = steps, chunk_size
+        dev = h.device.type   # backward remakes the logits under the same autocast as here
+        ctx.steps, ctx.chunk_size, ctx.amp = steps, chunk_size, (torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev))
         return _fused_sum(h, W, b, steps, chunk_size)
 
     @staticmethod
-    def backward(ctx, g): # g: (n_out,) the weights of the components in whatever the caller minimized
+    def backward(ctx, g): # g: (n_out,) the weights of the components (times the loss scale)
         h, W, b = ctx.saved_tensors
-        need_h, need_W, need_b = ctx.needs_input_grad[:3]
+        (need_h, need_W, need_b), c, dev = ctx.needs_input_grad[:3], ctx.chunk_size, h.device.type
         gh = torch.empty_like(h) if need_h else None
         gW = torch.zeros(W.shape, dtype=torch.float32, device=W.device) if need_W else None
         gb = torch.zeros(b.shape, dtype=torch.float32, device=b.device) if need_b else None
         dt, Wc, bc = _common(h, W, b)
-        for i in range(0, h.shape[0], ctx.chunk_size):
-            hc = h[i:i+ctx.chunk_size].to(dt)
-            z = F.linear(hc, Wc, bc)                                   # (c, V) this chunk's logits, recomputed
-            gz = None
-            for gk, st in zip(g.tolist(), ctx.steps):
-                if gk == 0: continue
-                gzk = st(z, i, True)[1]
-                gz = gzk.mul_(gk) if gz is None else gz.add_(gzk, alpha=gk)
-            if gz is None: gz = torch.zeros_like(z, dtype=torch.float32)
-            gz = gz.to(dt)
-            if need_h: gh[i:i+ctx.chunk_size] = gz @ Wc
-            if need_W: gW.addmm_(gz.T.float(), hc.float())
-            if need_b: gb += gz.float().sum(0)
+        W32 = Wc.float()
+        for i in range(0, h.shape[0], c):
+            hc = h[i:i+c].to(dt)
+            with torch.autocast(dev, dtype=ctx.amp[1], enabled=ctx.amp[0]): z = F.linear(hc, Wc, bc)   # (c, V) again
+            with torch.autocast(dev, enabled=False):
+                gz = torch.zeros(z.shape, device=z.device) if not g.any() else None
+                for gk, st in zip(g.tolist(), ctx.steps):             # fp32 chunk gradients × g, summed in fp32
+                    if gk: gz = st(z, i, True)[1].mul_(gk) if gz is None else gz.add_(st(z, i, True)[1], alpha=gk)
+                if need_h: gh[i:i+c] = gz @ W32                        # fp32, rounded once into h's dtype
+                if need_W: gW.addmm_(gz.T, hc.float())
+                if need_b: gb += gz.sum(0)
         return gh, None if gW is None else gW.to(W.dtype), None if gb is None else gb.to(b.dtype), None, None
 
 def fused_kd_lm_loss(
@@ -319,7 +342,7 @@ def fused_kd_lm_loss(
     mask:torch.Tensor|None=None, # (N,) nonzero where the KD term counts; None: every position
     divergence:str='fkl', # one of `DIVERGENCES`
     temperature:float=1.0, # KD softmax temperature (T² scaling); the LM loss is always at T = 1
-    chunk_size:int|None=None, # positions per chunk (memory ~ 4-8 × chunk_size × V fp32); None: N/32, at least 16
+    chunk_size:int|str|None=None, # positions per chunk (memory ~ 4-8 × chunk_size × V fp32); None or 'auto': `auto_chunk`
     lm_head_bias:torch.Tensor|None=None, # (V,) the output bias, if the model has one
     beta:float=0.5, # 'jsd': the teacher's weight in the mixture
     skew:float=0.1, # 'skl'/'srkl': DistiLLM's alpha
@@ -331,8 +354,7 @@ def fused_kd_lm_loss(
     if H != Hw: raise ValueError(f"hidden states have width {H} but lm_head_weight is {tuple(lm_head_weight.shape)}: "
                                  "pass model.lm_head.weight (V, H) and the last hidden states")
     h = hidden.reshape(-1, H); N = h.shape[0]
-    chunk_size = max(16, -(-N // 32)) if chunk_size is None else int(chunk_size)
-    if chunk_size < 1: raise ValueError(f"chunk_size must be a positive number of positions or None, got {chunk_size}")
+    chunk_size = _chunk_rows('auto' if chunk_size is None else chunk_size, N, V)
     names, parts = [], []
     if teacher is not None:
         _check_div(divergence, temperature, beta, skew)
