@@ -37,6 +37,17 @@ def frozen_state(*models:nn.Module|None):
         for m, ms in zip(models, modes):
             for s, t in zip(m.modules(), ms): s.training = t
 
+# %% ../nbs/06_evaluate.ipynb #e6a70002
+def _targets(labels, mask) -> torch.Tensor: # (B, L) HF labels and attention mask -> (B, L) next-token targets
+    "Next-token targets, -100 where the predicting position is itself padding (left padding) or the next label is."
+    return next_token_targets(labels).masked_fill(mask.to(labels.device) == 0, -100)
+
+def _positions(mask) -> torch.Tensor|None: # (B, L) attention mask -> position ids, or None when no row is left-padded
+    "Position ids counting real tokens only (0 at each row's first real token), when some row starts with padding."
+    m = mask.long()
+    if not bool((m.cummin(-1).values < m).any()): return None       # no real token after a pad: default positions
+    return (m.cumsum(-1) - 1).clamp_min(0)
+
 # %% ../nbs/06_evaluate.ipynb #bf205733
 def _batch(b) -> dict:
     "Check one eval batch and fill in what it may leave out (`attention_mask`: all ones; `labels`: `input_ids` on the mask)."
@@ -57,17 +68,6 @@ def _batch(b) -> dict:
 
 def _to(b:dict, device) -> dict:
     return {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in b.items()}
-
-# %% ../nbs/06_evaluate.ipynb #e6a70002
-def _targets(labels, mask) -> torch.Tensor: # (B, L) HF labels and attention mask -> (B, L) next-token targets
-    "Next-token targets, -100 where the predicting position is itself padding (left padding) or the next label is."
-    return next_token_targets(labels).masked_fill(mask.to(labels.device) == 0, -100)
-
-def _positions(mask) -> torch.Tensor|None: # (B, L) attention mask -> position ids, or None when no row is left-padded
-    "Position ids counting real tokens only (0 at each row's first real token), when some row starts with padding."
-    m = mask.long()
-    if not bool((m.cummin(-1).values < m).any()): return None       # no real token after a pad: default positions
-    return (m.cumsum(-1) - 1).clamp_min(0)
 
 # %% ../nbs/06_evaluate.ipynb #e6a70004
 def _nll_sum(logits, labels, mask, chunk_size) -> tuple[float, int]: # (B, L, V), (B, L) labels and mask -> (NLL sum, tokens)
@@ -158,33 +158,6 @@ def _teacher_nll(self:Evaluator, b, hidden, acc):
     acc['t_nll'] += nll_t; acc['t_n'] += n_t
     return t_out
 
-# %% ../nbs/06_evaluate.ipynb #e6a70011
-@patch
-@torch.inference_mode()
-def evaluate(self:Evaluator, batches) -> pd.Series:
-    "Evaluate over an iterable of batches (a DataLoader or a list of dicts); returns a pandas Series."
-    if isinstance(batches, Mapping): raise TypeError("evaluate takes an iterable of batches, not one batch: wrap it, [batch]")
-    acc = dict(s_nll=0., s_n=0, t_nll=0., t_n=0, bytes=0, has_bytes=True, kl=0., top1=0., topk=0., n_cmp=0, feat=0.)
-    comp, n_batches = {}, 0
-    hidden = self.projector is not None or self.loss_fn is not None
-    with frozen_state(self.student, self.teacher, self.projector):
-        for b in tqdm(batches, desc='eval', disable=not self.progress, leave=False):
-            b = _to(_batch(b), module_device(self.student))
-            n_batches += 1
-            s_out = self._forward(self.student, b['input_ids'], b['attention_mask'], hidden)
-            nll, n = _nll_sum(s_out.logits, b['labels'], b['attention_mask'], self.chunk_size)
-            acc['s_nll'] += nll; acc['s_n'] += n
-            if 'n_bytes' in b: acc['bytes'] += int(b['n_bytes'].sum())
-            else: acc['has_bytes'] = False
-            t_out = None if self.teacher is None else self._teacher_nll(b, hidden, acc)
-            if t_out is not None:
-                n_cmp = self._compare(s_out.logits, t_out.logits, b, acc)
-                if self.projector is not None and n_cmp: acc['feat'] += self._feature(s_out, t_out, b) * n_cmp
-            if self.loss_fn is not None:
-                for k, v in self.loss_fn(b, s_out, t_out).items(): comp[k] = comp.get(k, 0.) + float(v) * n
-    if n_batches == 0: raise ValueError("the eval set is empty: give at least one batch (check the eval texts and max_length)")
-    return self._summarize(acc, comp)
-
 # %% ../nbs/06_evaluate.ipynb #e6a70012
 @patch
 def _feature(self:Evaluator, s_out, t_out, b) -> float:
@@ -237,6 +210,33 @@ def _summarize(self:Evaluator, acc, comp) -> pd.Series:
         for k, v in comp.items(): r[f'loss/{k}'] = v / acc['s_n']
         r['loss'] = sum(self.weights[k] * r[f'loss/{k}'] for k in comp)
     return pd.Series(r, dtype='float64')
+
+# %% ../nbs/06_evaluate.ipynb #e6a70011
+@patch
+@torch.inference_mode()
+def evaluate(self:Evaluator, batches) -> pd.Series:
+    "Evaluate over an iterable of batches (a DataLoader or a list of dicts); returns a pandas Series."
+    if isinstance(batches, Mapping): raise TypeError("evaluate takes an iterable of batches, not one batch: wrap it, [batch]")
+    acc = dict(s_nll=0., s_n=0, t_nll=0., t_n=0, bytes=0, has_bytes=True, kl=0., top1=0., topk=0., n_cmp=0, feat=0.)
+    comp, n_batches = {}, 0
+    hidden = self.projector is not None or self.loss_fn is not None
+    with frozen_state(self.student, self.teacher, self.projector):
+        for b in tqdm(batches, desc='eval', disable=not self.progress, leave=False):
+            b = _to(_batch(b), module_device(self.student))
+            n_batches += 1
+            s_out = self._forward(self.student, b['input_ids'], b['attention_mask'], hidden)
+            nll, n = _nll_sum(s_out.logits, b['labels'], b['attention_mask'], self.chunk_size)
+            acc['s_nll'] += nll; acc['s_n'] += n
+            if 'n_bytes' in b: acc['bytes'] += int(b['n_bytes'].sum())
+            else: acc['has_bytes'] = False
+            t_out = None if self.teacher is None else self._teacher_nll(b, hidden, acc)
+            if t_out is not None:
+                n_cmp = self._compare(s_out.logits, t_out.logits, b, acc)
+                if self.projector is not None and n_cmp: acc['feat'] += self._feature(s_out, t_out, b) * n_cmp
+            if self.loss_fn is not None:
+                for k, v in self.loss_fn(b, s_out, t_out).items(): comp[k] = comp.get(k, 0.) + float(v) * n
+    if n_batches == 0: raise ValueError("the eval set is empty: give at least one batch (check the eval texts and max_length)")
+    return self._summarize(acc, comp)
 
 # %% ../nbs/06_evaluate.ipynb #d2cb74a7
 def _padded(seqs:list[torch.Tensor], pad_id:int=0, side:str='right') -> dict:

@@ -33,12 +33,14 @@ def _logprobs(z, temperature): # (n, V) logits of any float dtype -> fp32 log-pr
     lp = F.log_softmax(z if temperature == 1 else z / temperature, dim=-1)
     return lp.clamp_min(_FLOOR) if lp.requires_grad else lp.clamp_min_(_FLOOR)  # in place for targets: one buffer less
 
+# %% ../nbs/02_losses.ipynb #78b978c1
 def _kl(la, lb): # KL(a || b) per row from floored log-probabilities (..., V) -> (...)
     return (la.exp() * (la - lb)).sum(-1)
 
 def _mix(la, lb, wa): # log(wa*a + (1-wa)*b), 0 < wa < 1
     return torch.logaddexp(la + math.log(wa), lb + math.log1p(-wa))
 
+# %% ../nbs/02_losses.ipynb #78b978c3
 def _token_div(ls, lt, divergence, beta, skew): # student, teacher log-probs (n, V) -> divergence per row (n,)
     if divergence == 'fkl': return _kl(lt, ls)
     if divergence == 'rkl': return _kl(ls, lt)
@@ -52,6 +54,7 @@ def _token_div(ls, lt, divergence, beta, skew): # student, teacher log-probs (n,
     if divergence == 'tvd': return 0.5 * (ls.exp() - lt.exp()).abs().sum(-1)
     raise ValueError(f"unknown divergence {divergence!r}: use one of {DIVERGENCES}")
 
+# %% ../nbs/02_losses.ipynb #78b978c5
 def _check_div(divergence, temperature, beta, skew):
     if divergence not in DIVERGENCES: raise ValueError(f"unknown divergence {divergence!r}: use one of {DIVERGENCES}")
     if not temperature > 0: raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -121,6 +124,7 @@ def _chunked(x, fn, chunk_size, step=None): # plain autograd of fn(x, 0) when ch
     if x.requires_grad and torch.is_grad_enabled(): return _ChunkGrad.apply(x, step, c)
     return sum((step(x[i:i+c], i, False)[0] for i in range(0, x.shape[0], c)), torch.zeros((), device=x.device))
 
+# %% ../nbs/02_losses.ipynb #1d6e0a0a
 def _flat_mask(mask, lead, device): # mask (...) matching the leading dims -> (N,) float weights summing to 1
     if mask is None: m = torch.ones(lead, device=device)
     else:
@@ -142,6 +146,7 @@ def _check_logits(student_logits, teacher_logits):
         raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} "
                          "cover different positions: align them first (kd_toolkit.align.gather_aligned)")
 
+# %% ../nbs/02_losses.ipynb #af88088e
 def _kd_fns(t, w, divergence, temperature, beta, skew):
     "The KD loss of a chunk of student logits against teacher logits `t` (N, V): as autograd fn and as chunk step."
     T2 = temperature**2
@@ -160,6 +165,7 @@ def _kd_fns(t, w, divergence, temperature, beta, skew):
             return loss, ls.exp_().sub_(p).mul_((wi * temperature)[:, None]).masked_fill_((wi == 0)[:, None], 0.)
     return fn, (fkl_step if divergence == 'fkl' or (divergence == 'jsd' and beta == 0) else _autograd_step(fn))
 
+# %% ../nbs/02_losses.ipynb #af880890
 def kd_loss(
     student_logits:torch.Tensor, # (..., V) student logits (any float dtype)
     teacher_logits:torch.Tensor, # (..., V) teacher logits, a target: no gradient flows into it
@@ -189,6 +195,7 @@ class TopK(NamedTuple):
 def _tail(lp, ids): # log of the mass outside `ids`, from floored log-probs (n, V) and ids (n, k)
     return torch.logsumexp(lp.scatter(-1, ids, _FLOOR), -1).clamp_min(_FLOOR)
 
+# %% ../nbs/02_losses.ipynb #379c400a
 @torch.no_grad()
 def topk_teacher(
     teacher_logits:torch.Tensor, # (..., V) teacher logits
@@ -218,6 +225,7 @@ def _topk_buckets(x, topk, i, temperature): # student logits chunk -> (student, 
     t = torch.cat([topk.logprobs[i:i+n], topk.tail[i:i+n, None]], -1).to(x.device).float().clamp_min(_FLOOR)
     return s, t
 
+# %% ../nbs/02_losses.ipynb #32fde7c3
 def _check_topk(student_logits, topk):
     if not isinstance(topk, TopK): raise TypeError(f"expected a TopK (from topk_teacher), got {type(topk).__name__}")
     N = student_logits.shape[0]
@@ -228,6 +236,7 @@ def _check_topk(student_logits, topk):
         raise ValueError(f"TopK ids reach {int(topk.ids.max())} but the student has {student_logits.shape[-1]} columns: "
                          "map the teacher's vocabulary first (kd_toolkit.align.VocabMap.map_topk)")
 
+# %% ../nbs/02_losses.ipynb #32fde7c5
 def _topk_fn(topk, w, divergence, temperature, beta, skew):
     "The top-k KD loss of a chunk of student logits (autograd fn)."
     def fn(x, i):
@@ -259,6 +268,7 @@ def _check_targets(targets, V, ignore_index):
         raise ValueError(f"targets hold ids outside [0, {V}) (e.g. {int(targets[bad][0])}): the labels come from a "
                          f"different tokenizer, or padding is not marked with ignore_index={ignore_index}")
 
+# %% ../nbs/02_losses.ipynb #cf685504
 def _ce_fns(tg, w, ignore_index):
     "Cross-entropy of a chunk of logits against targets `tg` (N,): as autograd fn and as chunk step."
     def fn(x, i):
@@ -275,6 +285,7 @@ def _ce_fns(tg, w, ignore_index):
             return loss, g.mul_(wi[:, None]).masked_fill_((wi == 0)[:, None], 0.)  # d/dx = w·(softmax(x) - onehot)
     return fn, step
 
+# %% ../nbs/02_losses.ipynb #cf685506
 def lm_loss(
     logits:torch.Tensor, # (..., V) logits
     targets:torch.Tensor, # (...) next-token ids (`next_token_targets`), `ignore_index` where nothing is scored
@@ -304,6 +315,7 @@ def _fused_sum(h, W, b, steps, chunk_size): # forward only: (n_out,) sums of eac
         total += torch.stack([st(z, i, False)[0] for st in steps])
     return total
 
+# %% ../nbs/02_losses.ipynb #ec21e4bd
 class _FusedLinear(torch.autograd.Function):
     "Per-chunk losses of the logits `hidden[i:i+c] @ W.T + b`, summed over chunks; backward recomputes each chunk."
     @staticmethod
@@ -334,6 +346,28 @@ class _FusedLinear(torch.autograd.Function):
                 if need_b: gb += gz.sum(0)
         return gh, None if gW is None else gW.to(W.dtype), None if gb is None else gb.to(b.dtype), None, None
 
+# %% ../nbs/02_losses.ipynb #ec21e4bf
+def _fused_steps(teacher, targets, N, V, mask, divergence, temperature, beta, skew, ignore_index, device):
+    "The chunk steps of `fused_kd_lm_loss`, named: 'kd' (logits or TopK teacher) and 'lm' (targets), after checking shapes."
+    names, steps = [], []
+    if teacher is not None:
+        _check_div(divergence, temperature, beta, skew)
+        if isinstance(teacher, TopK): _check_topk(torch.empty(N, V, device='meta'), teacher)
+        else:
+            if teacher.shape[-1] != V: _check_logits(torch.empty(N, V, device='meta'), teacher.reshape(-1, teacher.shape[-1]))
+            teacher = teacher.detach().reshape(-1, V)
+            if teacher.shape[0] != N: raise ValueError(f"teacher logits cover {teacher.shape[0]} positions, hidden states {N}")
+        w = _flat_mask(None if mask is None else mask.reshape(-1), (N,), device)
+        names.append('kd'); steps.append(_autograd_step(_topk_fn(teacher, w, divergence, temperature, beta, skew))
+                                         if isinstance(teacher, TopK) else _kd_fns(teacher, w, divergence, temperature, beta, skew)[1])
+    if targets is not None:
+        tg = targets.reshape(-1).to(device)
+        if tg.shape[0] != N: raise ValueError(f"targets cover {tg.shape[0]} positions, hidden states {N}")
+        _check_targets(tg, V, ignore_index)
+        names.append('lm'); steps.append(_ce_fns(tg, _flat_mask(tg != ignore_index, (N,), device), ignore_index)[1])
+    return names, steps
+
+# %% ../nbs/02_losses.ipynb #ec21e4c1
 def fused_kd_lm_loss(
     hidden:torch.Tensor, # (N, H) the student's last hidden states (after the final norm), or (..., H)
     lm_head_weight:torch.Tensor, # (V, H) the student's output projection
@@ -355,24 +389,7 @@ def fused_kd_lm_loss(
                                  "pass model.lm_head.weight (V, H) and the last hidden states")
     h = hidden.reshape(-1, H); N = h.shape[0]
     chunk_size = _chunk_rows('auto' if chunk_size is None else chunk_size, N, V)
-    names, parts = [], []
-    if teacher is not None:
-        _check_div(divergence, temperature, beta, skew)
-        if isinstance(teacher, TopK): _check_topk(h.new_empty(N, V), teacher)
-        else:
-            if teacher.shape[-1] != V: _check_logits(h.new_empty(N, V), teacher.reshape(-1, teacher.shape[-1]))
-            teacher = teacher.detach().reshape(-1, V)
-            if teacher.shape[0] != N: raise ValueError(f"teacher logits cover {teacher.shape[0]} positions, hidden states {N}")
-        w = _flat_mask(None if mask is None else mask.reshape(-1), (N,), h.device)
-        kd = (_autograd_step(_topk_fn(teacher, w, divergence, temperature, beta, skew)) if isinstance(teacher, TopK)
-              else _kd_fns(teacher, w, divergence, temperature, beta, skew)[1])
-        names.append('kd'); parts.append(kd)
-    if targets is not None:
-        tg = targets.reshape(-1).to(h.device)
-        if tg.shape[0] != N: raise ValueError(f"targets cover {tg.shape[0]} positions, hidden states {N}")
-        _check_targets(tg, V, ignore_index)
-        wl = _flat_mask(tg != ignore_index, (N,), h.device)
-        names.append('lm'); parts.append(_ce_fns(tg, wl, ignore_index)[1])
+    names, parts = _fused_steps(teacher, targets, N, V, mask, divergence, temperature, beta, skew, ignore_index, h.device)
     if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (h, lm_head_weight, lm_head_bias)):
         out = _FusedLinear.apply(h, lm_head_weight, lm_head_bias, parts, chunk_size)
     else:
@@ -419,6 +436,7 @@ def _check_attn(attn, who):
                          "attn_implementation=\"eager\" (e.g. AutoModelForCausalLM.from_pretrained(..., "
                          "attn_implementation=\"eager\")) and called with output_attentions=True")
 
+# %% ../nbs/02_losses.ipynb #9985b384
 def attention_loss(
     student_attn:list[torch.Tensor], # per student layer: (B, Hs, L, L) attention probabilities
     teacher_attn:list[torch.Tensor], # per teacher layer: (B, Ht, L, L)
