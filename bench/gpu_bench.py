@@ -31,6 +31,25 @@ GB = 1e9
 CHUNK = 1024
 DEV = 'cuda' if torch.cuda.is_available() else 'cpu'
 
+# Issue 18 gives KDConfig transformers.TrainingArguments' names for the engine knobs and names the presets after what
+# they are for. `kd_config` is the one place the GPU scripts (this file, fp16_gpu_shapes.py, tests/test_gpu.py) build a
+# config: callers use the NEW names, and it translates them while the old surface is installed. When issue 18 has
+# landed, `kd_config` is plain `make_config` and this block can go.
+_OLD_NAMES = dict(per_device_train_batch_size='batch_size', gradient_accumulation_steps='grad_accum', learning_rate='lr',
+                  dataloader_num_workers='num_workers', warmup_steps='warmup_ratio')   # new -> old (warmup: a ratio < 1)
+_OLD_PRESETS = {'fp16_16gb': 'kaggle_p100', 'fp16_16gb_ddp': 'kaggle_t4x2'}
+
+def kd_config(preset=None, **knobs):
+    "A KDConfig from the config contract's names (issue 18), on whichever config surface is installed."
+    import dataclasses
+    from kd_toolkit.core import KDConfig, make_config
+    if 'per_device_train_batch_size' not in {f.name for f in dataclasses.fields(KDConfig)}:   # before issue 18
+        if 'warmup_steps' in knobs and not knobs['warmup_steps'] < 1:
+            raise ValueError("kd_config: the installed KDConfig only takes a warmup ratio (warmup_steps < 1)")
+        knobs = {_OLD_NAMES.get(k, k): v for k, v in knobs.items()}
+        preset = _OLD_PRESETS.get(preset, preset)
+    return make_config(preset, **knobs)
+
 def _sync():
     if DEV == 'cuda': torch.cuda.synchronize()
 
@@ -92,9 +111,8 @@ class _Ours:
     "kd_toolkit's KDTrainer on the same batches (one optimizer step each), timed by a callback."
     def __init__(self, t, s, lr, **kd):
         from datasets import Dataset
-        from kd_toolkit.core import KDConfig
         from kd_toolkit.train import KDTrainer
-        self.t, self.s, self.kd, self.lr, self.Dataset, self.KDConfig, self.KDTrainer = t, s, kd, lr, Dataset, KDConfig, KDTrainer
+        self.t, self.s, self.kd, self.lr, self.Dataset, self.KDTrainer = t, s, kd, lr, Dataset, KDTrainer
     def run(self, batches, warmup, mem):
         times, marks = [], {}
         class _Timer(TrainerCallback):
@@ -106,11 +124,12 @@ class _Ours:
         ds = self.Dataset.from_dict({'input_ids': torch.cat(batches).tolist()})
         collate = lambda rows: (lambda ids: {'input_ids': ids, 'attention_mask': torch.ones_like(ids), 'labels': ids})(
             torch.tensor([r['input_ids'] for r in rows]))
-        cfg = self.KDConfig(output_dir=tempfile.mkdtemp(prefix='kd_gpu_bench_'), max_steps=len(batches), batch_size=B,
-                            max_length=L, lr=self.lr, weight_decay=0.0, warmup_ratio=0.0, max_grad_norm=1.0,
-                            precision='fp16' if DEV == 'cuda' else 'fp32',   # (fp16 training needs a GPU)
-                            divergence='fkl', temperature=1.0, logging_steps=10**6, eval_steps=0, save_steps=10**9,
-                            progress_bar=False, **self.kd)
+        cfg = kd_config(None, output_dir=tempfile.mkdtemp(prefix='kd_gpu_bench_'), max_steps=len(batches),
+                        per_device_train_batch_size=B, max_length=L, learning_rate=self.lr, weight_decay=0.0,
+                        warmup_steps=0.0, max_grad_norm=1.0,
+                        precision='fp16' if DEV == 'cuda' else 'fp32',   # (fp16 training needs a GPU)
+                        divergence='fkl', temperature=1.0, logging_steps=10**6, eval_steps=0, save_steps=10**9,
+                        progress_bar=False, **self.kd)
         tr = self.KDTrainer(cfg, self.t, self.s, ds, None, collate, {'kd': 1.0, 'lm': 1.0}, callbacks=[_Timer()])
         tr.args.save_strategy = 'no'
         tr.train()
