@@ -13,12 +13,15 @@ random windows of 128 tokens (`torch.Generator().manual_seed(2)`), loss 0.5·CE 
 through the toolkit's losses, AdamW lr 3e-3, weight decay 0.01, no clipping; held-out perplexity over consecutive
 128-token windows. Every mode sees the same windows and starts from the same weights.
 
-Modes: `fp32` everything fp32; `cast` the student runs in fp32 but its logits are rounded to fp16 before the loss (what
+Modes: `fp32` everything fp32; `fp32-plain` fp32 through plain autograd (chunk_size=None) instead of the chunked
+path (a check of the chunked path: on the CPU the two runs come out identical);
+`cast` the student runs in fp32 but its logits are rounded to fp16 before the loss (what
 autocast's lm_head hands the loss on a GPU) and the teacher's logits are fp16 too, with a real `torch.amp.GradScaler`
 (initial scale 2^16: overflow skips the step and halves the scale, unscale, inf check, step); `autocast` the student's
 forward under `torch.autocast(device, float16)` (fp16 matmuls, fp32 master weights) with the same GradScaler. Paths:
 `chunked` kd_loss + lm_loss with chunk_size='auto'; `topk` kd_loss_topk against the teacher's top-32 (+ tail), the
-presets' path; `fused` fused_kd_lm_loss on the last hidden state and lm_head. `--losses FILE` runs another copy of
+presets' path; `fused` fused_kd_lm_loss on the last hidden state and lm_head. `--seeds 1 2 3` repeats everything with
+other student inits and data orders and compares the means (one 300-step run moves by a few % with any last-bit change). `--losses FILE` runs another copy of
 kd_toolkit.losses (e.g. the one before the fix: `git show fb6f790:kd_toolkit/losses.py > FILE`).
 """
 from __future__ import annotations
@@ -62,9 +65,9 @@ def data(smoke=False, synthetic_data=False):
     n = int(0.8 * len(ids))
     return ids[:n], ids[n:], teacher.eval(), src
 
-def make_student(device):
+def make_student(device, seed=1):
     from transformers import LlamaConfig, LlamaForCausalLM
-    torch.manual_seed(1)
+    torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=512, hidden_size=32, intermediate_size=86, num_hidden_layers=2, num_attention_heads=4,
                       num_key_value_heads=4, tie_word_embeddings=True, max_position_embeddings=512)
     return LlamaForCausalLM(cfg).to(device).train()
@@ -83,7 +86,7 @@ def heldout_ppl(model, ids, L=128, device='cpu'):
 
 def step_loss(L, student, teacher_out, x, mode, path, device):
     "0.5·CE + 0.5·KL through the toolkit's losses; `mode` decides what the losses see (fp32 or fp16)."
-    half = mode != 'fp32'
+    half = not mode.startswith('fp32')
     tl = teacher_out.logits.half() if half else teacher_out.logits.float()      # an fp16 teacher on a GPU
     tgt = L.next_token_targets(x)
     amp = torch.autocast(device, dtype=torch.float16, enabled=mode == 'autocast')
@@ -96,20 +99,21 @@ def step_loss(L, student, teacher_out, x, mode, path, device):
             return 0.5 * out['lm'] + 0.5 * out['kd']
         z = student(x).logits
     z = z.half() if half else z.float()                                       # autocast's lm_head output is fp16 already
-    chunk = 'auto' if 'auto_chunk' in dir(L) else 256
+    chunk = None if mode == 'fp32-plain' else 'auto' if 'auto_chunk' in dir(L) else 256
     if path == 'topk':
         V = z.shape[-1]
         kd = L.kd_loss_topk(z.reshape(-1, V), L.topk_teacher(tl.reshape(-1, V), 32), chunk_size=chunk)
     else: kd = L.kd_loss(z, tl, chunk_size=chunk)
     return 0.5 * L.lm_loss(z, tgt, chunk_size=chunk) + 0.5 * kd
 
-def train(L, mode, path, train_ids, teacher, steps, device, B=16, T=128, lr=3e-3):
+def train(L, mode, path, train_ids, teacher, steps, device, B=16, T=128, lr=3e-3, seed=1):
     "One run; returns the student, the scaler's final scale and the number of skipped steps."
-    student = make_student(device)
-    teacher = teacher.to(device, torch.float16 if mode != 'fp32' and device == 'cuda' else torch.float32)
+    fp32 = mode.startswith('fp32')
+    student = make_student(device, seed)
+    teacher = teacher.to(device, torch.float16 if not fp32 and device == 'cuda' else torch.float32)
     opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.01)
-    scaler = torch.amp.GradScaler(device, init_scale=2.**16, enabled=mode != 'fp32')
-    gen = torch.Generator().manual_seed(2)
+    scaler = torch.amp.GradScaler(device, init_scale=2.**16, enabled=not fp32)
+    gen = torch.Generator().manual_seed(seed + 1)
     skipped = 0
     for _ in range(steps):
         starts = torch.randint(0, len(train_ids) - T - 1, (B,), generator=gen)
@@ -127,7 +131,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--steps', type=int, default=300)
     ap.add_argument('--paths', nargs='+', default=['chunked', 'topk'], choices=['chunked', 'topk', 'fused'])
-    ap.add_argument('--modes', nargs='+', default=['fp32', 'cast', 'autocast'], choices=['fp32', 'cast', 'autocast'])
+    ap.add_argument('--modes', nargs='+', default=['fp32', 'cast', 'autocast'], choices=['fp32', 'fp32-plain', 'cast', 'autocast'])
+    ap.add_argument('--seeds', type=int, nargs='+', default=[1], help='student-init seeds (data order: seed + 1); means compared')
     ap.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     ap.add_argument('--losses', help='another copy of kd_toolkit/losses.py to run (e.g. the one before the fix)')
     ap.add_argument('--tol', type=float, default=0.02, help='allowed relative perplexity difference to fp32 (exit 1 above)')
@@ -140,23 +145,31 @@ def main(argv=None):
     train_ids, held, teacher, src = data(a.smoke, a.synthetic)
     print(f"fp16 vs fp32 distillation, {a.steps} steps, device={a.device}, torch {torch.__version__}, losses="
           f"{a.losses or 'kd_toolkit.losses'}; {src}: train {len(train_ids)} / held-out {len(held)} tokens", flush=True)
-    print(f"{'path':<8} {'mode':<9} {'held-out ppl':>12} {'vs fp32':>8} {'final scale':>11} {'skipped':>7} {'s':>6}", flush=True)
-    worst = 0.
+    print(f"{'path':<8} {'mode':<10} {'seed':>4} {'held-out ppl':>12} {'vs fp32':>8} {'final scale':>11} {'skipped':>7} {'s':>6}", flush=True)
+    res = {}
     for path in a.paths:
-        ref = None
-        for mode in a.modes:
-            t0 = time.time()
-            student, scale, skipped = train(L, mode, path, train_ids, copy.deepcopy(teacher), a.steps, a.device)
-            ppl = heldout_ppl(student, held, device=a.device)
-            if mode == 'fp32': ref = ppl
-            rel = (ppl / ref - 1) if ref else float('nan')
-            if ref and mode != 'fp32': worst = max(worst, abs(rel))
-            print(f"{path:<8} {mode:<9} {ppl:>12.3f} {100*rel:>+7.2f}% {scale:>11.0f} {skipped:>7} {time.time()-t0:>6.0f}", flush=True)
-            if a.json:
-                with open(a.json, 'a') as f:
-                    f.write(json.dumps(dict(part='training', path=path, mode=mode, ppl=ppl, vs_fp32=rel, final_scale=scale,
-                                            skipped=skipped, device=a.device, steps=a.steps, data=src)) + '\n')
-    print(f"largest |fp16 - fp32| / fp32 perplexity: {100*worst:.2f}% (tolerance {100*a.tol:.0f}%)")
+        for seed in a.seeds:
+            for mode in a.modes:
+                t0 = time.time()
+                student, scale, skipped = train(L, mode, path, train_ids, copy.deepcopy(teacher), a.steps, a.device, seed=seed)
+                ppl = res[path, mode, seed] = heldout_ppl(student, held, device=a.device)
+                ref = res.get((path, 'fp32', seed))
+                rel = ppl / ref - 1 if ref else float('nan')
+                print(f"{path:<8} {mode:<10} {seed:>4} {ppl:>12.3f} {100*rel:>+7.2f}% {scale:>11.0f} {skipped:>7} {time.time()-t0:>6.0f}", flush=True)
+                if a.json:
+                    with open(a.json, 'a') as f:
+                        f.write(json.dumps(dict(part='training', path=path, mode=mode, seed=seed, ppl=ppl, vs_fp32=rel, final_scale=scale,
+                                                skipped=skipped, device=a.device, steps=a.steps, data=src)) + '\n')
+    worst = 0.
+    print(f"\nmean over seeds {a.seeds}:")
+    for path in a.paths:
+        mean = {m: sum(res[path, m, s] for s in a.seeds) / len(a.seeds) for m in a.modes}
+        for m in a.modes:
+            rel = mean[m] / mean['fp32'] - 1 if 'fp32' in mean else float('nan')
+            if m in ('cast', 'autocast') and rel == rel: worst = max(worst, abs(rel))
+            spread = max(res[path, m, s] for s in a.seeds) - min(res[path, m, s] for s in a.seeds)
+            print(f"{path:<8} {m:<10} mean ppl {mean[m]:8.3f}  vs fp32 {100*rel:+6.2f}%  (spread over seeds {spread:.3f})")
+    print(f"largest |fp16 - fp32| / fp32 of the mean perplexity: {100*worst:.2f}% (tolerance {100*a.tol:.0f}%)")
     return 0 if a.smoke or worst <= a.tol else 1
 
 if __name__ == '__main__': sys.exit(main())

@@ -13,6 +13,6 @@ def test_gpu_check_smoke(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     table = r.stdout[r.stdout.index('## gpu_check'):]
     assert 'all parts exited 0' in table
-    for case in ('tests/test_gpu.py', 'chunked autocast', 'topk cast', 'fused fp32', 'preset (top-64, chunk 1024)', 'fused |'):
+    for case in ('tests/test_gpu.py', 'chunked autocast seed 1', 'topk cast seed 1', 'fused fp32 seed 1', 'preset (top-64, chunk 1024)', 'fused |'):
         assert case in table, (case, table)
     assert (tmp_path / 'results.jsonl').read_text().count('"part": "training"') == 9
