@@ -14,7 +14,9 @@ through the toolkit's losses, AdamW lr 3e-3, weight decay 0.01, no clipping; hel
 128-token windows. Every mode sees the same windows and starts from the same weights.
 
 Modes: `fp32` everything fp32; `fp32-plain` fp32 through plain autograd (chunk_size=None) instead of the chunked
-path (a check of the chunked path: on the CPU the two runs come out identical);
+path (a check of the chunked path: on the CPU the two runs come out identical); `fp32-round` the logits (student's and
+teacher's) rounded to fp16 *values* with an fp32 gradient through them and no scaler: what `cast` computes, minus the
+fp16 gradient path, so `cast` vs `fp32-round` isolates what the losses' fp16 gradients change;
 `cast` the student runs in fp32 but its logits are rounded to fp16 before the loss (what
 autocast's lm_head hands the loss on a GPU) and the teacher's logits are fp16 too, with a real `torch.amp.GradScaler`
 (initial scale 2^16: overflow skips the step and halves the scale, unscale, inf check, step); `autocast` the student's
@@ -88,17 +90,19 @@ def step_loss(L, student, teacher_out, x, mode, path, device):
     "0.5·CE + 0.5·KL through the toolkit's losses; `mode` decides what the losses see (fp32 or fp16)."
     half = not mode.startswith('fp32')
     tl = teacher_out.logits.half() if half else teacher_out.logits.float()      # an fp16 teacher on a GPU
+    if mode == 'fp32-round': tl = tl.half().float()
     tgt = L.next_token_targets(x)
     amp = torch.autocast(device, dtype=torch.float16, enabled=mode == 'autocast')
     with amp:
         if path == 'fused':
             h = student.model(x).last_hidden_state
-            h = h.half() if mode == 'cast' else h
+            h = h.half() if mode == 'cast' else h + (h.half().float() - h).detach() if mode == 'fp32-round' else h
             out = L.fused_kd_lm_loss(h.reshape(-1, h.shape[-1]), student.lm_head.weight, tl.reshape(-1, tl.shape[-1]),
                                      tgt.reshape(-1), chunk_size='auto' if 'auto_chunk' in dir(L) else 256)
             return 0.5 * out['lm'] + 0.5 * out['kd']
         z = student(x).logits
     z = z.half() if half else z.float()                                       # autocast's lm_head output is fp16 already
+    if mode == 'fp32-round': z = z + (z.half().float() - z).detach()           # fp16 values, fp32 gradient, no scaler
     chunk = None if mode == 'fp32-plain' else 'auto' if 'auto_chunk' in dir(L) else 256
     if path == 'topk':
         V = z.shape[-1]
@@ -131,7 +135,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--steps', type=int, default=300)
     ap.add_argument('--paths', nargs='+', default=['chunked', 'topk'], choices=['chunked', 'topk', 'fused'])
-    ap.add_argument('--modes', nargs='+', default=['fp32', 'cast', 'autocast'], choices=['fp32', 'fp32-plain', 'cast', 'autocast'])
+    ap.add_argument('--modes', nargs='+', default=['fp32', 'cast', 'autocast'], choices=['fp32', 'fp32-plain', 'fp32-round', 'cast', 'autocast'])
     ap.add_argument('--seeds', type=int, nargs='+', default=[1], help='student-init seeds (data order: seed + 1); means compared')
     ap.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     ap.add_argument('--losses', help='another copy of kd_toolkit/losses.py to run (e.g. the one before the fix)')
