@@ -12,7 +12,8 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2L
 
 # %% auto #0
 __all__ = ['DATA_ENV', 'TOKENIZERS', 'TEXTS', 'STORIES260K', 'AssetMissing', 'data_dir', 'has_asset', 'require_asset',
-           'load_tokenizer', 'load_stories260k', 'read_text', 'tiny_llama', 'tiny_gpt2', 'tiny_moe', 'rand_batch']
+           'load_tokenizer', 'load_stories260k', 'read_text', 'tiny_llama', 'tiny_gpt2', 'tiny_moe', 'rand_batch',
+           'fp16_grad_check']
 
 # %% ../nbs/00a_testing.ipynb #9bd437c4
 DATA_ENV = 'KD_TOOLKIT_DATA'
@@ -141,3 +142,62 @@ def rand_batch(vocab_size:int=256, # token ids are drawn from [0, vocab_size)
     mask = torch.ones(batch_size, seq_len, dtype=torch.long)
     if n_pad: mask[:, seq_len-n_pad:] = 0
     return dict(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100))
+
+# %% ../nbs/00a_testing.ipynb #f16c0002
+import numpy as np, pandas as pd
+
+def _grad_stats(g, ref, dtype, scale): # low-precision gradient (any dtype) vs fp32 reference -> one row of metrics
+    g, ref = g.detach().double().flatten() / scale, ref.detach().double().flatten()
+    ideal = (ref * scale).to(dtype).double() / scale                # the reference, rounded once (after the scale)
+    fin = torch.isfinite(ideal)
+    d, r, i = g[fin], ref[fin], ideal[fin]
+    rn = r.norm().item() or 1.0
+    cs = lambda a: 1.0 if a.norm() == 0 and r.norm() == 0 else torch.nn.functional.cosine_similarity(a, r, dim=0, eps=1e-300).item()
+    return dict(cos=cs(d), cos_ideal=cs(i), rel_err=(d - r).norm().item() / rn, round_err=(i - r).norm().item() / rn,
+                zeros=(g == 0).double().mean().item(), zeros_ideal=(ideal == 0).double().mean().item(),
+                zeros_fp32=(ref == 0).double().mean().item(), nonfinite=int((~torch.isfinite(g) & fin).sum()),
+                overflow=int((~fin).sum()))
+
+# %% ../nbs/00a_testing.ipynb #f16c0005
+def _grads(loss_fn, inputs, wrt, params, scale): # run loss_fn(**inputs) under an upstream scale -> {name: gradient}
+    leaves = {k: inputs[k].detach().clone().requires_grad_() for k in wrt}
+    for p in params: p.grad = None
+    loss = loss_fn(**{**inputs, **leaves})
+    (loss * scale).backward()
+    out = {k: v.grad if v.grad is not None else torch.zeros_like(v) for k, v in leaves.items()}
+    out.update({f'param{j}': p.grad.clone() if p.grad is not None else torch.zeros_like(p) for j, p in enumerate(params)})
+    for p in params: p.grad = None
+    return loss.detach().float(), out
+
+# %% ../nbs/00a_testing.ipynb #f16c0006
+def fp16_grad_check(
+    loss_fn, # `loss_fn(**inputs) -> fp32 scalar`, the loss under test
+    inputs:dict, # name -> value; floating tensors are given in fp32 and rounded to each dtype here
+    wrt:list[str], # names of the inputs to differentiate (leaf tensors in the low-precision dtype)
+    scales=(1., 2.**8, 2.**16, 2.**24), # upstream loss scales (what GradScaler multiplies the loss by)
+    dtypes=(torch.float16, torch.bfloat16), # the low precisions to test
+    cast:list[str]|None=None, # other inputs rounded to the dtype too (a half-precision teacher); None: every float tensor
+    params=(), # fp32 tensors (e.g. a module's parameters) whose gradients are compared too, as `param0`, `param1`, ...
+    reference=None, # the fp32 reference loss with the same signature (e.g. the plain path of a chunked loss); None: loss_fn
+    rtol:float=1e-3, # allowed relative error on top of the dtype's own rounding (`round_err`)
+    min_cos:float=0.9999, # smallest allowed cosine
+    zeros_tol:float=0.005, # allowed excess share of zero entries over the once-rounded reference
+) -> pd.DataFrame:
+    "Gradients of `loss_fn` on fp16/bf16 inputs under upstream loss scales vs fp32 on the same rounded values; one row each."
+    is_f = lambda v: torch.is_tensor(v) and v.is_floating_point()
+    cast = [k for k, v in inputs.items() if is_f(v) and k not in wrt] if cast is None else list(cast)
+    rows = []
+    for dt in dtypes:
+        low = {k: (v.to(dt) if k in wrt or k in cast else v) for k, v in inputs.items()}
+        ref_in = {k: (v.float() if k in wrt or k in cast else v) for k, v in low.items()}
+        ref_loss, ref = _grads(reference or loss_fn, ref_in, wrt, params, 1.)
+        for s in scales:
+            loss, got = _grads(loss_fn, low, wrt, params, s)
+            for k, g in got.items():
+                row = dict(dtype=str(dt).replace('torch.', ''), scale=s, tensor=k, **_grad_stats(g, ref[k], g.dtype, s))
+                row['loss_rel'] = abs(loss.item() - ref_loss.item()) / max(abs(ref_loss.item()), 1e-30)
+                rows.append(row)
+    df = pd.DataFrame(rows)
+    df['ok'] = ((df.cos >= np.minimum(min_cos, df.cos_ideal - 1e-6)) & (df.rel_err <= rtol + df.round_err) & (df.nonfinite == 0)
+                & ((df.zeros - df.zeros_ideal).abs() <= zeros_tol))
+    return df
