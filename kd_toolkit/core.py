@@ -6,6 +6,7 @@
 from __future__ import annotations
 import contextlib, dataclasses, difflib, functools, importlib.util, json, math, os, typing
 from dataclasses import dataclass, field
+from typing import Literal
 from enum import Enum
 from pathlib import Path
 import torch
@@ -146,7 +147,7 @@ class DistillArguments:
     divergence:str='fkl' # 'fkl', 'rkl', 'jsd', 'skl', 'srkl', 'tvd'
     kd_path:str='auto' # 'full', 'chunked', 'topk', 'fused', 'cached'; 'auto': cached > topk > fused (plain logits) > chunked > full
     kd_topk:int=0 # teacher top-k with a tail bucket (0: the full distribution)
-    chunk_size:int|None=None # tokens per chunk for the chunked and fused paths
+    chunk_size:int|Literal['auto']|None=None # positions per chunk (chunked, top-k, fused paths); 'auto': N/32 (`losses.auto_chunk`: <= 1.5x one fp32 (N, V) buffer)
     teacher_cache:str|None=None # folder of a teacher cache (`cache.build_teacher_cache`); built first if missing
     cross_tokenizer:bool=False # teacher and student tokenizers differ: align by characters, map vocabularies
     cross_vocab_loss:str='map' # across vocabularies: 'map' (top-k mapped to student ids), 'uld' (sorted probs), 'hybrid'
@@ -199,6 +200,7 @@ def _describe(hint) -> str:
     "A short name of a type annotation, for messages."
     args = typing.get_args(hint)
     if args and (typing.get_origin(hint) is typing.Union or isinstance(hint, type(int | None))): return ' or '.join(map(_describe, args))
+    if typing.get_origin(hint) is Literal: return ' or '.join(map(repr, args))
     return 'None' if hint is type(None) else getattr(hint, '__name__', str(hint))
 
 # %% ../nbs/00_core.ipynb #6f7b82e4
@@ -233,7 +235,7 @@ def _check_value(name, v, hint):
     if opts and isinstance(v, (str, Enum)) and getattr(v, 'value', v) not in opts:
         near = difflib.get_close_matches(str(v), [str(o) for o in opts], n=1)
         raise bad(f"not one of {', '.join(map(str, opts))}" + (f"; did you mean {near[0]!r}?" if near else ''))
-    if name not in _RANGES or v is None: return
+    if name not in _RANGES or v is None or isinstance(v, str): return   # (a string passed the type check: a Literal such as 'auto')
     lo, hi, strict = _RANGES[name]
     if math.isnan(v) or (v <= lo if strict else v < lo) or (hi is not None and v > hi) or math.isinf(v):
         raise bad(f"must be {'>' if strict else '>='} {lo}" + (f" and <= {hi}" if hi is not None else '') + ", and finite")
@@ -396,7 +398,7 @@ def from_json(cls:KDConfig, path:str|Path) -> KDConfig:
 
 # %% ../nbs/00_core.ipynb #19ee3cd4
 _GPU = dict(per_device_train_batch_size=8, gradient_accumulation_steps=4, max_length=512, learning_rate=3e-4, kd_topk=64,
-            chunk_size=1024, logging_steps=25, eval_steps=250, eval_batches=50, early_stopping_patience=5, dataloader_num_workers=2)
+            chunk_size='auto', logging_steps=25, eval_steps=250, eval_batches=50, early_stopping_patience=5, dataloader_num_workers=2)
 PRESETS = {
     'fp16_16gb': _GPU | dict(precision='fp16', time_budget_hours=11.0),
     'fp16_16gb_ddp': _GPU | dict(precision='fp16', per_device_train_batch_size=4, time_budget_hours=11.0),
