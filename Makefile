@@ -6,7 +6,7 @@ BIN = $(VENV)/bin
 TORCH ?= torch==2.13.0
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: install sync test test-slow demo bench clean
+.PHONY: install sync test test-slow demo bench clean wheel
 
 install: $(VENV)/.installed
 $(VENV)/.installed: settings.ini setup.py
@@ -32,6 +32,16 @@ test: install
 test-slow: install
 	$(BIN)/nbdev_test --n_workers 2 --flags slow
 	$(BIN)/pytest -q -m slow tests || [ $$? -eq 5 ]
+
+# kd_toolkit as a wheel, for a Kaggle notebook (upload $(DIST)/ as a dataset, attach it: README), with the pure-Python
+# requirements Kaggle's image may lack, so the notebook installs offline. `make wheel WHEEL_EXTRAS=` builds kd_toolkit's alone.
+DIST ?= dist
+WHEEL_EXTRAS ?= gguf 'fastcore>=1.12.3,<2'
+wheel: install
+	rm -rf $(DIST) && mkdir -p $(DIST)
+	$(BIN)/python -m pip wheel --no-deps --no-build-isolation -q -w $(DIST) .
+	$(if $(strip $(WHEEL_EXTRAS)),$(BIN)/python -m pip download --no-deps -q -d $(DIST) $(WHEEL_EXTRAS))
+	@ls $(DIST)
 
 demo: install
 	$(BIN)/kd_toolkit demo --overwrite

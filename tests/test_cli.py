@@ -193,9 +193,9 @@ def test_distill_from_config_file(tmp_path):
 @pytest.mark.slow
 def test_default_demo_kd_beats_lm_only(tmp_path):
     "The embedded default as `make demo` runs it (real SmolLM2-135M teacher, stdlib corpus): KD wins within 10 minutes."
-    from kd_toolkit.cli import fetch_smollm2, CLIError
+    from kd_toolkit.sources import fetch_smollm2, SourceError
     try: fetch_smollm2()
-    except CLIError as e: pytest.skip(f"no SmolLM2 teacher here: {e}")
+    except SourceError as e: pytest.skip(f"no SmolLM2 teacher here: {e}")
     t0 = time.time()
     code, stdout, err = _run(['demo', '--out', str(tmp_path/'demo')])
     secs = time.time() - t0
