@@ -161,7 +161,7 @@ def test_notebook_smoke_run(kernel, request, tmp_path, assets):
         assert 'tokenizers differ' in shown and 'coverage' in shown   # the alignment preview ran
     # widths differ (student d=32, teacher d=64): the least-squares projector starts far better than a random one
     init = pd.read_csv(out/'projector_init.csv', index_col=0)['feature_loss']
-    assert 0 <= init['lstsq'] < 0.9 and 1.5 < init['normal'] < 2.5, init   # nmse: 0 = match, 2 = unrelated
+    assert 0 <= init['lstsq'] < 0.6 * init['normal'] and 1.5 < init['normal'] < 2.5, init   # nmse: 0 = match, 2 = unrelated
     assert hist['loss'].dropna().map(math.isfinite).all()
     # the charts: saved PNGs and inline image/png outputs
     for png in ('curriculum.png', 'loss_breakdown.png'):
