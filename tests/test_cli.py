@@ -123,6 +123,15 @@ def test_demo_short_run_writes_a_complete_result(tmp_path, tiny_teacher, steps):
     assert pngs and all(p.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' for p in pngs)
     report = (out/'report.md').read_text()
     assert 'perplexity' in report and all(f'({p.name})' in report for p in pngs)
+    # a real markdown table: header, right-aligned number columns, one row per model with the numbers of results.csv
+    rows = [l for l in report.splitlines() if l.startswith('|')]
+    assert rows[0] == '| model | perplexity | bits_per_byte | n_tokens |' and rows[1] == '| --- | ---: | ---: | ---: |', rows
+    kd_row = next(r for r in rows if r.startswith('| student_kd |'))
+    assert float(kd_row.split('|')[2]) == pytest.approx(table.loc['student_kd', 'perplexity'], abs=5e-4)
+    # one chart compares KD with LM-only on held-out perplexity over steps, the teacher as a line
+    assert (out/'heldout_ppl.png').is_file()
+    for name in ('kd', 'lm_only'):
+        assert pd.read_csv(out/f'history_{name}.csv')['eval/student_ppl'].notna().sum() >= 2   # a curve, not a point
     from transformers import AutoModelForCausalLM
     assert AutoModelForCausalLM.from_pretrained(out/'student_kd').config.vocab_size >= 300
 
@@ -205,3 +214,67 @@ def test_default_demo_kd_beats_lm_only(tmp_path):
     assert t.loc['student_kd', 'bits_per_byte'] < t.loc['student_lm_only', 'bits_per_byte'], t
     assert t.loc['teacher', 'perplexity'] < t.loc['student_kd', 'perplexity'], t
     assert secs < 600, f"the demo took {secs:.0f} s (budget: 10 minutes on 2 cores)"
+
+
+# --- `distill --config`: every row of issue 17's table that does not need a run, one line each, before any model loads ---
+
+@pytest.fixture
+def spec(tmp_path, tiny_teacher):
+    "A valid run spec (tiny local teacher and student, text files); tests break one thing each."
+    import json
+    (tmp_path/'train.txt').write_text('\n\n'.join([STORY] * 6)); (tmp_path/'eval.txt').write_text(STORY)
+    d = dict(teacher=str(tiny_teacher), student=str(tiny_teacher), train=str(tmp_path/'train.txt'), eval=str(tmp_path/'eval.txt'),
+             preset='smoke', config=dict(output_dir=str(tmp_path/'out'), max_steps=2))
+    def write(**changes):
+        p = tmp_path/'run.json'; p.write_text(json.dumps({**d, **changes})); return str(p)
+    return write
+
+@pytest.fixture
+def no_model_loads(monkeypatch):
+    "Any model load fails the test: the error must come first."
+    import kd_toolkit.cli as cli
+    def boom(*a, **k): raise AssertionError("a model was loaded before the input error was found")
+    monkeypatch.setattr(cli, 'load_model', boom)
+
+def _one_line_error(code, err, *parts):
+    assert code == 2, (code, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('kd_toolkit distill: error: '), err
+    for p in parts: assert p in lines[0], (p, lines[0])
+
+def test_distill_typo_top_level_key(spec, no_model_loads):
+    path = spec(evl='x.txt')
+    _one_line_error(*_run(['distill', '--config', path])[::2], "unknown key 'evl'", "did you mean 'eval'?")
+
+def test_distill_unknown_preset(spec, no_model_loads):
+    _one_line_error(*_run(['distill', '--config', spec(preset='kaggle_p1000')])[::2], "unknown preset 'kaggle_p1000'", 'valid:')
+
+@pytest.mark.parametrize('which', ['train', 'eval'])
+@pytest.mark.parametrize('problem', ['missing', 'binary', 'not utf-8', 'a folder'])
+def test_distill_bad_data_file(spec, tmp_path, no_model_loads, which, problem):
+    f = tmp_path/f'{which}.data'
+    if problem == 'binary': f.write_bytes(b'PK\x03\x04\x00\x00' + bytes(range(256)))
+    elif problem == 'not utf-8': f.write_bytes('caf\xe9 cr\xe8me'.encode('latin-1'))
+    elif problem == 'a folder': f.mkdir()
+    says = {'missing': 'no such file', 'binary': 'binary file', 'not utf-8': 'not UTF-8', 'a folder': 'is a folder'}[problem]
+    _one_line_error(*_run(['distill', '--config', spec(**{which: str(f)})])[::2], f'{which} {f}', says)
+
+def test_distill_output_not_writable(spec, tmp_path, no_model_loads):
+    blocker = tmp_path/'file.txt'; blocker.write_text('x')   # a folder under a regular file cannot be made (root included)
+    path = spec(config=dict(output_dir=str(blocker/'out'), max_steps=2))
+    _one_line_error(*_run(['distill', '--config', path])[::2], f'output_dir {blocker/"out"} is not writable')
+
+def test_distill_output_dir_is_a_file(spec, tmp_path, no_model_loads):
+    f = tmp_path/'taken'; f.write_text('x')
+    _one_line_error(*_run(['distill', '--config', spec(config=dict(output_dir=str(f)))])[::2], f'output_dir {f} is a file')
+
+def test_distill_config_not_an_object(tmp_path, no_model_loads):
+    p = tmp_path/'run.json'; p.write_text('["teacher"]')
+    _one_line_error(*_run(['distill', '--config', str(p)])[::2], 'expected a JSON object')
+
+def test_evaluate_binary_data_before_loading(tmp_path, tiny_teacher, monkeypatch):
+    import kd_toolkit.cli as cli
+    monkeypatch.setattr(cli, 'load_model', lambda *a, **k: (_ for _ in ()).throw(AssertionError('loaded')))
+    f = tmp_path/'x.bin'; f.write_bytes(bytes(range(256)))
+    code, _, err = _run(['evaluate', '--model', str(tiny_teacher), '--data', str(f)])
+    assert code == 2 and err.startswith('kd_toolkit evaluate: error: --data') and 'binary file' in err, err
