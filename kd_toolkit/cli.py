@@ -19,7 +19,7 @@ __all__ = ['SPEC_KEYS', 'CLIError', 'demo_student', 'run_demo', 'read_spec', 'ma
 class CLIError(ValueError):
     "A user-facing error: printed as one line, exit code 2, nothing presented as a result."
 
-# %% ../nbs/09_cli.ipynb #d6283a30
+# %% ../nbs/09_cli.ipynb #84d47cfd
 def _writable_tmp(out:Path, overwrite:bool) -> Path:
     "A fresh temporary folder beside `out` (checks that `out` can be written before any work)."
     if out.exists() and not out.is_dir():
@@ -50,7 +50,7 @@ def demo_student(vocab_size:int, hidden_size:int=128, num_layers:int=2, seed:int
                       pad_token_id=None)
     return LlamaForCausalLM(cfg)
 
-# %% ../nbs/09_cli.ipynb #9a322f9e
+# %% ../nbs/09_cli.ipynb #907db972
 def _tokenized(texts, tok, max_length, batch_size=8, teacher_tok=None):
     "The tokenized dataset and its batches (with the teacher's tokens and the alignment when `teacher_tok` differs)."
     from kd_toolkit.data import build_kd_dataset, KDCollator
@@ -81,9 +81,10 @@ def _train_students(t_model, tok, train_ds, eval_ds, tmp:Path, steps:int, max_le
     from kd_toolkit.train import build_teacher_cache, distill
     cache = tmp/'teacher_cache'
     build_teacher_cache(t_model, train_ds, cache, kd_topk, batch_size=batch_size, data_collator=KDCollator(pad_id(tok)))
+    every = max(1, steps // 8)   # eight points on the held-out curve; one checkpoint, at the end (the student compared is the last)
     cfg = make_config('cpu_demo', max_steps=steps, max_length=max_length, batch_size=batch_size, kd_topk=kd_topk, seed=seed,
-                      eval_steps=max(1, steps // 8), eval_batches=math.ceil(len(eval_ds) / batch_size), logging_steps=max(1, min(10, steps // 10)),
-                      progress_bar=True, save_total_limit=1)
+                      eval_steps=every, save_steps=every * math.ceil(steps / every), eval_batches=math.ceil(len(eval_ds) / batch_size),
+                      logging_steps=max(1, min(10, steps // 10)), progress_bar=True, save_total_limit=1)
     students, hist = {}, {}
     for i, (name, cur) in enumerate([('kd', 'kd_lm'), ('lm_only', {'lm': 1.0})]):   # (LM-only reads no cache entry)
         log(f"[{3 + i}/5] training the {name} student: {steps} steps")
@@ -107,7 +108,7 @@ def _charts(histories:dict, teacher_ppl:float, folder:Path) -> list[str]:
         names.append(f'loss_{name}.png')
     return names
 
-# %% ../nbs/09_cli.ipynb #be9ed391
+# %% ../nbs/09_cli.ipynb #e945654e
 def _report(table:pd.DataFrame, charts:list[str], about:str) -> str:
     "The demo's report.md: what ran, the results as a markdown table, the verdict and the charts."
     kd_wins = table.loc['student_kd', 'perplexity'] < table.loc['student_lm_only', 'perplexity']
@@ -192,7 +193,7 @@ def _did_you_mean(key:str, valid) -> str:
     close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
     return f"; did you mean {close[0]!r}?" if close else ''
 
-# %% ../nbs/09_cli.ipynb #5b864dcf
+# %% ../nbs/09_cli.ipynb #c8c988f7
 def read_spec(path:str) -> dict:
     "The run spec of `distill --config`: a JSON object with known keys (typos refused with a suggestion)."
     try: spec = json.loads(text_file(path, '--config').read_text(encoding='utf-8'))
@@ -218,7 +219,7 @@ def _config(spec:dict, path:str):
     except (KeyError, ValueError, TypeError) as e:
         raise CLIError(f"{path}: config: {e.args[0] if e.args else e}") from None
 
-# %% ../nbs/09_cli.ipynb #53312623
+# %% ../nbs/09_cli.ipynb #f52d326d
 def _check_output(folder:str, path:str):
     "The output folder can be created and written (checked before any model loads)."
     d = Path(folder).expanduser()

@@ -48,24 +48,28 @@ def wheel_dir(tmp_path_factory) -> Path:
     assert [p.name for p in d.glob('*.whl')] == [f'kd_toolkit-{_version()}-py3-none-any.whl'], list(d.iterdir())
     return d
 
-@pytest.fixture(scope='module')
-def clean_kernel(jupyter, tmp_path_factory):
+def make_clean_venv(root:Path) -> Path:
     """A venv with every package of this one EXCEPT kd_toolkit (site-packages entries linked, so it takes seconds and no
-    disk), and a kernel running it: what a Kaggle image is to the notebook."""
-    venv = tmp_path_factory.mktemp('clean')/'venv'
+    disk): what a Kaggle image is to the notebook. Returns its python."""
+    venv = root/'venv'
     subprocess.run([sys.executable, '-m', 'venv', '--without-pip', str(venv)], check=True, timeout=120)
     py = venv/'bin'/'python'
     dst = Path(subprocess.run([str(py), '-c', 'import sysconfig; print(sysconfig.get_paths()["purelib"])'], capture_output=True,
                               text=True, check=True).stdout.strip())
-    src = Path(sysconfig.get_paths()['purelib'])
-    for p in src.iterdir():
+    for p in Path(sysconfig.get_paths()['purelib']).iterdir():
         if 'kd_toolkit' in p.name or p.name == '__pycache__': continue
         (dst/p.name).symlink_to(p)
     r = subprocess.run([str(py), '-c', 'import importlib.util as u; print(u.find_spec("kd_toolkit"), u.find_spec("transformers") is not None)'],
                        capture_output=True, text=True, cwd=venv)
     assert r.stdout.split() == ['None', 'True'], r.stdout + r.stderr
+    return py
+
+@pytest.fixture(scope='module')
+def clean_kernel(jupyter, tmp_path_factory):
+    "A kernel running a clean venv (no kd_toolkit)."
+    py = make_clean_venv(tmp_path_factory.mktemp('clean'))
     _kernelspec(jupyter, CLEAN, str(py))
-    return CLEAN, venv
+    return CLEAN, py.parent.parent
 
 def _version() -> str:
     c = configparser.ConfigParser(); c.read(ROOT/'settings.ini'); return c['DEFAULT']['version']
@@ -215,3 +219,41 @@ def test_dataset_that_fails_to_load_stops_the_notebook(kernel, tmp_path, dataset
     nb = nbformat.read(tmp_path/'executed.ipynb', as_version=4)
     failed = next(c for c in _code(nb) if any(o.get('output_type') == 'error' for o in c.get('outputs', [])))
     assert 'load_corpus(' in failed.source
+
+
+# --- the install cell alone, run as a script in a clean venv (it is plain Python: no magics) ---
+
+def _cell1(python:Path, env:dict, cwd:Path) -> subprocess.CompletedProcess:
+    src = _code(nbformat.read(NB, as_version=4))[0].source
+    return subprocess.run([str(python), '-c', src], env={**os.environ, **OFFLINE, **env}, capture_output=True, text=True,
+                          cwd=cwd, timeout=600)
+
+def test_install_cell_from_a_wheel_folder_offline(tmp_path, wheel_dir):
+    "kd_toolkit lands in the clean venv from the folder standing in for /kaggle/input, with no index at all."
+    py = make_clean_venv(tmp_path)
+    r = _cell1(py, dict(KD_TOOLKIT_INPUT=str(wheel_dir.parent)), tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f'kd_toolkit {_version()}; torch imported yet: False' in r.stdout, r.stdout
+    where = subprocess.run([str(py), '-c', 'import kd_toolkit.sources as m; print(m.__file__)'], capture_output=True, text=True, cwd=tmp_path)
+    assert where.stdout.strip().startswith(str(py.parent.parent)), where   # the venv's copy, not this checkout
+
+@pytest.mark.parametrize('case', ['wheel', 'git', 'index'])
+def test_install_cell_order_and_never_a_bare_pypi_name(tmp_path, wheel_dir, case):
+    """With a pip that fails every call (and logs it): attached wheel -> offline, then with the index (the wheel file named,
+    so the index only serves requirements); no wheel -> the pinned git release, then only an index the user named;
+    otherwise the error says how to attach the wheel."""
+    py = make_clean_venv(tmp_path)
+    log = tmp_path/'pip.log'
+    stub = tmp_path/'pip-stub'; stub.write_text(f'#!/bin/sh\necho "$@" >> {log}\nexit 1\n'); stub.chmod(0o755)
+    env = dict(KD_TOOLKIT_PIP=str(stub), KD_TOOLKIT_INPUT=str(wheel_dir.parent if case == 'wheel' else tmp_path/'none'))
+    if case == 'index': env['KD_TOOLKIT_INDEX_URL'] = 'https://pypi.example.org/simple'
+    r = _cell1(py, env, tmp_path)
+    assert r.returncode != 0
+    calls = log.read_text().splitlines()
+    whl = str(next(wheel_dir.glob('*.whl')))
+    want = {'wheel': [f'install -q --no-index --find-links {wheel_dir} {whl}', f'install -q --find-links {wheel_dir} {whl}'],
+            'git': [f'install -q git+https://github.com/kd-toolkit/kd_toolkit@v{_version()}'],
+            'index': [f'install -q git+https://github.com/kd-toolkit/kd_toolkit@v{_version()}',
+                      f'install -q --index-url https://pypi.example.org/simple kd_toolkit=={_version()}']}[case]
+    assert calls == want, calls
+    if case == 'git': assert 'attach its wheel as a dataset (Add Input' in r.stderr, r.stderr[-500:]
