@@ -13,13 +13,15 @@ from .sources import (SourceError, cache_dir, fetch_smollm2, load_model, load_to
 from .recipe import eval_batches, markdown_table, pad_id, plot_heldout_ppl
 
 # %% auto #0
-__all__ = ['SPEC_KEYS', 'CLIError', 'demo_student', 'run_demo', 'read_spec', 'main']
+__all__ = ['load_teacher', 'SPEC_KEYS', 'CLIError', 'demo_student', 'run_demo', 'read_spec', 'main']
 
 # %% ../nbs/09_cli.ipynb #287803a0
 class CLIError(ValueError):
     "A user-facing error: printed as one line, exit code 2, nothing presented as a result."
 
-# %% ../nbs/09_cli.ipynb #84d47cfd
+load_teacher = load_model   # the old name (bench/quality.py calls cli.load_teacher('smollm2')): use sources.load_model
+
+# %% ../nbs/09_cli.ipynb #9eed702d
 def _writable_tmp(out:Path, overwrite:bool) -> Path:
     "A fresh temporary folder beside `out` (checks that `out` can be written before any work)."
     if out.exists() and not out.is_dir():
@@ -50,7 +52,7 @@ def demo_student(vocab_size:int, hidden_size:int=128, num_layers:int=2, seed:int
                       pad_token_id=None)
     return LlamaForCausalLM(cfg)
 
-# %% ../nbs/09_cli.ipynb #907db972
+# %% ../nbs/09_cli.ipynb #d079a766
 def _tokenized(texts, tok, max_length, batch_size=8, teacher_tok=None):
     "The tokenized dataset and its batches (with the teacher's tokens and the alignment when `teacher_tok` differs)."
     from kd_toolkit.data import build_kd_dataset, KDCollator
@@ -108,7 +110,7 @@ def _charts(histories:dict, teacher_ppl:float, folder:Path) -> list[str]:
         names.append(f'loss_{name}.png')
     return names
 
-# %% ../nbs/09_cli.ipynb #e945654e
+# %% ../nbs/09_cli.ipynb #35f6595d
 def _report(table:pd.DataFrame, charts:list[str], about:str) -> str:
     "The demo's report.md: what ran, the results as a markdown table, the verdict and the charts."
     kd_wins = table.loc['student_kd', 'perplexity'] < table.loc['student_lm_only', 'perplexity']
@@ -193,7 +195,7 @@ def _did_you_mean(key:str, valid) -> str:
     close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
     return f"; did you mean {close[0]!r}?" if close else ''
 
-# %% ../nbs/09_cli.ipynb #c8c988f7
+# %% ../nbs/09_cli.ipynb #398d48bd
 def read_spec(path:str) -> dict:
     "The run spec of `distill --config`: a JSON object with known keys (typos refused with a suggestion)."
     try: spec = json.loads(text_file(path, '--config').read_text(encoding='utf-8'))
@@ -219,7 +221,7 @@ def _config(spec:dict, path:str):
     except (KeyError, ValueError, TypeError) as e:
         raise CLIError(f"{path}: config: {e.args[0] if e.args else e}") from None
 
-# %% ../nbs/09_cli.ipynb #f52d326d
+# %% ../nbs/09_cli.ipynb #718488a9
 def _check_output(folder:str, path:str):
     "The output folder can be created and written (checked before any model loads)."
     d = Path(folder).expanduser()
