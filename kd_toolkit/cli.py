@@ -21,7 +21,7 @@ class CLIError(ValueError):
 
 load_teacher = load_model   # the old name (bench/quality.py calls cli.load_teacher('smollm2')): use sources.load_model
 
-# %% ../nbs/09_cli.ipynb #9eed702d
+# %% ../nbs/09_cli.ipynb #daddfc4a
 def _writable_tmp(out:Path, overwrite:bool) -> Path:
     "A fresh temporary folder beside `out` (checks that `out` can be written before any work)."
     if out.exists() and not out.is_dir():
@@ -52,7 +52,7 @@ def demo_student(vocab_size:int, hidden_size:int=128, num_layers:int=2, seed:int
                       pad_token_id=None)
     return LlamaForCausalLM(cfg)
 
-# %% ../nbs/09_cli.ipynb #d079a766
+# %% ../nbs/09_cli.ipynb #6fd8be25
 def _tokenized(texts, tok, max_length, batch_size=8, teacher_tok=None):
     "The tokenized dataset and its batches (with the teacher's tokens and the alignment when `teacher_tok` differs)."
     from kd_toolkit.data import build_kd_dataset, KDCollator
@@ -83,9 +83,9 @@ def _train_students(t_model, tok, train_ds, eval_ds, tmp:Path, steps:int, max_le
     from kd_toolkit.train import build_teacher_cache, distill
     cache = tmp/'teacher_cache'
     build_teacher_cache(t_model, train_ds, cache, kd_topk, batch_size=batch_size, data_collator=KDCollator(pad_id(tok)))
-    every = max(1, steps // 8)   # eight points on the held-out curve; one checkpoint, at the end (the student compared is the last)
+    every = math.ceil(steps / 6)   # six points on the held-out curve (at most 8 batches each); one checkpoint, at the end
     cfg = make_config('cpu_demo', max_steps=steps, max_length=max_length, batch_size=batch_size, kd_topk=kd_topk, seed=seed,
-                      eval_steps=every, save_steps=every * math.ceil(steps / every), eval_batches=math.ceil(len(eval_ds) / batch_size),
+                      eval_steps=every, save_steps=every * math.ceil(steps / every), eval_batches=min(8, math.ceil(len(eval_ds) / batch_size)),
                       logging_steps=max(1, min(10, steps // 10)), progress_bar=True, save_total_limit=1)
     students, hist = {}, {}
     for i, (name, cur) in enumerate([('kd', 'kd_lm'), ('lm_only', {'lm': 1.0})]):   # (LM-only reads no cache entry)
@@ -110,7 +110,7 @@ def _charts(histories:dict, teacher_ppl:float, folder:Path) -> list[str]:
         names.append(f'loss_{name}.png')
     return names
 
-# %% ../nbs/09_cli.ipynb #35f6595d
+# %% ../nbs/09_cli.ipynb #26a67201
 def _report(table:pd.DataFrame, charts:list[str], about:str) -> str:
     "The demo's report.md: what ran, the results as a markdown table, the verdict and the charts."
     kd_wins = table.loc['student_kd', 'perplexity'] < table.loc['student_lm_only', 'perplexity']
@@ -195,7 +195,7 @@ def _did_you_mean(key:str, valid) -> str:
     close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
     return f"; did you mean {close[0]!r}?" if close else ''
 
-# %% ../nbs/09_cli.ipynb #398d48bd
+# %% ../nbs/09_cli.ipynb #84fb2a0c
 def read_spec(path:str) -> dict:
     "The run spec of `distill --config`: a JSON object with known keys (typos refused with a suggestion)."
     try: spec = json.loads(text_file(path, '--config').read_text(encoding='utf-8'))
@@ -221,7 +221,7 @@ def _config(spec:dict, path:str):
     except (KeyError, ValueError, TypeError) as e:
         raise CLIError(f"{path}: config: {e.args[0] if e.args else e}") from None
 
-# %% ../nbs/09_cli.ipynb #718488a9
+# %% ../nbs/09_cli.ipynb #80d02096
 def _check_output(folder:str, path:str):
     "The output folder can be created and written (checked before any model loads)."
     d = Path(folder).expanduser()

@@ -172,7 +172,7 @@ def test_evaluate_and_distill_bad_input(tmp_path):
     part = tmp_path/'part.json'; part.write_text('{"teacher": "x"}')
     code, _, err = _run(['distill', '--config', str(part)])
     assert code != 0 and "'student'" in err, err
-    (tmp_path/'nomodel.json').write_text(json.dumps(dict(teacher=str(tmp_path/'t'), student=str(tmp_path/'s'), train=STORY)))
+    (tmp_path/'nomodel.json').write_text(json.dumps(dict(teacher=str(tmp_path/'t'), student=str(tmp_path/'s'), train=str(tmp_path/'some.txt'))))
     code, _, err = _run(['distill', '--config', str(tmp_path/'nomodel.json')])
     assert code != 0 and 'nomodel.json: teacher' in err and 'no model there' in err, err
 
