@@ -257,3 +257,4 @@ def test_install_cell_order_and_never_a_bare_pypi_name(tmp_path, wheel_dir, case
                       f'install -q --index-url https://pypi.example.org/simple kd_toolkit=={_version()}']}[case]
     assert calls == want, calls
     if case == 'git': assert 'attach its wheel as a dataset (Add Input' in r.stderr, r.stderr[-500:]
+    if case == 'wheel': assert 'could not install' in r.stderr and 'Turn Internet on' in r.stderr, r.stderr[-500:]
