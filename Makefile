@@ -6,7 +6,7 @@ BIN = $(VENV)/bin
 TORCH ?= torch==2.13.0
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: install sync test test-slow demo bench clean wheel floors
+.PHONY: install sync test test-slow demo bench clean wheel floors browser-test
 
 install: $(VENV)/.installed
 $(VENV)/.installed: settings.ini setup.py
@@ -55,6 +55,16 @@ floors:
 	$(FLOORS_VENV)/bin/python -m pip list 2>/dev/null | grep -iE '^(torch|transformers|fastcore|datasets|accelerate|tokenizers|huggingface.hub) '
 	$(FLOORS_VENV)/bin/nbdev_test --path nbs/07_train.ipynb
 	$(FLOORS_VENV)/bin/pytest -q tests/test_train.py tests/test_qwen_pair.py tests/test_cli.py
+
+# the widgets and live chart in a real JupyterLab, driven in headless Chromium (issue 19; ~1-2 min once installed).
+# Installs Debian's chromium + chromium-driver when missing (root: apt-get) and the [browser] extra (jupyterlab, selenium).
+browser-test: install
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || { \
+	  echo "installing Debian's chromium and chromium-driver (apt-get)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null || { \
+	    echo "could not install Chromium: run as root: apt-get update && apt-get install -y chromium chromium-driver"; exit 2; }; }
+	$(BIN)/python -m pip install -q -e ".[browser]"
+	$(BIN)/python bench/browser_check.py $(BROWSER_ARGS)
 
 demo: install
 	$(BIN)/kd_toolkit demo --overwrite

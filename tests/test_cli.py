@@ -247,7 +247,7 @@ def test_distill_typo_top_level_key(spec, no_model_loads):
     _one_line_error(*_run(['distill', '--config', path])[::2], "unknown key 'evl'", "did you mean 'eval'?")
 
 def test_distill_unknown_preset(spec, no_model_loads):
-    _one_line_error(*_run(['distill', '--config', spec(preset='kaggle_p1000')])[::2], "unknown preset 'kaggle_p1000'", 'valid:')
+    _one_line_error(*_run(['distill', '--config', spec(preset='kaggle_p100')])[::2], "unknown preset 'kaggle_p100'", "did you mean 'fp16_16gb'?", 'Presets:')
 
 @pytest.mark.parametrize('which', ['train', 'eval'])
 @pytest.mark.parametrize('problem', ['missing', 'binary', 'not utf-8', 'a folder'])

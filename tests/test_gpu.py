@@ -113,7 +113,7 @@ def _teacher():
     return t
 
 def _trainer(out, teacher=None, curriculum=None, **kw):
-    cfg = KDConfig(**{**dict(output_dir=str(out), precision='fp16', max_steps=30, batch_size=8, max_length=32, lr=3e-3,
+    cfg = KDConfig(**{**dict(output_dir=str(out), precision='fp16', max_steps=30, per_device_train_batch_size=8, max_length=32, learning_rate=3e-3,
                              logging_steps=5, save_steps=10, progress_bar=False, seed=0), **kw})
     return KDTrainer(cfg, teacher or _teacher(), tiny_llama(V, 32, num_layers=1, seed=2), _ds(),
                      curriculum=curriculum or {'lm': 1.0, 'kd': 1.0, 'feature': 0.5})

@@ -174,11 +174,12 @@ def test_notebook_smoke_run(kernel, request, tmp_path, assets):
     assert sum(map(pngs, code)) >= 3, "expected the curriculum, live and final loss-breakdown charts inline"
     train_cell = next(c for c in code if 'result = distill(' in c.source)
     assert pngs(train_cell) == 1, "the live chart redraws in ONE output of the training cell"
-    # samples before/after, and a student that loads back with its tokenizer
+    # samples before/after, and the student distill saved: it loads back with its tokenizer, beside its model card
     assert len(pd.read_csv(out/'samples.csv', index_col=0)) == 2
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    s = AutoModelForCausalLM.from_pretrained(out/'student'); tok = AutoTokenizer.from_pretrained(out/'student')
+    s = AutoModelForCausalLM.from_pretrained(out/'run'/'student'); tok = AutoTokenizer.from_pretrained(out/'run'/'student')
     assert s.get_output_embeddings().weight.shape[0] == len(tok)
+    assert '## Teacher' in (out/'run'/'student'/'README.md').read_text()
 
 def _exe(folder:Path, name:str, script:str) -> Path:
     p = folder/name; p.write_text('#!/bin/sh\n' + script + '\n'); p.chmod(p.stat().st_mode | stat.S_IEXEC)

@@ -84,7 +84,7 @@ def test_one_training_step(toks, texts, rows, tmp_path):
     t0, s0 = [p.detach().clone() for p in teacher.parameters()], [p.detach().clone() for p in student.parameters()]
     ds = build_kd_dataset(texts, ts, tq, max_length=32)
     assert {'teacher_input_ids', 'align_idx', 'align_mask'} <= set(ds.column_names)
-    cfg = make_config('smoke', output_dir=str(tmp_path), max_steps=1, cross_tokenizer=True, kd_topk=8, eval_steps=0)
+    cfg = make_config('smoke', output_dir=str(tmp_path), max_steps=1, warmup_steps=0, cross_tokenizer=True, kd_topk=8, eval_steps=0)
     r = distill(cfg, teacher, student, ds, None, ts, tq)
     h = r.history.iloc[0]
     assert h['step'] == 1 and h['kd_path'] == 'topk+map'
@@ -107,6 +107,6 @@ def test_padded_rows_in_the_top_k(toks, texts, tmp_path):
     def lift(module, inputs, out): out = out.clone(); out[..., QWEN_TOKENS:] += 20.0; return out
     teacher.lm_head.register_forward_hook(lift)
     ds = build_kd_dataset(texts[:4], ts, tq, max_length=32)
-    cfg = make_config('smoke', output_dir=str(tmp_path), max_steps=1, cross_tokenizer=True, kd_topk=8, eval_steps=0)
+    cfg = make_config('smoke', output_dir=str(tmp_path), max_steps=1, warmup_steps=0, cross_tokenizer=True, kd_topk=8, eval_steps=0)
     r = distill(cfg, teacher, tiny_llama(vocab_size=len(ts), hidden_size=32, num_layers=1), ds, None, ts, tq)
     assert math.isfinite(r.history['raw/kd'].iloc[0])
