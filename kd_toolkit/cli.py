@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_cli.ipynb #bfa023d3
 from __future__ import annotations
-import argparse, difflib, json, math, os, shutil, sys, tempfile, time
+import argparse, difflib, json, math, os, shutil, sys, tempfile, time, warnings
 from pathlib import Path
 import pandas as pd
 import torch
@@ -182,6 +182,8 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument('--seed', type=int, default=0); d.add_argument('--overwrite', action='store_true')
     s = sub.add_parser('distill', help="distill from a JSON config file")
     s.add_argument('--config', required=True, help='JSON: {"teacher": PATH, "student": PATH, "train": FILE, "eval": FILE, "config": {knobs} or "preset": NAME}')
+    s.add_argument('--resume', action='store_true', help="continue the run in output_dir from its newest complete checkpoint")
+    s.add_argument('--overwrite', action='store_true', help="output_dir holds a previous run: delete its checkpoints, student/ and history.csv")
     e = sub.add_parser('evaluate', help="perplexity and bits-per-byte of a model (and KL to a teacher) on a text file")
     e.add_argument('--model', required=True); e.add_argument('--data', required=True)
     e.add_argument('--teacher', default=None); e.add_argument('--max-length', type=int, default=256)
@@ -228,23 +230,45 @@ def _check_output(folder:str, path:str):
     except OSError as e:
         raise CLIError(f"{path}: output_dir {d} is not writable ({e.strerror or e}): choose a writable folder") from None
 
+# %% ../nbs/09_cli.ipynb #a17f0102
+def _run_folder(cfg, path:str, resume:bool, overwrite:bool) -> str|None:
+    "The checkpoint this run continues from (None: a fresh start); warnings (a damaged checkpoint skipped) as one line each."
+    from kd_toolkit.train import resume_point
+    _check_output(cfg.output_dir, path)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter('always')
+        try: ckpt = resume_point(cfg.output_dir, resume, overwrite)
+        except ValueError as e: raise CLIError(f"{path}: {e}") from None
+    for w in seen: print(f"kd_toolkit distill: warning: {' '.join(str(w.message).split())}", file=sys.stderr)
+    return ckpt
+
+# %% ../nbs/09_cli.ipynb #a17f0104
+def _where(r, path:str) -> str:
+    "Where a run's results went, and the commands that use them."
+    out = Path(r.output_dir).resolve(); ckpts = sorted(p.name for p in out.glob('checkpoint-*'))
+    return (f"trained {r.trainer.state.global_step} steps ({r.stop_reason}); results in {out}:\n"
+            f"  student/     the student, its tokenizer and model card: kd_toolkit evaluate --model {out/'student'} --data FILE\n"
+            f"  history.csv  the loss breakdown and evaluations, one row per logged step\n"
+            f"  {', '.join(ckpts) or 'no checkpoint'}: continue (after a kill, or with a larger max_steps) with kd_toolkit distill --config {path} --resume")
+
 # %% ../nbs/09_cli.ipynb #a1c0e017
-def _distill_from_config(path:str):
-    "Run `distill` from a JSON run spec; every input is checked before the teacher loads."
+def _distill_from_config(path:str, resume:bool=False, overwrite:bool=False):
+    "Run `distill` from a JSON run spec; every input (and the output folder) is checked before the teacher loads."
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from kd_toolkit.train import distill
     spec = read_spec(path)
     cfg = _config(spec, path)
     data = {k: str(text_file(spec[k], f"{path}: {k}")) for k in ('train', 'eval') if spec.get(k) is not None}
-    _check_output(cfg.output_dir, path)
+    ckpt = _run_folder(cfg, path, resume, overwrite)
     if spec['teacher'] != 'smollm2': model_source(spec['teacher'], f"{path}: teacher", hub=False)   # both folders are checked
     sdir, _ = model_source(spec['student'], f"{path}: student", hub=False)                           # before the teacher loads
     teacher, ttok = load_model(spec['teacher'], what=f"{path}: teacher")
     student = AutoModelForCausalLM.from_pretrained(sdir, dtype=torch.float32)   # fp32 master weights (hub checkpoints are often bf16)
     stok = AutoTokenizer.from_pretrained(sdir)
-    r = distill(cfg, teacher, student, data['train'], data.get('eval'), student_tokenizer=stok, teacher_tokenizer=ttok)
+    r = distill(cfg, teacher, student, data['train'], data.get('eval'), student_tokenizer=stok, teacher_tokenizer=ttok,
+                resume=ckpt or False, overwrite=overwrite)
     if r.eval is not None: print(r.eval.to_string())
-    print(f"trained {int(r.history['step'].max())} steps; results in {r.output_dir} (student/, history.csv)")
+    print(_where(r, path))
 
 # %% ../nbs/09_cli.ipynb #a1c0e018
 def _evaluate(model:str, data:str, teacher:str|None, max_length:int):
@@ -270,7 +294,7 @@ def main(argv:list[str]|None=None) -> int:
         if a.cmd == 'demo':
             t = run_demo(a.out, a.teacher, a.data, a.steps, a.max_length, seed=a.seed, overwrite=a.overwrite)
             print(t.to_string(float_format=lambda x: f'{x:.3f}'))
-        elif a.cmd == 'distill': _distill_from_config(a.config)
+        elif a.cmd == 'distill': _distill_from_config(a.config, a.resume, a.overwrite)
         else: _evaluate(a.model, a.data, a.teacher, a.max_length)
     except (CLIError, SourceError, ValueError, TypeError, PermissionError) as e:
         print(f"kd_toolkit {a.cmd}: error: {' '.join(str(e).split())}", file=sys.stderr)

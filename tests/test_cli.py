@@ -278,3 +278,137 @@ def test_evaluate_binary_data_before_loading(tmp_path, tiny_teacher, monkeypatch
     f = tmp_path/'x.bin'; f.write_bytes(bytes(range(256)))
     code, _, err = _run(['evaluate', '--model', str(tiny_teacher), '--data', str(f)])
     assert code == 2 and err.startswith('kd_toolkit evaluate: error: --data') and 'binary file' in err, err
+
+
+# --- issue 17's table, the rest: wrong knob types, a folder holding a run, damaged checkpoints, resume, evaluate on the student ---
+
+@pytest.mark.parametrize('knob, value, says', [
+    ('max_steps', '6', "KDConfig.max_steps='6': expected int, got str (write max_steps=6, without quotes)"),
+    ('learning_rate', '1e-3', "KDConfig.learning_rate='1e-3': expected float, got str (write learning_rate=1e-3, without quotes)"),
+    ('kd_topk', [16], "KDConfig.kd_topk=[16]: expected int, got list"),
+    ('lr', 1e-3, "unknown KDConfig knob(s) 'lr': did you mean 'learning_rate'?"),
+    ('divergence', 'kl', "KDConfig.divergence='kl': not one of"),
+])
+def test_distill_wrong_knob_type_or_value(spec, no_model_loads, knob, value, says):
+    "Each refused in one line naming the knob (the config's own check), before any model loads and before the first step."
+    path = spec(config={'max_steps': 2, knob: value})
+    _one_line_error(*_run(['distill', '--config', path])[::2], f'{path}: ', says)
+
+def _spec_file(folder:Path, teacher:Path, out:Path, **knobs) -> str:
+    "A run spec without held-out data (so the final student is the last step's): tiny local models, `knobs` over the smoke preset."
+    import json
+    (folder/'train.txt').write_text('\n\n'.join([STORY] * 6))
+    p = folder/f'run-{len(list(folder.glob("run-*.json")))}.json'
+    p.write_text(json.dumps(dict(teacher=str(teacher), student=str(teacher), train=str(folder/'train.txt'), preset='smoke',
+                                 config={**dict(output_dir=str(out), max_steps=6, save_steps=2, save_total_limit=2, warmup_steps=0), **knobs})))
+    return str(p)
+
+def _weights(folder:Path) -> dict:
+    from safetensors.torch import load_file
+    return load_file(str(folder/'model.safetensors'))
+
+def _same(a:dict, b:dict) -> bool:
+    "Bit for bit."
+    import torch
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+@pytest.fixture(scope='module')
+def finished_run(tmp_path_factory, tiny_teacher) -> Path:
+    "An uninterrupted 6-step run (checkpoints 4 and 6 kept): the reference that resumed runs must match bit for bit."
+    d = tmp_path_factory.mktemp('ref')
+    code, stdout, err = _run(['distill', '--config', _spec_file(d, tiny_teacher, d/'out')])
+    assert code == 0, err
+    return d/'out'
+
+def test_distill_prints_where_results_went_and_evaluate_reads_the_student(finished_run, tmp_path, tiny_teacher):
+    "The run's last lines name its folder and files; `evaluate --model out/student` works; AutoTokenizer loads the student folder."
+    from transformers import AutoTokenizer
+    student = finished_run/'student'
+    assert sorted(p.name for p in finished_run.iterdir()) == ['checkpoint-4', 'checkpoint-6', 'history.csv', 'student']
+    assert (student/'README.md').read_text().startswith('---\nlibrary_name: transformers') and '## Teacher' in (student/'README.md').read_text()
+    tok = AutoTokenizer.from_pretrained(student)
+    assert tok(STORY)['input_ids'] == AutoTokenizer.from_pretrained(tiny_teacher)(STORY)['input_ids']
+    (tmp_path/'held.txt').write_text(STORY)
+    code, stdout, err = _run(['evaluate', '--model', str(student), '--data', str(tmp_path/'held.txt'), '--max-length', '32'])
+    assert code == 0, err
+    vals = {m.group(1): float(m.group(2)) for m in re.finditer(r'^(\w+)\s+([-\d.e+]+)$', stdout, re.M)}
+    assert math.isfinite(vals['student_ppl']) and 1 < vals['student_ppl'] < len(tok) and vals['n_tokens'] > 0, vals
+    # the evaluated model is the trained student, not its starting point: the teacher folder it started from scores differently
+    code, stdout0, _ = _run(['evaluate', '--model', str(tiny_teacher), '--data', str(tmp_path/'held.txt'), '--max-length', '32'])
+    vals0 = {m.group(1): float(m.group(2)) for m in re.finditer(r'^(\w+)\s+([-\d.e+]+)$', stdout0, re.M)}
+    assert code == 0 and vals0['n_tokens'] == vals['n_tokens'] and vals0['student_ppl'] != vals['student_ppl'], (vals0, vals)
+
+def test_distill_output_summary(tmp_path, tiny_teacher):
+    code, stdout, err = _run(['distill', '--config', _spec_file(tmp_path, tiny_teacher, tmp_path/'out', max_steps=2)])
+    assert code == 0, err
+    out = (tmp_path/'out').resolve()
+    assert f"trained 2 steps (max_steps); results in {out}:" in stdout, stdout
+    assert f"kd_toolkit evaluate --model {out/'student'} --data FILE" in stdout and '--resume' in stdout and 'history.csv' in stdout
+
+def test_distill_into_a_folder_holding_a_run(tmp_path, tiny_teacher, monkeypatch):
+    "Refused, naming the folder, before any model loads; --overwrite clears the old run (no stale checkpoint); --resume continues it."
+    out = tmp_path/'out'
+    assert _run(['distill', '--config', _spec_file(tmp_path, tiny_teacher, out)])[0] == 0   # checkpoints 4 and 6
+    import kd_toolkit.cli as cli
+    load = cli.load_model
+    monkeypatch.setattr(cli, 'load_model', lambda *a, **k: (_ for _ in ()).throw(AssertionError('a model was loaded')))
+    path = _spec_file(tmp_path, tiny_teacher, out, max_steps=2)
+    _one_line_error(*_run(['distill', '--config', path])[::2], f"output_dir {out} already holds a run (checkpoint-4, checkpoint-6, history.csv, student)",
+                    '--resume', '--overwrite')
+    _one_line_error(*_run(['distill', '--config', path, '--resume', '--overwrite'])[::2], 'exclude each other')
+    monkeypatch.setattr(cli, 'load_model', load)
+    (out/'notes.txt').write_text('mine')
+    code, _, err = _run(['distill', '--config', path, '--overwrite'])
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ['checkpoint-2', 'history.csv', 'notes.txt', 'student']   # the old run's 4 and 6 are gone
+    code, _, err = _run(['distill', '--config', _spec_file(tmp_path, tiny_teacher, out, max_steps=4), '--resume'])
+    assert code == 0, err
+    assert pd.read_csv(out/'history.csv')['step'].tolist() == [1, 2, 3, 4]   # steps 1-2 from the first part, 3-4 resumed
+
+@pytest.mark.parametrize('name, cut', [('model.safetensors', 1), ('optimizer.pt', 1), ('trainer_state.json', 0.5)])
+def test_damaged_last_checkpoint_falls_back(finished_run, tmp_path, tiny_teacher, name, cut):
+    "checkpoint-6 truncated: --resume warns (one line naming it and the file), resumes from checkpoint-4, ends bit-identical."
+    import shutil
+    out = tmp_path/'out'; shutil.copytree(finished_run, out)
+    f = out/'checkpoint-6'/name; n = f.stat().st_size
+    f.write_bytes(f.read_bytes()[:n - cut if isinstance(cut, int) else int(n * cut)])
+    code, stdout, err = _run(['distill', '--config', _spec_file(tmp_path, tiny_teacher, out), '--resume'])
+    assert code == 0, err
+    warn = [l for l in err.splitlines() if l.startswith('kd_toolkit distill: warning:')]
+    assert len(warn) == 1 and f"checkpoint {out/'checkpoint-6'} is damaged ({name} is truncated" in warn[0] and 'resuming from checkpoint-4' in warn[0], err
+    assert _same(_weights(out/'student'), _weights(finished_run/'student'))
+
+def test_no_complete_checkpoint_left(finished_run, tmp_path, tiny_teacher, no_model_loads):
+    import shutil
+    out = tmp_path/'out'; shutil.copytree(finished_run, out)
+    for c in ('checkpoint-4', 'checkpoint-6'): (out/c/'optimizer.pt').write_bytes(b'PK\x03\x04')
+    _one_line_error(*_run(['distill', '--config', _spec_file(tmp_path, tiny_teacher, out), '--resume'])[::2],
+                    f"no complete checkpoint in {out} to resume from: checkpoint-6: optimizer.pt is truncated", 'checkpoint-4: optimizer.pt')
+
+_KILL = """
+import os, signal, sys
+import kd_toolkit.train as kt
+from kd_toolkit.cli import main
+where, step = sys.argv[2], int(sys.argv[3])
+orig = getattr(kt.KDTrainer, where)
+def die(self, *a, **k):
+    if self.state.global_step == step: os.kill(os.getpid(), signal.SIGKILL)
+    return orig(self, *a, **k)
+setattr(kt.KDTrainer, where, die)
+sys.exit(main(['distill', '--config', sys.argv[1]]))
+"""
+
+@pytest.mark.parametrize('where, step, last', [('training_step', 4, 'checkpoint-4'),     # killed in step 5, after checkpoint-4
+                                               ('_save_rng_state', 4, 'checkpoint-2')])  # killed while saving checkpoint-4
+def test_sigkill_then_resume_is_bit_identical(finished_run, tmp_path, tiny_teacher, where, step, last):
+    "A real SIGKILL of `kd_toolkit distill` (in a step, or halfway through a save), then `--resume`: the same student, bit for bit."
+    import torch
+    out, spec = tmp_path/'out', _spec_file(tmp_path, tiny_teacher, tmp_path/'out')
+    env = {**os.environ, 'OMP_NUM_THREADS': str(torch.get_num_threads())}   # the reference ran with this process's threads
+    r = subprocess.run([sys.executable, '-c', _KILL, spec, where, str(step)], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == -9, (r.returncode, r.stderr[-2000:])
+    assert sorted(p.name for p in out.glob('checkpoint-*'))[-1] == last and not (out/'student').exists()
+    code, stdout, err = _run(['distill', '--config', spec, '--resume'])
+    assert code == 0, err
+    assert _same(_weights(out/'student'), _weights(finished_run/'student'))
+    assert pd.read_csv(out/'history.csv')['step'].tolist() == pd.read_csv(finished_run/'history.csv')['step'].tolist()
