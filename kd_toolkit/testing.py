@@ -11,9 +11,9 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2L
                           LlamaConfig, LlamaForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM)
 
 # %% auto #0
-__all__ = ['DATA_ENV', 'TOKENIZERS', 'TEXTS', 'STORIES260K', 'AssetMissing', 'data_dir', 'has_asset', 'require_asset',
-           'load_tokenizer', 'load_stories260k', 'read_text', 'tiny_llama', 'tiny_gpt2', 'tiny_moe', 'rand_batch',
-           'fp16_grad_check']
+__all__ = ['DATA_ENV', 'TOKENIZERS', 'TEXTS', 'STORIES260K', 'QWEN_TOKENIZER', 'AssetMissing', 'data_dir', 'has_asset',
+           'require_asset', 'load_tokenizer', 'load_stories260k', 'read_text', 'tiny_llama', 'tiny_gpt2', 'tiny_moe',
+           'tiny_qwen2', 'rand_batch', 'fp16_grad_check']
 
 # %% ../nbs/00a_testing.ipynb #9bd437c4
 DATA_ENV = 'KD_TOOLKIT_DATA'
@@ -127,6 +127,27 @@ def tiny_moe(vocab_size:int=256, # vocabulary size
                          tie_word_embeddings=False, attn_implementation=attn, bos_token_id=None, eos_token_id=None,
                          pad_token_id=None)
     return _build(Qwen3MoeForCausalLM, cfg, seed, dtype)
+
+# %% ../nbs/00a_testing.ipynb #87cd857d
+from transformers import Qwen2Config, Qwen2ForCausalLM
+QWEN_TOKENIZER = 'tokenizers/qwen2.5'  # the Qwen2/2.5 tokenizer in the data folder: 151,643 BPE + 22 special = 151,665 tokens
+
+def tiny_qwen2(vocab_size:int=151_936, # embedding rows: Qwen2.5-0.5B/1.5B/3B pad the 151,665 tokens to 151,936; 7B and up to 152,064
+               hidden_size:int=32, # model width d
+               num_layers:int=2, # decoder layers
+               num_heads:int=4, # attention heads
+               num_kv_heads:int=2, # key/value heads
+               max_len:int=512, # maximum positions
+               tie:bool=True, # tied embeddings, as Qwen2.5-0.5B
+               seed:int=0, # torch seed for the weights
+               dtype:torch.dtype=torch.float32, # the model's dtype
+               attn:str='eager', # attention implementation
+              ) -> Qwen2ForCausalLM:
+    "A randomly initialised Qwen2-architecture LM with the Qwen vocabulary size (the default cross pair's teacher family)."
+    cfg = Qwen2Config(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2*hidden_size, num_hidden_layers=num_layers,
+                      num_attention_heads=num_heads, num_key_value_heads=num_kv_heads, max_position_embeddings=max_len,
+                      tie_word_embeddings=tie, attn_implementation=attn, bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    return _build(Qwen2ForCausalLM, cfg, seed, dtype)
 
 # %% ../nbs/00a_testing.ipynb #38d23d52
 def rand_batch(vocab_size:int=256, # token ids are drawn from [0, vocab_size)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_train.ipynb #a18aaae2
 from __future__ import annotations
-import contextlib, json, math, os, re, shutil, time
+import contextlib, json, math, os, re, shutil, time, warnings, zipfile
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -15,17 +15,19 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import get_last_checkpoint, rotate_checkpoints
 from .core import KDConfig, as_config, gpu_preflight, module_dtype, pick_dtype, _val
-from .align import VocabMap, gather_aligned
+from .align import VocabMap
 from .projector import KnowledgeRouter, Projector, param_groups
 from . import curriculum as C
 from .data import KDCollator, build_kd_dataset, load_texts
 from .evaluate import Evaluator
 from .losses import check_vocab
-from .cache import FIELDS, IndexCollator, TeacherCache, build_teacher_cache, teacher_forward
+from .cache import FIELDS, IndexCollator, TeacherCache, build_teacher_cache
+from .calibrate import fit_projector
 from .components import COMPONENTS, Plan, Step, component, needs, pick_kd_path, student_pass, teacher_outputs
 
 # %% auto #0
-__all__ = ['init_from_teacher', 'NonFiniteError', 'KDTrainer', 'model_card', 'DistillResult', 'distill']
+__all__ = ['init_from_teacher', 'NonFiniteError', 'KDTrainer', 'model_card', 'DistillResult', 'checkpoint_damage',
+           'last_complete_checkpoint', 'resume_point', 'distill']
 
 # %% ../nbs/07_train.ipynb #a26b6770
 def _layer_list(m:nn.Module) -> tuple[str, nn.ModuleList]:
@@ -158,16 +160,10 @@ def _extra_modules(args:KDConfig, teacher, student, names, projector=None, route
     return projector, router, False
 
 # %% ../nbs/07_train.ipynb #e4a54a0d
-@torch.no_grad()
 def _fit_projector(projector, student, teacher, dataset, collate, device, n:int=32):
-    "Start the projector from the ridge least-squares fit of the teacher's last hidden state on the student's (first `n` examples)."
+    "Start the projector from `calibrate.fit_projector` (ridge least squares, teacher on student states) on the first `n` examples."
     b = {k: v.to(device) for k, v in collate([dataset[i] for i in range(min(n, len(dataset)))]).items() if torch.is_tensor(v)}
-    was = student.training; student.eval()
-    X = student(input_ids=b['input_ids'], attention_mask=b['attention_mask'], output_hidden_states=True).hidden_states[-1]
-    student.train(was)
-    Y, mask = teacher_forward(teacher, b, hidden=True).hidden_states[-1], b['attention_mask'].bool()
-    if 'align_idx' in b: Y, mask = gather_aligned(Y, b['align_idx']), mask & b['align_mask'].bool()
-    projector.fit(X.float(), Y.float(), ridge=1e-3, mask=mask)
+    fit_projector(projector, student, teacher, b)
 
 # %% ../nbs/07_train.ipynb #953c7bed
 def _teacher_dtype(setting:str, current:torch.dtype, device:torch.device) -> torch.dtype|None:
@@ -594,6 +590,86 @@ def _collator(student_tok, teacher_tok) -> KDCollator:
     pad = lambda tok: (tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)) if tok is not None else 0
     return KDCollator(pad(student_tok), pad(teacher_tok) if teacher_tok is not None else None)
 
+# %% ../nbs/07_train.ipynb #a17f0002
+_NEEDED = ('trainer_state.json', 'optimizer.pt', 'scheduler.pt')   # what the engine needs to continue exactly, besides the weights
+_WEIGHTS = ('model.safetensors', 'model.safetensors.index.json', 'adapter_model.safetensors', 'pytorch_model.bin')
+
+def _truncated(f:Path) -> str|None:
+    "Why file `f` is incomplete, from its header and size only (None: it looks whole)."
+    size = f.stat().st_size
+    try:
+        if f.suffix == '.safetensors':
+            with open(f, 'rb') as fh:
+                n = int.from_bytes(fh.read(8), 'little')
+                if 8 + n > size: return f"truncated ({size:,} bytes, shorter than its header)"
+                head = json.loads(fh.read(n))
+            want = 8 + n + max((v['data_offsets'][1] for k, v in head.items() if k != '__metadata__'), default=0)
+            return None if size == want else f"truncated ({size:,} of {want:,} bytes)"
+        if f.suffix in ('.pt', '.pth', '.bin'): zipfile.ZipFile(f).close()
+        elif f.suffix == '.json': json.loads(f.read_bytes())
+    except (ValueError, KeyError, TypeError, zipfile.BadZipFile):
+        return f"truncated or corrupt ({size:,} bytes; not a complete {f.suffix[1:]} file)"
+    return None
+
+def checkpoint_damage(ckpt:str|Path, # a checkpoint folder (`output_dir/checkpoint-N`)
+                     ) -> str|None:
+    "What makes `ckpt` unfit to resume from (a file missing or truncated), or None; reads headers and sizes, not the weights."
+    ckpt = Path(ckpt)
+    if not ckpt.is_dir(): return "not a checkpoint folder"
+    missing = [n for n in _NEEDED if not (ckpt/n).is_file()] + ([] if any((ckpt/w).is_file() for w in _WEIGHTS) else ['model.safetensors'])
+    if missing: return f"{', '.join(missing)} missing"
+    return next((f"{f.name} is {why}" for f in sorted(ckpt.iterdir()) if f.is_file() and (why := _truncated(f))), None)
+
+# %% ../nbs/07_train.ipynb #a17f0005
+def _checkpoint_dirs(d) -> list[Path]:
+    "The `checkpoint-N` folders in `d`, newest first."
+    found = [p for p in Path(d).glob('checkpoint-*') if re.fullmatch(r'checkpoint-\d+', p.name) and p.is_dir()]
+    return sorted(found, key=lambda p: -int(p.name.split('-')[1]))
+
+def last_complete_checkpoint(output_dir:str|Path, # a run's output folder
+                            ) -> str|None:
+    "The newest complete checkpoint in `output_dir` (None: none at all); a newer, damaged one is skipped with a warning naming it."
+    damaged = []
+    for p in _checkpoint_dirs(output_dir):
+        if (why := checkpoint_damage(p)) is None:
+            for q, w in damaged: warnings.warn(f"checkpoint {q} is damaged ({w}): resuming from {p.name}, the newest complete one", stacklevel=2)
+            return str(p)
+        damaged.append((p, why))
+    if damaged: raise ValueError(f"no complete checkpoint in {output_dir} to resume from: " + '; '.join(f"{q.name}: {w}" for q, w in damaged))
+    return None
+
+# %% ../nbs/07_train.ipynb #a17f0008
+_RUN_FILES = re.compile(r'checkpoint-\d+|student|history\.csv')   # what a run leaves in its output_dir
+_SCRAPS = re.compile(r'\.staging|\.old-checkpoint-\d+')           # and what a killed save may leave behind
+
+def _held_run(d:Path) -> list[str]:
+    "What a previous run left in folder `d`."
+    return sorted(p.name for p in d.iterdir() if _RUN_FILES.fullmatch(p.name)) if d.is_dir() else []
+
+def _clear_run(output_dir):
+    "Delete a previous run's files from `output_dir` (checkpoints, student/, history.csv); anything else stays."
+    d = Path(output_dir)
+    for p in [d/n for n in _held_run(d)] + [p for p in d.glob('.*') if _SCRAPS.fullmatch(p.name)]:
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+def resume_point(output_dir:str|Path, # the run's output folder
+                 resume:bool|str|Path=False, # True: its newest complete checkpoint; or a checkpoint folder
+                 overwrite:bool=False, # the folder's previous run is to be deleted (`distill` does it, after its checks)
+                ) -> str|None:
+    "The checkpoint a run into `output_dir` continues from (None: a fresh start); a folder that holds a run needs `resume` or `overwrite`."
+    d = Path(output_dir)
+    if resume and overwrite: raise ValueError(f"resume and overwrite exclude each other: resume continues the run in {d}, overwrite deletes it")
+    if resume and resume is not True:
+        if why := checkpoint_damage(resume): raise ValueError(f"cannot resume from {resume}: {why}")
+        return str(resume)
+    if resume:
+        if ckpt := last_complete_checkpoint(d): return ckpt
+        raise ValueError(f"resume=True (--resume), but {d} holds no checkpoint to continue: start a new run without it")
+    if (held := _held_run(d)) and not overwrite:
+        raise ValueError(f"output_dir {d} already holds a run ({', '.join(held[:4] + ['...'] * (len(held) > 4))}): continue it with "
+                         "resume=True (--resume), replace it with overwrite=True (--overwrite), or choose another output_dir")
+    return None
+
 # %% ../nbs/07_train.ipynb #11d2fc9a
 def distill(
     config:KDConfig|dict|str, # a KDConfig, a dict of knobs, a preset name or a .json file
@@ -605,21 +681,24 @@ def distill(
     teacher_tokenizer=None, # needed when the tokenizers differ (config.cross_tokenizer=True)
     curriculum=None, # a Curriculum, preset name or {component: weight}; default config.curriculum
     callbacks=(), # TrainerCallbacks, or live charts with `.update(history)` (e.g. `viz.LiveLossChart`)
-    resume:bool|str=False, # True: continue from the last checkpoint in output_dir; or a checkpoint path
+    resume:bool|str=False, # True: continue from the newest complete checkpoint in output_dir; or a checkpoint folder
     projector:nn.Module|None=None, # a projector for feature losses (default: made when widths differ)
     router:nn.Module|None=None, # a knowledge router
     data_collator=None, # default: data.KDCollator with the tokenizers' pad ids
     peft_config=None, # a peft config for a LoRA (or other adapter) student; or set config.lora
+    overwrite:bool=False, # output_dir holds a previous run: delete its checkpoints, student/ and history.csv (after every check)
 ) -> DistillResult:
     "Distill `teacher` into `student` on `train`, every check before the first step; the student, its history and evaluation."
     cfg = as_config(config)
+    ckpt = resume_point(cfg.output_dir, resume, overwrite)   # a folder holding a run needs resume or overwrite
     if cfg.cross_tokenizer and (student_tokenizer is None or teacher_tokenizer is None):
         raise ValueError("cross_tokenizer=True needs student_tokenizer and teacher_tokenizer")
     xtok = teacher_tokenizer if cfg.cross_tokenizer else None
     train_ds, eval_ds = (_as_dataset(d, student_tokenizer, xtok, cfg) for d in (train, eval))
     tr = KDTrainer(cfg, teacher, student, train_ds, eval_ds, data_collator or _collator(student_tokenizer, xtok), curriculum, projector, router,
                    VocabMap.from_tokenizers(teacher_tokenizer, student_tokenizer) if xtok else None, callbacks, student_tokenizer, peft_config)
-    tr.train(resume_from_checkpoint=resume or None)
+    if overwrite and tr.args.should_save: _clear_run(tr.args.output_dir)   # every check passed: only now is the old run deleted
+    tr.train(resume_from_checkpoint=ckpt)
     ev = pd.Series(tr.evaluate(metric_key_prefix='final')).rename(lambda k: k[len('final_'):]) if eval_ds is not None else None
     out, hist = Path(tr.args.output_dir), tr.history
     tr.save_model(str(out/'student'), _internal_call=True)

@@ -230,7 +230,7 @@ def test_lora_student_trains_and_saves_an_adapter(tmp_path):
     trainable = {n for n, p in res.student.named_parameters() if p.requires_grad}
     assert trainable and all('lora_' in n for n in trainable)
     with pytest.raises(ConfigError, match="did you mean 'r'"):
-        distill(cfg.replace(lora={'rank': 4}), tiny_llama(vocab_size=64, seed=1), tiny_llama(vocab_size=64, hidden_size=32, num_layers=1), ds)
+        distill(cfg.replace(lora={'rank': 4}, output_dir=str(tmp_path/'lora2')), tiny_llama(vocab_size=64, seed=1), tiny_llama(vocab_size=64, hidden_size=32, num_layers=1), ds)
 
 def test_kdtrainer_stays_small_on_public_hooks():
     "Issue 18's done-when: KDTrainer (its class body and every method patched onto it) is at most 150 lines; the only private override is the atomic checkpoint."
