@@ -287,7 +287,8 @@ def _check_schedule(c):
     sched, w = _val(c.lr_scheduler_type), c.warmup_steps
     if w >= 1 and w != int(w): raise ConfigError(f"warmup_steps={w}: give whole steps (an int) or a ratio of max_steps below 1")
     n_warm = int(w) if w >= 1 else math.ceil(w * c.max_steps)
-    if n_warm >= c.max_steps: raise ConfigError(f"warmup_steps={w} is {n_warm} steps, not shorter than the run (max_steps={c.max_steps})")
+    if n_warm >= c.max_steps:
+        raise ConfigError(f"warmup_steps={w} is {n_warm} steps, not shorter than the run (max_steps={c.max_steps}): lower it, e.g. warmup_steps=0")
     if sched == 'constant' and n_warm: raise ConfigError(f"lr_scheduler_type='constant' has no warmup (warmup_steps={w}): use 'constant_with_warmup'")
     decay = (c.lr_scheduler_kwargs or {}).get('num_decay_steps', 0) if sched == 'warmup_stable_decay' else 0
     if n_warm + decay > c.max_steps:
@@ -404,7 +405,7 @@ PRESETS = {
     'fp16_16gb_ddp': _GPU | dict(precision='fp16', per_device_train_batch_size=4, time_budget_hours=11.0),
     'bf16_gpu': _GPU | dict(precision='bf16'),
     'cpu_demo': dict(precision='fp32', max_steps=200, max_length=128, learning_rate=1e-3, logging_steps=10, eval_steps=50, eval_batches=8),
-    'smoke': dict(precision='fp32', max_steps=4, per_device_train_batch_size=2, max_length=32, learning_rate=1e-3, logging_steps=1,
+    'smoke': dict(precision='fp32', max_steps=4, warmup_steps=0, per_device_train_batch_size=2, max_length=32, learning_rate=1e-3, logging_steps=1,
                   eval_steps=2, eval_batches=2, save_total_limit=1, progress_bar=False),
 }
 _OLD_PRESETS = {'kaggle_p100': 'fp16_16gb', 'kaggle_t4x2': 'fp16_16gb_ddp'}

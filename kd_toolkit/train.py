@@ -480,7 +480,7 @@ def save_model(self:KDTrainer, output_dir=None, _internal_call=False):
 @patch
 def train(self:KDTrainer, resume_from_checkpoint=None, **kw):
     "The engine's `train`; resuming also brings back the projector/router and the distillation state."
-    ckpt = get_last_checkpoint(self.args.output_dir) if resume_from_checkpoint is True else resume_from_checkpoint or None
+    ckpt = last_complete_checkpoint(self.args.output_dir) if resume_from_checkpoint is True else resume_from_checkpoint or None
     if resume_from_checkpoint is True and ckpt is None: raise ValueError(f"resume=True, but {self.args.output_dir} holds no checkpoint")
     if ckpt: self._load_kd(ckpt)
     return Trainer.train(self, resume_from_checkpoint=ckpt, **kw)
