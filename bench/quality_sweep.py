@@ -19,6 +19,7 @@ os.environ.setdefault('OMP_NUM_THREADS', '1')
 import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import protocols as P
+from flops import md_table
 
 RESULTS = Path(__file__).parent/'results'/'quality_sweep.jsonl'
 KNOBS = dict(lm=0.0, kd=0.0, temperature=1.0, divergence='fkl', schedule='constant', warmup=0.0, clip=0.0)
@@ -124,12 +125,14 @@ def table(rows=None, protocol=None):
         w = g.pivot(index='recipe', columns='steps', values=['ppl', 'bpb', 'n', 'secs'])
         out = pd.DataFrame({'stage': g.groupby('recipe')['stage'].first()})
         for s in sorted(d.steps.unique()):
-            if ('ppl', s) in w: out[f'ppl @{s}'] = w[('ppl', s)].round(2); out[f'bpb @{s}'] = w[('bpb', s)].round(3)
+            if ('ppl', s) in w:
+                out[f'ppl @{s}'] = w[('ppl', s)].map(lambda v: f'{v:.2f}' if v == v else '')
+                out[f'bpb @{s}'] = w[('bpb', s)].map(lambda v: f'{v:.3f}' if v == v else '')
         out['seeds'] = w['n'].max(axis=1).astype(int)
         out['s @1000'] = w[('secs', 1000)].round(0) if ('secs', 1000) in w else float('nan')
-        out = out.sort_values(f'ppl @{max(d.steps.unique())}')
+        out = out.iloc[w[('ppl', max(d.steps.unique()))].fillna(1e9).argsort().values]
         print(f"\n### {proto} protocol ({len(d)} rows; held-out ppl and bits/byte; mean over seeds)\n")
-        print(out.reset_index().to_markdown(index=False))
+        print(md_table(out.reset_index().to_dict('records')))
 
 if __name__ == '__main__':
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
