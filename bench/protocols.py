@@ -97,16 +97,21 @@ def data_rich(n_tokens:int=3_000_000, seed:int=0) -> Protocol:
 
 PROTOCOLS = {'reference': reference, 'rich': data_rich}
 
-def student(seed:int=0, init_from_teacher:int=0):
-    "The reference student after `torch.manual_seed(1 + seed)`; `init_from_teacher=k`: the teacher's width and k of its layers instead."
+def student(seed:int=0, init:str=''):
+    """The reference student after `torch.manual_seed(1 + seed)`. `init='teacher:k'`: the teacher's width with k layers,
+    initialised by `kd_toolkit.train.init_from_teacher` (embeddings, every (n-1)//(k-1)-th layer, final norm, head);
+    'teacher:k/e': every e-th layer; 'random:k': the same shape, random init."""
     from transformers import LlamaConfig, LlamaForCausalLM
     torch.manual_seed(1 + seed)
-    if init_from_teacher:
-        from kd_toolkit.train import init_from_teacher as init
-        tc = teacher().config
-        cfg = LlamaConfig(**{**tc.to_dict(), 'num_hidden_layers': init_from_teacher})
-        s = LlamaForCausalLM(cfg)
-        init(s, teacher(), every=max(tc.num_hidden_layers // init_from_teacher, 1))
+    if init:
+        kind, _, spec = init.partition(':')
+        k, _, e = spec.partition('/')
+        if kind not in ('teacher', 'random') or not k.isdigit(): raise ValueError(f"init={init!r}: use 'teacher:k', 'teacher:k/every' or 'random:k'")
+        tc, k = teacher().config, int(k)
+        s = LlamaForCausalLM(LlamaConfig(**{**tc.to_dict(), 'num_hidden_layers': k}))
+        if kind == 'teacher':
+            from kd_toolkit.train import init_from_teacher
+            init_from_teacher(s, teacher(), every=int(e) if e else max((tc.num_hidden_layers - 1) // max(k - 1, 1), 1))
         return s.train()
     cfg = LlamaConfig(vocab_size=512, hidden_size=32, intermediate_size=86, num_hidden_layers=2, num_attention_heads=4,
                       tie_word_embeddings=True)
@@ -157,7 +162,7 @@ class TeacherLogits:
 
 def train_loop(proto:Protocol, steps:int, seed:int=0, lm:float=0.0, kd:float=0.0, temperature:float=1.0,
                divergence:str='fkl', schedule:str='constant', warmup:float=0, clip:float=0.0, lr:float=3e-3,
-               weight_decay:float=0.01, eval_at=(), init_from_teacher:int=0, kd_last:bool=True, sched_kwargs=None,
+               weight_decay:float=0.01, eval_at=(), init:str='', kd_last:bool=True, sched_kwargs=None,
                tcache:TeacherLogits|None=None) -> dict:
     """Plain loop: `lm * lm_loss + kd * kd_loss(divergence, temperature)` with AdamW and `get_scheduler(schedule)`.
     `warmup` in steps (or a ratio when < 1); `clip` the max gradient norm (0: off); `eval_at` steps scored on the way
@@ -165,13 +170,14 @@ def train_loop(proto:Protocol, steps:int, seed:int=0, lm:float=0.0, kd:float=0.0
     from transformers import get_scheduler
     from kd_toolkit.losses import kd_loss, lm_loss, next_token_targets
     if lm <= 0 and kd <= 0: raise ValueError("train_loop: lm and kd weights are both 0: nothing to train on")
-    s = student(seed, init_from_teacher)
+    s = student(seed, init)
     T = teacher() if kd > 0 else None
     opt = torch.optim.AdamW(s.parameters(), lr=lr, weight_decay=weight_decay)
     w = int(round(warmup * steps)) if 0 < warmup < 1 else int(warmup)
     sch = get_scheduler(schedule, opt, num_warmup_steps=w, num_training_steps=steps, scheduler_specific_kwargs=sched_kwargs or {})
     g = torch.Generator().manual_seed(2 + seed)
     curve, secs, evals = {}, 0.0, set(eval_at) | {steps}
+    if 0 in evals: e = evaluate(s, proto); curve[0] = (e['ppl'], e['bpb'])   # the initial student
     t0 = time.perf_counter()
     for step in range(1, steps + 1):
         x = windows(proto, g)

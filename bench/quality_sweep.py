@@ -22,7 +22,7 @@ import protocols as P
 from flops import md_table
 
 RESULTS = Path(__file__).parent/'results'/'quality_sweep.jsonl'
-KNOBS = dict(lm=0.0, kd=0.0, temperature=1.0, divergence='fkl', schedule='constant', warmup=0.0, clip=0.0)
+KNOBS = dict(lm=0.0, kd=0.0, temperature=1.0, divergence='fkl', schedule='constant', warmup=0.0, clip=0.0, init='')
 STEPS = (300, 1000)
 
 def _parse_base(s:str) -> dict:
@@ -30,7 +30,7 @@ def _parse_base(s:str) -> dict:
     for kv in filter(None, (s or '').split(',')):
         k, v = kv.split('=')
         if k not in KNOBS: raise SystemExit(f"--base: unknown knob {k!r}; knobs: {', '.join(KNOBS)}")
-        out[k] = type(KNOBS[k])(v) if not isinstance(KNOBS[k], float) else float(v)
+        out[k] = type(KNOBS[k])(v)
     return out
 
 def _w(alpha:float) -> dict: return dict(lm=round(1 - alpha, 4), kd=alpha)
@@ -51,12 +51,17 @@ def stage_runs(stage:str, base:dict) -> list[dict]:
                 for w in ((0,) if s == 'constant' else (0.0, 0.05, 0.1) if s != 'constant_with_warmup' else (0.05, 0.1))]
     if stage == 'clip':
         return [{**b, 'clip': c} for c in (0.0, 0.5, 1.0, 2.0)]
+    if stage == 'confirm':     # the candidates for the defaults, run with several seeds (base = the candidate recipe)
+        return [b, {**b, 'clip': 1.0}, {**b, 'warmup': 0.05}, {**b, 'lm': 0.0, 'kd': 1.0}, {**b, **_w(0.75)},
+                {**b, **_w(0.75), 'temperature': 2.0}, {**b, 'lm': 1.0, 'kd': 0.0}, {**KNOBS, 'lm': 1.0}]
     if stage == 'lm':          # LM-only references under the same schedule as the base
         return [{**b, 'lm': 1.0, 'kd': 0.0}]
+    if stage == 'init':        # compression: students of the teacher's width (64), k of its 5 layers, from the teacher or random; KD (base) vs LM only
+        return [{**b, **w, 'init': i} for i in ('teacher:2', 'teacher:3', 'random:2') for w in (dict(lm=b['lm'], kd=b['kd']), dict(lm=1.0, kd=0.0))]
     if stage == 'base': return [b]
     raise SystemExit(f"unknown stage {stage!r}")
 
-def _key(r:dict) -> tuple: return (r['protocol'], r['steps'], r['seed'], *(r['knobs'][k] for k in KNOBS))
+def _key(r:dict) -> tuple: return (r['protocol'], r['steps'], r['seed'], *(r['knobs'].get(k, v) for k, v in KNOBS.items()))
 
 def load() -> list[dict]:
     return [json.loads(l) for l in RESULTS.read_text().splitlines() if l.strip()] if RESULTS.is_file() else []
@@ -86,7 +91,7 @@ def sweep(protocol:str, stage:str, base:dict, seeds=(0,), steps=STEPS, dry=False
             # a constant LR gives every shorter length inside the longest run
             lens = [max(steps)] if knobs['schedule'] == 'constant' else list(steps)
             for n in lens:
-                eval_at = tuple(s for s in (250, 300, 500, 750) if s < n)
+                eval_at = tuple(s for s in (250, 300, 500, 750) if s < n) + ((0,) if knobs.get('init') else ())
                 keys = [(protocol, m, seed, *(knobs[k] for k in KNOBS)) for m in (steps if knobs['schedule'] == 'constant' else [n])]
                 if all(k in done for k in keys): continue
                 print(f"[{time.strftime('%H:%M:%S')}] {protocol} {stage} seed={seed} steps={n} {knobs}", flush=True)
@@ -108,6 +113,7 @@ def recipe(k:dict) -> str:
     if k['kd']: parts += [f"T={k['temperature']:g}", k['divergence']]
     parts.append(k['schedule'] + (f" wu={k['warmup']:g}" if k['warmup'] else ''))
     if k['clip']: parts.append(f"clip={k['clip']:g}")
+    if k.get('init'): parts.insert(0, f"[student {k['init']}]")
     return ', '.join(parts)
 
 def table(rows=None, protocol=None):
@@ -115,7 +121,7 @@ def table(rows=None, protocol=None):
     import pandas as pd
     rows = rows if rows is not None else load()
     if not rows: print('no rows yet'); return
-    df = pd.DataFrame([{**r['knobs'], 'protocol': r['protocol'], 'stage': r['stage'], 'steps': r['steps'], 'seed': r['seed'],
+    df = pd.DataFrame([{**KNOBS, **r['knobs'], 'protocol': r['protocol'], 'stage': r['stage'], 'steps': r['steps'], 'seed': r['seed'],
                         'ppl': r['ppl'], 'bpb': r['bpb'], 'secs': r['secs']} for r in rows])
     df['recipe'] = [recipe(r) for r in df[list(KNOBS)].to_dict('records')]
     for proto, d in df.groupby('protocol', sort=False):
