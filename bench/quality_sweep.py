@@ -22,7 +22,7 @@ import protocols as P
 from flops import md_table
 
 RESULTS = Path(__file__).parent/'results'/'quality_sweep.jsonl'
-KNOBS = dict(lm=0.0, kd=0.0, temperature=1.0, divergence='fkl', schedule='constant', warmup=0.0, clip=0.0, init='')
+KNOBS = dict(lm=0.0, kd=0.0, temperature=1.0, divergence='fkl', schedule='constant', warmup=0.0, clip=0.0, init='', decay=0.2)
 STEPS = (300, 1000)
 
 def _parse_base(s:str) -> dict:
@@ -54,6 +54,10 @@ def stage_runs(stage:str, base:dict) -> list[dict]:
     if stage == 'confirm':     # the candidates for the defaults, run with several seeds (base = the candidate recipe)
         return [b, {**b, 'clip': 1.0}, {**b, 'warmup': 0.05}, {**b, 'lm': 0.0, 'kd': 1.0}, {**b, **_w(0.75)},
                 {**b, **_w(0.75), 'temperature': 2.0}, {**b, 'lm': 1.0, 'kd': 0.0}, {**KNOBS, 'lm': 1.0}]
+    if stage == 'finalists':   # the default's candidates (KD share 0.75 / 0.9 / 1) and LM only, under the base schedule
+        return [{**b, **_w(a)} for a in (1.0, 0.9, 0.75)] + [{**b, 'lm': 1.0, 'kd': 0.0}]
+    if stage == 'decay':       # warmup_stable_decay: the share of the run spent decaying
+        return [{**b, 'decay': d} for d in (0.1, 0.2, 0.35, 0.5)]
     if stage == 'lm':          # LM-only references under the same schedule as the base
         return [{**b, 'lm': 1.0, 'kd': 0.0}]
     if stage == 'init':        # compression: students of the teacher's width (64), k of its 5 layers, from the teacher or random; KD (base) vs LM only
@@ -76,8 +80,9 @@ def run_one(protocol:str, knobs:dict, steps:int, seed:int, stage:str, eval_at=()
     proto = P.PROTOCOLS[protocol]()
     kw = dict(knobs)
     tc = P.TeacherLogits(proto, seed, max(STEPS)) if TCACHE[0] and kw['kd'] > 0 else None
-    # warmup_stable_decay: the engine's cosine decay over the last 20% of the run (as WSD papers use)
-    sk = dict(num_decay_steps=int(0.2 * steps)) if kw['schedule'] == 'warmup_stable_decay' else None
+    # warmup_stable_decay: the engine's cosine decay over the last `decay` share of the run (default 20%, as WSD papers use)
+    sk = dict(num_decay_steps=int(kw.pop('decay', 0.2) * steps)) if kw['schedule'] == 'warmup_stable_decay' else None
+    kw.pop('decay', None)
     r = P.train_loop(proto, steps, seed=seed, eval_at=eval_at, sched_kwargs=sk, tcache=tc, **kw)
     return dict(protocol=protocol, stage=stage, knobs=knobs, steps=steps, seed=seed, ppl=r['ppl'], bpb=r['bpb'],
                 secs=round(r['secs'], 1), teacher='cache' if tc else 'live', curve={str(k): v for k, v in r['curve'].items()}, commit=_commit(),
@@ -111,7 +116,8 @@ def recipe(k:dict) -> str:
     "A short name of a recipe."
     parts = ['LM only' if not k['kd'] else 'KD only' if not k['lm'] else f"{k['lm']:g} CE + {k['kd']:g} KD"]
     if k['kd']: parts += [f"T={k['temperature']:g}", k['divergence']]
-    parts.append(k['schedule'] + (f" wu={k['warmup']:g}" if k['warmup'] else ''))
+    parts.append(k['schedule'] + (f" decay={k['decay']:g}" if k['schedule'] == 'warmup_stable_decay' and k.get('decay', 0.2) != 0.2 else '')
+                 + (f" wu={k['warmup']:g}" if k['warmup'] else ''))
     if k['clip']: parts.append(f"clip={k['clip']:g}")
     if k.get('init'): parts.insert(0, f"[student {k['init']}]")
     return ', '.join(parts)
