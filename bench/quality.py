@@ -71,19 +71,15 @@ def eval_batches(texts, tok, teacher_tok=None, max_length=128, bs=8):
 
 def evaluate(student, batches, teacher=None, vocab_map=None):
     "The toolkit's Evaluator on held-out batches (a pandas Series)."
-    try: from kd_toolkit.evaluate import Evaluator
-    except ImportError:  # evaluate room not installed: the trainer's own perplexity fallback
-        import pandas as pd
-        from kd_toolkit.train import _student_ppl
-        return pd.Series({**_student_ppl(student, batches), 'student_bpb': float('nan')})
+    from kd_toolkit.evaluate import Evaluator
     return Evaluator(student, teacher=teacher, vocab_map=vocab_map).evaluate(batches)
 
 def run(name, teacher, student, train, curriculum, steps, seed, tok, teacher_tok=None, collator=None, **cfg):
     "One distillation with `distill`; returns (trained student, seconds, the loss components it actually logged)."
     from kd_toolkit.core import KDConfig
     from kd_toolkit.train import distill
-    c = KDConfig(**{**dict(output_dir=tempfile.mkdtemp(prefix=f'q_{name}_'), seed=seed, max_steps=steps, batch_size=8,
-                           max_length=128, lr=3e-3, warmup_ratio=0.05, precision='fp32', logging_steps=max(steps//5, 1),
+    c = KDConfig(**{**dict(output_dir=tempfile.mkdtemp(prefix=f'q_{name}_'), seed=seed, max_steps=steps,
+                           per_device_train_batch_size=8, max_length=128, learning_rate=3e-3, precision='fp32', logging_steps=max(steps//5, 1),
                            eval_steps=0, save_steps=10**9, progress_bar=False), **cfg})
     t0 = time.perf_counter()
     r = distill(c, teacher, student, train, None, student_tokenizer=tok, teacher_tokenizer=teacher_tok,
@@ -104,7 +100,7 @@ def same_tokenizer(steps, seeds):
     ev_b = eval_batches(held, tok)
     rows = [_row('same tokenizer', 'teacher (stories260K)', evaluate(T, ev_b), 0.0, seed='-')]
     for seed in seeds:
-        for method, cur in [('LM only', {'lm': 1.0}), ('KD + LM', {'kd': 1.0, 'lm': 1.0})]:
+        for method, cur in [('LM only', {'lm': 1.0}), ('KD + LM (default kd_lm)', 'kd_lm')]:
             s, secs, _ = run(method, T, student_like(512, seed), train, cur, steps, seed, tok)
             rows.append(_row('same tokenizer', method, evaluate(s, ev_b, T), secs, seed=seed))
     return rows
@@ -180,7 +176,7 @@ def smollm2(steps, seed=0, n_chars=30_000):
     if tok.pad_token_id is None: tok.pad_token = tok.eos_token
     cache = tempfile.mkdtemp(prefix='q_cache_')
     for method, cur, cfg in [('LM only', {'lm': 1.0}, {}),
-                             ('KD + LM (teacher cache, top-32)', {'kd': 1.0, 'lm': 1.0}, dict(kd_topk=32, teacher_cache=cache + '/c'))]:
+                             ('KD + LM (default kd_lm, teacher cache, top-32)', 'kd_lm', dict(kd_topk=32, teacher_cache=cache + '/c'))]:
         s, secs, _ = run(method, T, student_like(tok.vocab_size if hasattr(tok, 'vocab_size') else len(tok), seed, hidden=64, attn='sdpa'),
                       train, cur, steps, seed, tok, **cfg)
         rows.append(_row('SmolLM2 -> student', method, evaluate(s, ev_b), secs))
@@ -198,25 +194,27 @@ def _windows_dataset(proto, steps, seed):
     return datasets.Dataset.from_dict({'input_ids': torch.cat([P.windows(proto, g) for _ in range(steps)]).tolist()})
 
 def toolkit_config(out, steps, seed, **knobs):
-    "What the protocols' user sets (lr 3e-3, batch 16 x 128, fp32) plus bookkeeping, on today's KDConfig surface (issue 18 renames lr/batch_size)."
+    "What the protocols' user sets (lr 3e-3, batch 16 x 128, fp32) plus bookkeeping; every other knob is the toolkit's default."
     from kd_toolkit.core import KDConfig
-    return KDConfig(**{**dict(output_dir=out, seed=seed, max_steps=steps, batch_size=16, max_length=128, lr=3e-3, precision='fp32',
+    return KDConfig(**{**dict(output_dir=out, seed=seed, max_steps=steps, per_device_train_batch_size=16, max_length=128,
+                              learning_rate=3e-3, precision='fp32',
                               logging_steps=max(steps // 10, 1), eval_steps=0, save_steps=10**9, progress_bar=False), **knobs})
 
-def toolkit_run(proto, steps, seed, curriculum=None, data='windows', **knobs):
-    "One `distill` on a protocol; returns held-out {'ppl', 'bpb', 'secs'}. data='chunks': the training tokens as text through today's chunking."
+def toolkit_run(proto, steps, seed, curriculum=None, data='windows', init='', **knobs):
+    "One `distill` on a protocol; returns held-out {'ppl', 'bpb', 'secs'}. data='chunks': the training tokens as text through today's chunking; `init`: `protocols.student`'s."
     import protocols as P
     from kd_toolkit.train import distill
     tok = P.tokenizer()
     train = _windows_dataset(proto, steps, seed) if data == 'windows' else [tok.decode(proto.train)]
     cfg = toolkit_config(tempfile.mkdtemp(prefix=f'q15_{proto.name}_'), steps, seed, **knobs)
     t0 = time.perf_counter()
-    r = distill(cfg, P.teacher(), P.student(seed), train, None, student_tokenizer=tok, **({'curriculum': curriculum} if curriculum else {}))
+    r = distill(cfg, P.teacher(), P.student(seed, init), train, None, student_tokenizer=tok, **({'curriculum': curriculum} if curriculum else {}))
     secs = time.perf_counter() - t0
     return {**P.evaluate(r.student, proto), 'secs': secs}
 
 PLAIN_ROWS = {'LM only': dict(lm=1.0), '0.5 CE + 0.5 KL (T=1)': dict(lm=0.5, kd=0.5)}
-TOOLKIT_ROWS = {'LM only': {'lm': 1.0}, 'default (kd_lm)': None, 'KD only': {'kd': 1.0}}
+TOOLKIT_ROWS = {'LM only': {'lm': 1.0}, 'default (kd_lm: KD 0.75 + LM 0.25)': None, 'KD only': {'kd': 1.0},
+                'KD 0.9 + LM 0.1 (the best measured)': {'kd': 0.9, 'lm': 0.1}}
 
 def protocol_table(which, steps=(300, 1000), seeds=(0,), data='windows'):
     "Plain loop (constant LR, one run gives every length) and the toolkit's default recipe at each length, same process."
@@ -248,7 +246,7 @@ if __name__ == '__main__':
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--only', nargs='*', choices=list(EXPERIMENTS), default=['same', 'ablation', 'xtok'])   # + reference, rich (issue 15)
     ap.add_argument('--steps', type=int, default=None, help=f'optimizer steps of every run (default per experiment: {DEFAULT_STEPS})')
-    ap.add_argument('--seeds', type=int, nargs='*', default=[0, 1], help="seeds of the 'same' experiment; the others use the first")
+    ap.add_argument('--seeds', type=int, nargs='*', default=[0, 1], help="seeds of the 'same', 'reference' and 'rich' experiments; the others use the first")
     ap.add_argument('--chars', type=int, default=30_000, help='smollm2: characters of tinyshakespeare used (train + held out); the teacher runs at ~60 tokens/s on CPU')
     ap.add_argument('--data', choices=['windows', 'chunks'], default='windows', help="reference/rich: the toolkit's training data: the plain loop's random windows, or the training text through today's chunking")
     ap.add_argument('--methods', nargs='*', default=[], help="xtok: only the rows whose method contains one of these words, e.g. --methods ULD hybrid")
@@ -260,7 +258,7 @@ if __name__ == '__main__':
         t0 = time.perf_counter()
         steps = a.steps or DEFAULT_STEPS[k]
         if k in ('reference', 'rich'):
-            rows = protocol_table(k, tuple(sorted({300, steps})), tuple(a.seeds if k == 'rich' else a.seeds[:1]), a.data)
+            rows = protocol_table(k, tuple(sorted({300, steps})), tuple(a.seeds), a.data)
             print(f"\n## {k} protocol (bench/protocols.py): batch 16 x 128, lr 3e-3, fp32 CPU; held-out ppl and bits/byte "
                   f"({time.perf_counter()-t0:.0f} s)\n"); print(md_table(rows), flush=True); continue
         rows = (EXPERIMENTS[k](steps, a.seeds) if k == 'same' else smollm2(steps, a.seeds[0], a.chars) if k == 'smollm2'

@@ -329,9 +329,9 @@ class KDConfig(TrainingArguments, DistillArguments):
     seed:int=0 # seeds torch, numpy, python and the data order
     max_steps:int=1000 # optimizer steps; the curriculum's progress is step / max_steps
     learning_rate:float=5e-4 # peak student LR (projector and router: times lr_multipliers)
-    lr_scheduler_type:SchedulerType|str='cosine' # 'constant', 'constant_with_warmup', 'linear', 'cosine', 'warmup_stable_decay', ...
-    warmup_steps:float=0.05 # an int: steps; a float below 1: share of max_steps (none for 'constant')
-    weight_decay:float=0.01 # AdamW decoupled decay (never on norms and biases)
+    lr_scheduler_type:SchedulerType|str='warmup_stable_decay' # 'constant', 'constant_with_warmup', 'linear', 'cosine', 'warmup_stable_decay' (decays over the last 20%), ...
+    warmup_steps:float=0 # an int: steps; a float below 1: share of max_steps (none for 'constant')
+    weight_decay:float=0.3 # AdamW decoupled decay (never on norms and biases)
     max_grad_norm:float=1.0 # clip the gradient norm (0: off)
     optim:OptimizerNames|str='adamw_torch' # the engine's optimizer names: 'adamw_torch', 'sgd', 'adafactor', ...
     logging_steps:float=10 # one history row every N steps

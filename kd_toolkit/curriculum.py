@@ -190,8 +190,8 @@ def seed_curriculum(temperature:float|Schedule=1.0) -> Curriculum:
 
 # %% ../nbs/04_curriculum.ipynb #04150889
 def kd_lm_curriculum(
-    kd:float=1.0, # weight of the logit KD loss
-    lm:float=1.0, # weight of the next-token CE loss
+    kd:float=0.75, # weight of the logit KD loss
+    lm:float=0.25, # weight of the next-token CE loss
     temperature:float|Schedule=1.0, # KD temperature
 ) -> Curriculum:
     "Constant KD + LM weights."

@@ -52,7 +52,7 @@ def test_plugs_into_the_trainer_adapter():
     assert isinstance(cur, Curriculum) and cur.names == ['lm', 'kd'] and cur.temperature(0.3) == 2.0
     assert cur.weights(0.25) == {'lm': 1.0, 'kd': 0.5}
     assert train._resolve_curriculum('seed').weights(0.5)['layerwise'] == pytest.approx(1/3)
-    assert train._resolve_curriculum('kd_lm').weights(0.9) == {'lm': 1.0, 'kd': 1.0}
+    assert train._resolve_curriculum('kd_lm').weights(0.9) == {'lm': 0.25, 'kd': 0.75}
     seed = seed_curriculum(); assert train._resolve_curriculum(seed) is seed
 
 def test_temperature_schedule_and_kd_lm_preset():
@@ -90,7 +90,7 @@ def test_plot_units_legend_reference_lines_and_overlaps():
     figure_png(fig)
     assert not ax.get_legend().get_window_extent().overlaps(ax.get_window_extent())
     # lm and kd both at 1.0: before, kd (drawn last, same width) covered lm entirely
-    both = plot_curriculum(kd_lm_curriculum())
+    both = plot_curriculum(kd_lm_curriculum(kd=1.0, lm=1.0))
     assert _area_pixels(both, 'C0') > 300 and _area_pixels(both, 'C1') > 300
     assert DisplayFormatter().format(both)[0]['image/png'][:4] == b'\x89PNG'       # a PNG in a kernel without %matplotlib
 
