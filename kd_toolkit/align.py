@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_align.ipynb #09fd0d8b
 from __future__ import annotations
-import json, math, re, warnings
+import math, re, warnings, weakref
 from dataclasses import dataclass
 import torch
 from fastcore.basics import patch
@@ -94,6 +94,7 @@ def align_offsets(
     mask = sc & (tend[j] == se)
     return torch.where(mask, tpos[j], 0), mask
 
+# %% ../nbs/03_align.ipynb #5e2a9b78
 def coverage(
     align_mask:torch.Tensor, # (..., Ls) bool, from `align_offsets` or a batch's `align_mask`
     attention_mask:torch.Tensor|None=None, # (..., Ls) the student's real positions; None: all
@@ -108,8 +109,8 @@ _U2B = {u: b for b, u in _B2U.items()}
 _BYTE_PIECE = re.compile(r'<0x([0-9A-Fa-f]{2})>')
 
 def _kind(tok): # 'byte' (GPT-2-style byte-level), 'spm' (SentencePiece ▁ / <0xNN>) or 'plain'
-    d = json.loads(tok.backend_tokenizer.to_str())
-    s = json.dumps([d.get('decoder'), d.get('pre_tokenizer'), d.get('normalizer')], ensure_ascii=False)
+    b = tok.backend_tokenizer
+    s = ' '.join(repr(x) for x in (b.decoder, b.pre_tokenizer, b.normalizer))
     return 'byte' if 'ByteLevel' in s else 'spm' if '\u2581' in s else 'plain'
 
 def _piece_bytes(p, kind): # (bytes, is_byte_fallback) of one ordinary piece
@@ -119,9 +120,14 @@ def _piece_bytes(p, kind): # (bytes, is_byte_fallback) of one ordinary piece
     return p.encode(), False
 
 # %% ../nbs/03_align.ipynb #0b5d8c31
+_TB_CACHE = weakref.WeakKeyDictionary()  # tokenizer -> ((size, added), result): built once per tokenizer
+
 def token_bytes(tok) -> tuple[list[bytes|None], list[bool]]:
     "The bytes each token id stands for (None for special tokens), and whether it is a byte-fallback piece."
     check_fast(tok)
+    key = (len(tok), len(tok.added_tokens_decoder))
+    hit = _TB_CACHE.get(tok)
+    if hit is not None and hit[0] == key: return hit[1]
     kind, added = _kind(tok), tok.added_tokens_decoder
     out, fallback = [], []
     for i, p in enumerate(tok.convert_ids_to_tokens(list(range(len(tok))))):
@@ -129,6 +135,7 @@ def token_bytes(tok) -> tuple[list[bytes|None], list[bool]]:
         elif p is None: b, fb = None, False
         else: b, fb = _piece_bytes(p, kind)
         out.append(b); fallback.append(fb)
+    _TB_CACHE[tok] = (key, (out, fallback))
     return out, fallback
 
 # %% ../nbs/03_align.ipynb #a2157577
@@ -498,6 +505,7 @@ def _teacher_bounds(align_idx, m, Lt): # (B, Lt) bool: the teacher positions pai
     out = torch.zeros(B, Lt + 1, dtype=torch.bool, device=m.device)
     return out.scatter(1, torch.where(m, align_idx, Lt), True)[:, :Lt]
 
+# %% ../nbs/03_align.ipynb #c1a9e059
 def chunk_likelihood_loss(
     student_lp:torch.Tensor, # (B, Ls) fp32 log-prob of each student position's next token (`token_logprobs`)
     teacher_lp:torch.Tensor, # (B, Lt) the same for the teacher's tokens (its logits or the teacher cache); a target
