@@ -270,11 +270,12 @@ def split(self:PackedStream, frac:float) -> tuple[PackedStream, PackedStream]:
 
 # %% ../nbs/05_data.ipynb #9a0f3c11
 def _window(st, s0, s1, t0=None, t1=None, inner=None): # features of the stream slice [s0, s1) (+ the teacher's [t0, t1))
-    f = dict(input_ids=st.input_ids[s0:s1].tolist(), n_bytes=int(st.byte_ends[s1 - 1] - st.byte_ends[s0]))
+    f = dict(input_ids=st.input_ids[s0:s1].tolist(), n_bytes=int(st.byte_ends[s1 - 1] - st.byte_ends[s0]), stream_pos=s0)
     if st.bounds is None: return f
     idx, m = torch.zeros(s1 - s0, dtype=torch.long), torch.zeros(s1 - s0, dtype=torch.bool)
     idx[inner[:, 0] - 1], m[inner[:, 0] - 1] = inner[:, 1] - 1, True
-    f.update(teacher_input_ids=st.teacher_input_ids[t0:t1].tolist(), align_idx=idx.tolist(), align_mask=m.tolist())
+    f.update(teacher_input_ids=st.teacher_input_ids[t0:t1].tolist(), align_idx=idx.tolist(), align_mask=m.tolist(),
+             teacher_stream_pos=t0)
     return f
 
 class _Bounds: # the common boundaries of a stream as contiguous columns, for fast searches
