@@ -88,6 +88,108 @@ def truncate(b):
     n_t = b['teacher_attention_mask'].sum(1, keepdim=True)
     return idx, (idx < n_t) & b['attention_mask'].bool() & (torch.arange(Ls) < Lt)
 
+class PathTarget:
+    "The teacher's distribution over the student's next token, along the actual teacher path (see `path_topk`)."
+    def __init__(self, ttok, stok, vm, counts=None, top=8):
+        from kd_toolkit.align import token_bytes, _lookups, _kinds
+        self.tb = token_bytes(ttok)[0]
+        sb, sfb = token_bytes(stok)
+        self.sb = sb
+        _, self.lookup = _lookups(sb, _kinds(stok, sfb))
+        self.maxlen = max(len(x) for x in self.lookup)
+        self.t2s = vm.t2s.tolist()
+        self.ext = None
+        if counts is not None:  # unigram spread: byte prefix -> the seen student tokens extending it, by frequency
+            ext = {}
+            for t in torch.nonzero(counts).flatten().tolist():
+                bt = sb[t]
+                if not bt: continue
+                for n in range(1, len(bt) + 1): ext.setdefault(bt[:n], []).append((int(counts[t]), t))
+            self.ext = {w: self._norm(sorted(v, reverse=True)[:top]) for w, v in ext.items()}
+
+    @staticmethod
+    def _norm(v):
+        z = sum(c for c, _ in v)
+        return [(t, c / z) for c, t in v]
+
+    def add(self, out, w, p): # give mass p to the student token(s) a continuation starting with bytes w begins with
+        if self.ext is not None:
+            cand = self.ext.get(w)
+            if cand and not (len(cand) == 1 and self.sb[cand[0][0]] == w):
+                for t, q in cand: out[t] = out.get(t, 0.0) + p * q
+                return 0.0
+        s = self.longest(w)
+        if s is None: return p
+        out[s] = out.get(s, 0.0) + p
+        return 0.0
+
+    def longest(self, w): # the longest student token that is a prefix of bytes w (None: no token)
+        for n in range(min(len(w), self.maxlen), 0, -1):
+            s = self.lookup.get(w[:n])
+            if s is not None: return s
+        return None
+
+    def position(self, s_next, j, t_ids, t_len, tk_ids, tk_p, t_lp):
+        "{student id: probability} at one aligned position: s_next the actual next student token, j the aligned teacher position."
+        out, tail, A, pi = {}, 0.0, b'', 1.0
+        bstar = self.sb[s_next]
+        if bstar is None: return None
+        pos = j
+        while True:
+            if pos + 1 >= t_len: return None  # the teacher's text ends before the student token: no target
+            beta = t_ids[pos + 1]
+            covered = len(A) >= len(bstar)
+            tot = 0.0
+            for c, p in zip(tk_ids[pos], tk_p[pos]):
+                if not covered and c == beta: continue
+                tot += p
+                cb = self.tb[c]
+                if cb is None:  # a special token: the document ends (or starts) here
+                    s = self.t2s[c] if not A else (s_next if covered else self.longest(A))
+                    if s is None: tail += pi * p
+                    else: out[s] = out.get(s, 0.0) + pi * p
+                    continue
+                w = A + cb
+                if covered and not (self.ext.get(w) if self.ext is not None else None) and \
+                   len(self.sb[self.longest(w) or s_next] or b'') <= len(bstar):
+                    out[s_next] = out.get(s_next, 0.0) + pi * p; continue  # no longer student token: s* itself
+                tail += self.add(out, w, pi * p)
+            if covered:
+                out[s_next] = out.get(s_next, 0.0) + pi * max(0.0, 1.0 - tot)  # outside the top-k: assume s* ends here
+                return out, tail
+            pb = math.exp(t_lp[pos])
+            tail += pi * max(0.0, 1.0 - tot - pb)  # teacher mass outside the top-k (and not the actual piece)
+            pi *= pb
+            A += self.tb[beta] or b''
+            pos += 1
+
+    def topk(self, b, tids, tmask, tl, tlp, idx, am, k=32):
+        "TopK over student ids at every student position (B·Ls rows) and the mask of positions that have one."
+        from kd_toolkit.losses import TopK
+        B, Ls = b['input_ids'].shape
+        tk = topk_teacher(tl, k=k)  # flattened (B·Lt, k)
+        Lt = tl.shape[1]
+        tk_ids = tk.ids.reshape(B, Lt, k).tolist(); tk_p = tk.logprobs.exp().reshape(B, Lt, k).tolist()
+        t_ids = tids.tolist(); t_len = tmask.sum(1).tolist()
+        s_ids = b['input_ids'].tolist(); s_len = b['attention_mask'].sum(1).tolist()
+        lp = torch.full((B * Ls, k), -1e4); ids = torch.zeros(B * Ls, k, dtype=torch.long); tail = torch.zeros(B * Ls)
+        mask = torch.zeros(B * Ls, dtype=torch.bool)
+        idxl, aml, tlpl = idx.tolist(), am.tolist(), tlp.tolist()
+        for bi in range(B):
+            for i in range(s_len[bi] - 1):
+                if not aml[bi][i]: continue
+                r = self.position(s_ids[bi][i + 1], idxl[bi][i], t_ids[bi], t_len[bi], tk_ids[bi], tk_p[bi], tlpl[bi])
+                if r is None: continue
+                d, tl_ = r
+                top = sorted(d.items(), key=lambda x: -x[1])[:k]
+                row = bi * Ls + i
+                kept = sum(p for _, p in top)
+                ids[row, :len(top)] = torch.tensor([s for s, _ in top])
+                lp[row, :len(top)] = torch.tensor([p for _, p in top]).clamp_min(1e-30).log()
+                tail[row] = math.log(max(1.0 - kept, 1e-30))
+                mask[row] = True
+        return TopK(lp, ids, tail), mask
+
 def step_loss(a, b, model, teacher, ctx):
     "The training loss of one batch and its parts."
     logits = model(b['input_ids'], attention_mask=b['attention_mask']).logits
@@ -107,7 +209,18 @@ def step_loss(a, b, model, teacher, ctx):
         kl = kd_loss(logits, tl, b['attention_mask'], 'fkl')
         parts['kd'] = float(kl)
         return (1 - a.alpha) * ce + a.alpha * kl, parts
+    if 'align_idx' not in b:  # the same tokenizer (a diagnostic): every position is a common boundary
+        b['align_idx'] = torch.arange(b['input_ids'].shape[1]).expand_as(b['input_ids']).contiguous()
+        b['align_mask'] = b['attention_mask'].bool()
     idx, am = truncate(b) if a.method == 'trunc' else (b['align_idx'], b['align_mask'] & b['attention_mask'].bool())
+    if a.method == 'path':
+        with torch.no_grad():
+            ttg = next_token_targets(tids.masked_fill(tmask == 0, -100))
+            tlp = token_logprobs(tl, ttg)
+            tk, m = ctx['path'].topk(b, tids, tmask, tl, tlp, idx, am, k=a.k)
+        term = kd_loss_topk(logits.flatten(0, 1), tk, m)
+        parts['kd'] = float(term); parts['path_share'] = float(m.float().sum() / am.sum().clamp_min(1))
+        return (1 - a.alpha) * ce + a.alpha * term, parts
     if a.method == 'chunk':
         with torch.no_grad():
             ttg = next_token_targets(tids.masked_fill(tmask == 0, -100))
@@ -121,14 +234,14 @@ def step_loss(a, b, model, teacher, ctx):
             parts['match'] = float(mterm); parts['match_share'] = float(mt.sum() / am.sum().clamp_min(1))
             term = term + a.match * mterm
     else:
-        tk = gather_aligned(topk_teacher(tl, k=32), idx)  # (B·Ls, 32) over teacher ids
+        tk = gather_aligned(topk_teacher(tl, k=a.k), idx)  # (B·Ls, k) over teacher ids
         flat, m = logits.flatten(0, 1), am.flatten()
         if a.method in ('map', 'trunc'): term = kd_loss_topk(flat, ctx['vm'].map_topk(tk), m)
         elif a.method == 'uld': term = uld_loss(flat, tk, m)
         elif a.method == 'hybrid': term = hybrid_loss(flat, tk, ctx['vm'], m)
         else: raise SystemExit(f"unknown method {a.method}")
     parts['kd'] = float(term)
-    return ce + a.alpha * term, parts
+    return ((1 - a.alpha) * ce if a.mix else ce) + a.alpha * term, parts
 
 def run(a):
     torch.set_num_threads(1)
@@ -139,9 +252,10 @@ def run(a):
     teacher = load_stories260k().eval()
     model = student_model(len(stok), a.seed)
     ctx = {}
-    if stok is not ttok:
-        ctx['vm'] = VocabMap.from_tokenizers(ttok, stok)
-        ctx['s_bound'], ctx['t_bound'] = boundary_tokens(stok, len(stok)), boundary_tokens(ttok, 512)
+    ctx['vm'] = VocabMap.from_tokenizers(ttok, stok)
+    if a.method == 'path':
+        ctx['path'] = PathTarget(ttok, stok, ctx['vm'], torch.bincount(train.input_ids, minlength=len(stok)) if a.spread == 'unigram' else None)
+    ctx['s_bound'], ctx['t_bound'] = boundary_tokens(stok, len(stok)), boundary_tokens(ttok, 512)
     prep = time.perf_counter() - t0
     windows = iter(RandomWindows(train, 129, 16, seed=2))
     col = KDCollator(pad_id(stok), pad_id(ttok))
@@ -156,7 +270,7 @@ def run(a):
         if step % 50 == 0 or step == 1: hist.append({'step': step, **parts}); print(step, parts, flush=True)
         if step % a.eval_every == 0 or step == a.steps: evals[step] = heldout_bpb(model, held, pad_id(stok)); print('eval', step, evals[step], flush=True)
     row = dict(protocol=a.protocol, student=a.student, method=a.method, alpha=a.alpha, tau=a.tau, debias=a.debias,
-               merge=a.merge, match=a.match, seed=a.seed, steps=a.steps, bpb=evals[a.steps], evals=evals,
+               merge=a.merge, match=a.match, k=a.k, mix=a.mix, spread=a.spread, seed=a.seed, steps=a.steps, bpb=evals[a.steps], evals=evals,
                train_tokens=len(train), secs=time.perf_counter() - t1, prep_secs=prep, hist=hist)
     if a.out:
         with open(a.out, 'a') as f: f.write(json.dumps(row) + '\n')
@@ -171,7 +285,9 @@ def label(r):
         if r['merge']: s += f" merge<{r['merge']:g}"
         if r['match']: s += f" + match KD x{r['match']:g}"
         return s
-    return {'map': 'map (top-32 mapped, fkl)', 'uld': 'ULD', 'hybrid': 'hybrid', 'trunc': "seed's truncation + map"}[r['method']] + f" a={r['alpha']:g}"
+    if r['method'] == 'path': return f"path target ({r.get('spread', 'prefix')}), (1-a)·CE + a·KL, a={r['alpha']:g}, k={r.get('k', 32)}"
+    return {'map': 'map (top-k mapped, fkl)', 'uld': 'ULD', 'hybrid': 'hybrid', 'trunc': "seed's truncation + map"}[r['method']] + \
+        (f" (1-a)·CE + a·term, a={r['alpha']:g}" if r.get('mix') else f" CE + a·term, a={r['alpha']:g}") + f", k={r.get('k', 32)}"
 
 def table(path):
     from flops import md_table
@@ -197,12 +313,15 @@ if __name__ == '__main__':
     r = sub.add_parser('run')
     r.add_argument('--protocol', choices=['rich', 'excerpt'], default='rich')
     r.add_argument('--student', choices=['gpt2', 'llama2-spm', 'tok512', 'smollm2'], default='gpt2')
-    r.add_argument('--method', choices=['lm', 'kd', 'chunk', 'map', 'uld', 'hybrid', 'trunc'], default='chunk')
+    r.add_argument('--method', choices=['lm', 'kd', 'chunk', 'path', 'map', 'uld', 'hybrid', 'trunc'], default='chunk')
     r.add_argument('--alpha', type=float, default=None, help="weight of the KD term (kd: its share; default 0.5 for kd, else 1)")
     r.add_argument('--tau', type=float, default=1.0)
     r.add_argument('--debias', type=int, default=0, help='chunk: add each side\'s log P(next token starts a word) at chunk ends')
     r.add_argument('--merge', type=float, default=0.0, help='chunk: keep boundaries where the teacher\'s P(word start) > this')
     r.add_argument('--match', type=float, default=0.0, help='chunk: + this x mapped top-32 KL where the next tokens coincide')
+    r.add_argument('--spread', choices=['prefix', 'unigram'], default='prefix', help="path: a teacher piece that starts longer student tokens: to its longest student prefix, or over the seen student tokens extending it by frequency")
+    r.add_argument('--k', type=int, default=32, help='teacher top-k of the distribution-level targets (map, uld, hybrid, trunc, path)')
+    r.add_argument('--mix', type=int, default=0, help='map/uld/hybrid/trunc: (1 - alpha)·CE + alpha·term instead of CE + alpha·term')
     r.add_argument('--steps', type=int, default=300)
     r.add_argument('--eval-every', type=int, default=100)
     r.add_argument('--lr', type=float, default=3e-3)
@@ -212,7 +331,7 @@ if __name__ == '__main__':
     a = ap.parse_args()
     if a.cmd == 'table': table(a.path)
     else:
-        if a.alpha is None: a.alpha = 0.5 if a.method == 'kd' else 1.0
-        if (a.student == 'tok512') != (a.method in ('lm', 'kd')) and a.method != 'lm':
-            raise SystemExit("tok512 (the teacher's tokenizer) takes --method lm or kd; the other students the cross-tokenizer methods")
+        if a.alpha is None: a.alpha = 0.5 if a.method in ('kd', 'path') else 1.0
+        if a.student != 'tok512' and a.method == 'kd':
+            raise SystemExit("--method kd needs the teacher's tokenizer (--student tok512); across tokenizers use chunk/map/uld/hybrid/trunc")
         run(a)
