@@ -35,8 +35,8 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from kd_toolkit.testing import load_stories260k, load_tokenizer, read_text
 from kd_toolkit.data import KDCollator, RandomWindows, pack_stream, packed_windows, PackedStream
-from kd_toolkit.align import (VocabMap, boundary_tokens, chunk_likelihood_loss, gather_aligned, hybrid_loss,
-                              next_token_match, token_logprobs, uld_loss)
+from kd_toolkit.align import (PathMap, VocabMap, boundary_tokens, chunk_likelihood_loss, gather_aligned, hybrid_loss,
+                              next_token_match, path_topk, token_logprobs, uld_loss)
 from kd_toolkit.losses import kd_loss, kd_loss_topk, next_token_targets, topk_teacher
 
 def student_model(vocab:int, seed:int):
@@ -88,108 +88,6 @@ def truncate(b):
     n_t = b['teacher_attention_mask'].sum(1, keepdim=True)
     return idx, (idx < n_t) & b['attention_mask'].bool() & (torch.arange(Ls) < Lt)
 
-class PathTarget:
-    "The teacher's distribution over the student's next token, along the actual teacher path (see `path_topk`)."
-    def __init__(self, ttok, stok, vm, counts=None, top=8):
-        from kd_toolkit.align import token_bytes, _lookups, _kinds
-        self.tb = token_bytes(ttok)[0]
-        sb, sfb = token_bytes(stok)
-        self.sb = sb
-        _, self.lookup = _lookups(sb, _kinds(stok, sfb))
-        self.maxlen = max(len(x) for x in self.lookup)
-        self.t2s = vm.t2s.tolist()
-        self.ext = None
-        if counts is not None:  # unigram spread: byte prefix -> the seen student tokens extending it, by frequency
-            ext = {}
-            for t in torch.nonzero(counts).flatten().tolist():
-                bt = sb[t]
-                if not bt: continue
-                for n in range(1, len(bt) + 1): ext.setdefault(bt[:n], []).append((int(counts[t]), t))
-            self.ext = {w: self._norm(sorted(v, reverse=True)[:top]) for w, v in ext.items()}
-
-    @staticmethod
-    def _norm(v):
-        z = sum(c for c, _ in v)
-        return [(t, c / z) for c, t in v]
-
-    def add(self, out, w, p): # give mass p to the student token(s) a continuation starting with bytes w begins with
-        if self.ext is not None:
-            cand = self.ext.get(w)
-            if cand and not (len(cand) == 1 and self.sb[cand[0][0]] == w):
-                for t, q in cand: out[t] = out.get(t, 0.0) + p * q
-                return 0.0
-        s = self.longest(w)
-        if s is None: return p
-        out[s] = out.get(s, 0.0) + p
-        return 0.0
-
-    def longest(self, w): # the longest student token that is a prefix of bytes w (None: no token)
-        for n in range(min(len(w), self.maxlen), 0, -1):
-            s = self.lookup.get(w[:n])
-            if s is not None: return s
-        return None
-
-    def position(self, s_next, j, t_ids, t_len, tk_ids, tk_p, t_lp):
-        "{student id: probability} at one aligned position: s_next the actual next student token, j the aligned teacher position."
-        out, tail, A, pi = {}, 0.0, b'', 1.0
-        bstar = self.sb[s_next]
-        if bstar is None: return None
-        pos = j
-        while True:
-            if pos + 1 >= t_len: return None  # the teacher's text ends before the student token: no target
-            beta = t_ids[pos + 1]
-            covered = len(A) >= len(bstar)
-            tot = 0.0
-            for c, p in zip(tk_ids[pos], tk_p[pos]):
-                if not covered and c == beta: continue
-                tot += p
-                cb = self.tb[c]
-                if cb is None:  # a special token: the document ends (or starts) here
-                    s = self.t2s[c] if not A else (s_next if covered else self.longest(A))
-                    if s is None: tail += pi * p
-                    else: out[s] = out.get(s, 0.0) + pi * p
-                    continue
-                w = A + cb
-                if covered and not (self.ext.get(w) if self.ext is not None else None) and \
-                   len(self.sb[self.longest(w) or s_next] or b'') <= len(bstar):
-                    out[s_next] = out.get(s_next, 0.0) + pi * p; continue  # no longer student token: s* itself
-                tail += self.add(out, w, pi * p)
-            if covered:
-                out[s_next] = out.get(s_next, 0.0) + pi * max(0.0, 1.0 - tot)  # outside the top-k: assume s* ends here
-                return out, tail
-            pb = math.exp(t_lp[pos])
-            tail += pi * max(0.0, 1.0 - tot - pb)  # teacher mass outside the top-k (and not the actual piece)
-            pi *= pb
-            A += self.tb[beta] or b''
-            pos += 1
-
-    def topk(self, b, tids, tmask, tl, tlp, idx, am, k=32):
-        "TopK over student ids at every student position (B·Ls rows) and the mask of positions that have one."
-        from kd_toolkit.losses import TopK
-        B, Ls = b['input_ids'].shape
-        tk = topk_teacher(tl, k=k)  # flattened (B·Lt, k)
-        Lt = tl.shape[1]
-        tk_ids = tk.ids.reshape(B, Lt, k).tolist(); tk_p = tk.logprobs.exp().reshape(B, Lt, k).tolist()
-        t_ids = tids.tolist(); t_len = tmask.sum(1).tolist()
-        s_ids = b['input_ids'].tolist(); s_len = b['attention_mask'].sum(1).tolist()
-        lp = torch.full((B * Ls, k), -1e4); ids = torch.zeros(B * Ls, k, dtype=torch.long); tail = torch.zeros(B * Ls)
-        mask = torch.zeros(B * Ls, dtype=torch.bool)
-        idxl, aml, tlpl = idx.tolist(), am.tolist(), tlp.tolist()
-        for bi in range(B):
-            for i in range(s_len[bi] - 1):
-                if not aml[bi][i]: continue
-                r = self.position(s_ids[bi][i + 1], idxl[bi][i], t_ids[bi], t_len[bi], tk_ids[bi], tk_p[bi], tlpl[bi])
-                if r is None: continue
-                d, tl_ = r
-                top = sorted(d.items(), key=lambda x: -x[1])[:k]
-                row = bi * Ls + i
-                kept = sum(p for _, p in top)
-                ids[row, :len(top)] = torch.tensor([s for s, _ in top])
-                lp[row, :len(top)] = torch.tensor([p for _, p in top]).clamp_min(1e-30).log()
-                tail[row] = math.log(max(1.0 - kept, 1e-30))
-                mask[row] = True
-        return TopK(lp, ids, tail), mask
-
 def step_loss(a, b, model, teacher, ctx):
     "The training loss of one batch and its parts."
     logits = model(b['input_ids'], attention_mask=b['attention_mask']).logits
@@ -217,7 +115,7 @@ def step_loss(a, b, model, teacher, ctx):
         with torch.no_grad():
             ttg = next_token_targets(tids.masked_fill(tmask == 0, -100))
             tlp = token_logprobs(tl, ttg)
-            tk, m = ctx['path'].topk(b, tids, tmask, tl, tlp, idx, am, k=a.k)
+            tk, m = path_topk(ctx['path'], b['input_ids'], tids, idx, am, topk_teacher(tl, k=a.k), tlp, b['attention_mask'], tmask, k=a.k)
         term = kd_loss_topk(logits.flatten(0, 1), tk, m)
         parts['kd'] = float(term); parts['path_share'] = float(m.float().sum() / am.sum().clamp_min(1))
         return (1 - a.alpha) * ce + a.alpha * term, parts
@@ -254,7 +152,7 @@ def run(a):
     ctx = {}
     ctx['vm'] = VocabMap.from_tokenizers(ttok, stok)
     if a.method == 'path':
-        ctx['path'] = PathTarget(ttok, stok, ctx['vm'], torch.bincount(train.input_ids, minlength=len(stok)) if a.spread == 'unigram' else None)
+        ctx['path'] = PathMap.from_tokenizers(ttok, stok, torch.bincount(train.input_ids, minlength=len(stok)) if a.spread == 'unigram' else None)
     ctx['s_bound'], ctx['t_bound'] = boundary_tokens(stok, len(stok)), boundary_tokens(ttok, 512)
     prep = time.perf_counter() - t0
     windows = iter(RandomWindows(train, 129, 16, seed=2))
