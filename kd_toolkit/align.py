@@ -373,13 +373,14 @@ def check_pair(
     min_coverage:float=0.25, # the least share of the student's token ends that must be common boundaries
     error:bool=False, # raise instead of warning
 ) -> float:
-    "Share of the student's token ends on `texts` that are common boundaries; a warning (or error) naming the pair below `min_coverage`."
+    "Share of the student's token ends on `texts` that are common boundaries (NaN: no tokens); a warning (or error) naming the pair below `min_coverage`."
     check_fast(student_tok, 'student tokenizer'); check_fast(teacher_tok, 'teacher tokenizer')
     if same_tokenizer(student_tok, teacher_tok): return 1.0
     (_, so), (_, to) = encode_offsets(student_tok, texts, False), encode_offsets(teacher_tok, texts, False)
     n, hit = 0, 0
     for s, t in zip(so, to): m = align_offsets(s, t)[1]; n += len(m); hit += int(m.sum())
-    cov = hit / max(n, 1)
+    if n == 0: return math.nan  # no token in the samples: nothing to judge
+    cov = hit / n
     if cov < min_coverage:
         msg = (f"student {tok_name(student_tok)} and teacher {tok_name(teacher_tok)} share common token boundaries at only "
                f"{cov:.1%} of the student's token ends (min_coverage={min_coverage:.0%}) on {len(texts)} sample texts: "
