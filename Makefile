@@ -6,7 +6,7 @@ BIN = $(VENV)/bin
 TORCH ?= torch==2.13.0
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: install sync test test-slow demo bench clean
+.PHONY: install sync test test-slow demo bench clean wheel floors browser-test
 
 install: $(VENV)/.installed
 $(VENV)/.installed: settings.ini setup.py
@@ -32,6 +32,39 @@ test: install
 test-slow: install
 	$(BIN)/nbdev_test --n_workers 2 --flags slow
 	$(BIN)/pytest -q -m slow tests || [ $$? -eq 5 ]
+
+# kd_toolkit as a wheel, for a Kaggle notebook (upload $(DIST)/ as a dataset, attach it: README), with the pure-Python
+# requirements Kaggle's image may lack, so the notebook installs offline. `make wheel WHEEL_EXTRAS=` builds kd_toolkit's alone.
+DIST ?= dist
+WHEEL_EXTRAS ?= gguf 'fastcore>=1.12.3,<2'
+wheel: install
+	rm -rf $(DIST) && mkdir -p $(DIST)
+	$(BIN)/python -m pip wheel --no-deps --no-build-isolation -q -w $(DIST) .
+	$(if $(strip $(WHEEL_EXTRAS)),$(BIN)/python -m pip download --no-deps -q -d $(DIST) $(WHEEL_EXTRAS))
+	@ls $(DIST)
+
+# the lowest versions settings.ini claims, in a throwaway venv, then the tests that exercise them (checkpoints, resume,
+# cross-tokenizer KD, the CLI). Raise a floor in settings.ini only together with FLOORS here.
+FLOORS ?= transformers==5.2.0 'fastcore==1.12.3'
+FLOORS_VENV ?= build/floors-venv
+floors:
+	rm -rf $(FLOORS_VENV) && python3 -m venv $(FLOORS_VENV)
+	$(FLOORS_VENV)/bin/python -m pip install -q --upgrade pip
+	$(FLOORS_VENV)/bin/python -m pip install -q "$(TORCH)"
+	$(FLOORS_VENV)/bin/python -m pip install -q ".[dev]" $(FLOORS)
+	$(FLOORS_VENV)/bin/python -m pip list 2>/dev/null | grep -iE '^(torch|transformers|fastcore|datasets|accelerate|tokenizers|huggingface.hub) '
+	$(FLOORS_VENV)/bin/nbdev_test --path nbs/07_train.ipynb
+	$(FLOORS_VENV)/bin/pytest -q tests/test_train.py tests/test_qwen_pair.py tests/test_cli.py
+
+# the widgets and live chart in a real JupyterLab, driven in headless Chromium (issue 19; ~1-2 min once installed).
+# Installs Debian's chromium + chromium-driver when missing (root: apt-get) and the [browser] extra (jupyterlab, selenium).
+browser-test: install
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || { \
+	  echo "installing Debian's chromium and chromium-driver (apt-get)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null || { \
+	    echo "could not install Chromium: run as root: apt-get update && apt-get install -y chromium chromium-driver"; exit 2; }; }
+	$(BIN)/python -m pip install -q -e ".[browser]"
+	$(BIN)/python bench/browser_check.py $(BROWSER_ARGS)
 
 demo: install
 	$(BIN)/kd_toolkit demo --overwrite

@@ -26,6 +26,7 @@ import torch, torch.nn.functional as F
 from transformers import AutoModelForCausalLM, TrainerCallback
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from flops import CONFIGS, md_table, memory_estimate, step_flops
+from kd_toolkit.core import make_config
 
 GB = 1e9
 CHUNK = 1024
@@ -92,9 +93,8 @@ class _Ours:
     "kd_toolkit's KDTrainer on the same batches (one optimizer step each), timed by a callback."
     def __init__(self, t, s, lr, **kd):
         from datasets import Dataset
-        from kd_toolkit.core import KDConfig
         from kd_toolkit.train import KDTrainer
-        self.t, self.s, self.kd, self.lr, self.Dataset, self.KDConfig, self.KDTrainer = t, s, kd, lr, Dataset, KDConfig, KDTrainer
+        self.t, self.s, self.kd, self.lr, self.Dataset, self.KDTrainer = t, s, kd, lr, Dataset, KDTrainer
     def run(self, batches, warmup, mem):
         times, marks = [], {}
         class _Timer(TrainerCallback):
@@ -106,11 +106,12 @@ class _Ours:
         ds = self.Dataset.from_dict({'input_ids': torch.cat(batches).tolist()})
         collate = lambda rows: (lambda ids: {'input_ids': ids, 'attention_mask': torch.ones_like(ids), 'labels': ids})(
             torch.tensor([r['input_ids'] for r in rows]))
-        cfg = self.KDConfig(output_dir=tempfile.mkdtemp(prefix='kd_gpu_bench_'), max_steps=len(batches), batch_size=B,
-                            max_length=L, lr=self.lr, weight_decay=0.0, warmup_ratio=0.0, max_grad_norm=1.0,
-                            precision='fp16' if DEV == 'cuda' else 'fp32',   # (fp16 training needs a GPU)
-                            divergence='fkl', temperature=1.0, logging_steps=10**6, eval_steps=0, save_steps=10**9,
-                            progress_bar=False, **self.kd)
+        cfg = make_config(None, output_dir=tempfile.mkdtemp(prefix='kd_gpu_bench_'), max_steps=len(batches),
+                        per_device_train_batch_size=B, max_length=L, learning_rate=self.lr, weight_decay=0.0,
+                        warmup_steps=0.0, max_grad_norm=1.0,
+                        precision='fp16' if DEV == 'cuda' else 'fp32',   # (fp16 training needs a GPU)
+                        divergence='fkl', temperature=1.0, logging_steps=10**6, eval_steps=0, save_steps=10**9,
+                        progress_bar=False, **self.kd)
         tr = self.KDTrainer(cfg, self.t, self.s, ds, None, collate, {'kd': 1.0, 'lm': 1.0}, callbacks=[_Timer()])
         tr.args.save_strategy = 'no'
         tr.train()

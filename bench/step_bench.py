@@ -2,12 +2,14 @@
 
     .venv/bin/python bench/step_bench.py                  # V = 8,192 and 49,152; speed + memory tables
     .venv/bin/python bench/step_bench.py --rounds 5 --steps 3     # steadier medians (slower)
+    .venv/bin/python bench/step_bench.py --workload lm --vocab 8192 --rounds 9 --steps 3   # issue 15: an LM-only run vs a plain loop
     python bench/step_bench.py --device cuda              # the same on a GPU (fp32, TF32 off; memory from the CUDA allocator)
 
 Teacher: Llama 4 layers x 256; student: 2 x 128 (kd_toolkit.testing.tiny_llama); B=4, L=128, fp32 on CPU.
 Every method does the same work on the same batches from the same weights: teacher forward (no grad), student
 forward, forward KL (T=1, mean over valid next-token positions) [+ next-token CE], backward, grad clip at 1.0,
-AdamW step. The first losses are checked equal before anything is timed.
+AdamW step. The first losses are checked equal before anything is timed. Workloads: `kd+lm` (KD + CE), `kd` (KD
+only), `lm` (next-token CE only: the plain loop runs no teacher, and neither should the trainer).
 
 Speed: all methods in one process, R rounds, each round runs every method for `--steps` steps (order reversed
 every other round); per round the median step time; ratio = median over rounds of the per-round ratio.
@@ -44,18 +46,19 @@ def make_batches(V:int, n:int):
 # ------------------------------------------------------------------ the hand-written loop (~30 lines)
 class Hand:
     name = 'hand loop'
-    def __init__(self, t, s, lm_weight):
-        self.t, self.s, self.lm_weight = t, s, lm_weight
+    def __init__(self, t, s, workload):
+        self.t, self.s, self.workload = t, s, workload
         self.opt = torch.optim.AdamW(s.parameters(), lr=LR, weight_decay=0.0)
     def loss(self, b):
-        with torch.no_grad(): tl = self.t(input_ids=b['input_ids'], attention_mask=b['attention_mask']).logits
         sl = self.s(input_ids=b['input_ids'], attention_mask=b['attention_mask']).logits
         tgt = b['labels'][:, 1:]; mask = tgt != -100                              # next-token positions
-        s_lp = F.log_softmax(sl[:, :-1].float(), -1); t_lp = F.log_softmax(tl[:, :-1].float(), -1)
-        kd = (t_lp.exp()*(t_lp - s_lp)).sum(-1)[mask].mean()                      # forward KL, mean over tokens
-        if not self.lm_weight: return kd
+        s_lp = F.log_softmax(sl[:, :-1].float(), -1)
         ce = F.nll_loss(s_lp.flatten(0, 1), tgt.flatten(), ignore_index=-100)
-        return kd + self.lm_weight*ce
+        if self.workload == 'lm': return ce                                       # a plain LM loop: no teacher at all
+        with torch.no_grad(): tl = self.t(input_ids=b['input_ids'], attention_mask=b['attention_mask']).logits
+        t_lp = F.log_softmax(tl[:, :-1].float(), -1)
+        kd = (t_lp.exp()*(t_lp - s_lp)).sum(-1)[mask].mean()                      # forward KL, mean over tokens
+        return kd + ce if self.workload == 'kd+lm' else kd
     def step(self, b):
         loss = self.loss(b)
         self.opt.zero_grad(set_to_none=True); loss.backward()
@@ -81,8 +84,8 @@ def _tiny_tokenizer():
 
 class TRL:
     name = f'TRL {TRL_PIN} GKDTrainer'
-    def __init__(self, t, s, lm_weight):
-        if lm_weight: raise ValueError("TRL's GKD loss has no CE term: compare it on the KD-only workload")
+    def __init__(self, t, s, workload):
+        if workload != 'kd': raise ValueError("TRL's GKD loss has no CE term: compare it on the KD-only workload")
         from transformers import TrainerCallback
         from datasets import Dataset
         (GKDTrainer, GKDConfig), why = _trl_import()
@@ -126,7 +129,7 @@ def _ours_import():
 
 class Ours:
     name, extra = 'kd_toolkit KDTrainer', dict(kd_path='full')   # the `full` path (the 'auto' default before 2026-11-28)
-    def __init__(self, t, s, lm_weight):
+    def __init__(self, t, s, workload):
         kt, why = _ours_import()
         if kt is None: raise RuntimeError(why)
         from kd_toolkit.core import KDConfig
@@ -138,11 +141,11 @@ class Ours:
         self._ds = lambda batches: Dataset.from_dict({k: [r for b in batches for r in b[k].tolist()]
                                                       for k in ('input_ids', 'attention_mask', 'labels')})
         collate = lambda rows: {k: torch.tensor([r[k] for r in rows]) for k in ('input_ids', 'attention_mask', 'labels')}
-        cfg = KDConfig(output_dir=tempfile.mkdtemp(prefix='kd_bench_'), max_steps=1, batch_size=B, lr=LR,
-                       weight_decay=0.0, warmup_ratio=0.0, max_grad_norm=CLIP, precision='fp32', divergence='fkl',
-                       temperature=1.0, logging_steps=10**6, eval_steps=0, save_steps=10**9, progress_bar=False,
+        cfg = KDConfig(output_dir=tempfile.mkdtemp(prefix='kd_bench_'), max_steps=1, per_device_train_batch_size=B, learning_rate=LR,
+                       weight_decay=0.0, lr_scheduler_type='constant', max_grad_norm=CLIP, precision='fp32', divergence='fkl',
+                       temperature=1.0, logging_steps=10**6, eval_steps=0, save_steps=10**9, progress_bar=False, optim='adamw_torch',
                        teacher_dtype='keep', **self.extra)   # 'keep': the fp32 teacher stays fp32 on a GPU too (same work)
-        cur = {'kd': 1.0, 'lm': lm_weight} if lm_weight else {'kd': 1.0}
+        cur = {'kd+lm': {'kd': 1.0, 'lm': 1.0}, 'kd': {'kd': 1.0}, 'lm': {'lm': 1.0}}[workload]
         self.tr = kt.KDTrainer(cfg, t, s, self._ds(make_batches(s.config.vocab_size, 1)), None, collate, cur,
                                callbacks=[_Timer()])
         self.tr.args.save_strategy = 'no'
@@ -173,13 +176,13 @@ def _times(m, batches):
         _sync(); t0 = time.perf_counter(); m.step(b); _sync(); out.append(time.perf_counter() - t0)
     return out
 
-def speed(V, keys, lm_weight, rounds, steps):
+def speed(V, keys, workload, rounds, steps):
     "Per-round median step times of each method (same process, alternating order) and the first losses."
     batches = make_batches(V, steps)
     ms, first = {}, {}
     for k in keys:
         t, s = make_models(V)
-        ms[k] = METHODS[k](t, s, lm_weight)
+        ms[k] = METHODS[k](t, s, workload)
         with torch.no_grad(): first[k] = float(ms[k].loss(batches[0]))
     ref = first['hand']
     for k, v in first.items():
@@ -198,10 +201,10 @@ def _rss_kb(field):
     for line in open('/proc/self/status'):
         if line.startswith(field): return int(line.split()[1])
 
-def peak_child(method, V, lm_weight, steps):
+def peak_child(method, V, workload, steps):
     "In this (fresh) process: extra peak RSS in MB of `steps` steps of `method`."
     t, s = make_models(V); batches = make_batches(V, steps)
-    m = METHODS[method](t, s, lm_weight)
+    m = METHODS[method](t, s, workload)
     import gc; gc.collect()
     if DEV != 'cpu':
         _sync(); torch.cuda.reset_peak_memory_stats(); base = torch.cuda.memory_allocated()
@@ -212,23 +215,26 @@ def peak_child(method, V, lm_weight, steps):
     _times(m, batches)
     return (_rss_kb('VmHWM:') - base)/1024
 
-def peak(method, V, lm_weight, steps=3):
+def peak(method, V, workload, steps=3):
     r = subprocess.run([sys.executable, os.path.abspath(__file__), '--peak-child', method, '--vocab', str(V), '--device', DEV,
-                        '--lm-weight', str(lm_weight), '--steps', str(steps)], capture_output=True, text=True)
+                        '--workload', workload, '--steps', str(steps)], capture_output=True, text=True)
     if r.returncode: raise RuntimeError(f"memory child for {method} failed:\n{r.stderr[-2000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])['peak_mb']
 
-def main(vocabs, rounds, steps):
+WORKLOADS = {'kd+lm': 'KD + CE', 'kd': 'KD only', 'lm': 'LM only'}
+
+def main(vocabs, rounds, steps, workloads=tuple(WORKLOADS), memory=True):
     avail = {k: _available(k) for k in METHODS}
     for k, why in avail.items():
         if why: print(f"skipped {METHODS[k].name}: {why}")
     rows, ratio_rows = [], []
-    for workload, lm_weight in [('KD + CE', 1.0), ('KD only', 0.0)]:
-        keys = [k for k in ('ours', 'ours-fused', 'hand', 'trl') if not avail[k] and not (k == 'trl' and lm_weight)]
+    for wl in workloads:
+        workload = WORKLOADS[wl]
+        keys = [k for k in ('ours', 'ours-fused', 'hand', 'trl') if not avail[k] and not (k == 'trl' and wl != 'kd') and not (k == 'ours-fused' and wl == 'lm')]
         for V in vocabs:
             try:
-                per, first = speed(V, keys, lm_weight, rounds, steps)
-                mem = {k: peak(k, V, lm_weight) for k in keys}
+                per, first = speed(V, keys, wl, rounds, steps)
+                mem = {k: peak(k, V, wl) if memory else float('nan') for k in keys}
             except Exception as e:
                 print(f"FAILED {workload} V={V}: {type(e).__name__}: {str(e)[-1500:]}", flush=True); continue
             unit = B*L*V*4/2**20  # one fp32 (B*L, V) buffer, MB
@@ -255,12 +261,13 @@ if __name__ == '__main__':
     ap.add_argument('--vocab', type=int, nargs='*', default=[8192, 49152])
     ap.add_argument('--rounds', type=int, default=3)
     ap.add_argument('--steps', type=int, default=2)
-    ap.add_argument('--lm-weight', type=float, default=1.0)
+    ap.add_argument('--workload', nargs='*', default=list(WORKLOADS), choices=list(WORKLOADS))
+    ap.add_argument('--no-memory', action='store_true', help='speed only (no memory child processes)')
     ap.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
     ap.add_argument('--peak-child', choices=list(METHODS), help=argparse.SUPPRESS)
     a = ap.parse_args()
     DEV = a.device
     if DEV == 'cuda' and not torch.cuda.is_available(): sys.exit("--device cuda: no CUDA device on this machine")
     torch.set_num_threads(int(os.environ['OMP_NUM_THREADS']))
-    if a.peak_child: print(json.dumps({'peak_mb': peak_child(a.peak_child, a.vocab[0], a.lm_weight, a.steps)}))
-    else: main(a.vocab, a.rounds, a.steps)
+    if a.peak_child: print(json.dumps({'peak_mb': peak_child(a.peak_child, a.vocab[0], a.workload[0], a.steps)}))
+    else: main(a.vocab, a.rounds, a.steps, a.workload, not a.no_memory)

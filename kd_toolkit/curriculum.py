@@ -4,17 +4,18 @@
 
 # %% ../nbs/04_curriculum.ipynb #30749c1c
 from __future__ import annotations
-import dataclasses, math
+import dataclasses, io, math
 from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
+from fastcore.basics import patch
 from matplotlib.figure import Figure
 
 # %% auto #0
 __all__ = ['COMPONENTS', 'Schedule', 'Constant', 'Linear', 'Cosine', 'Step', 'WarmupHold', 'progress', 'Curriculum',
-           'seed_curriculum', 'kd_lm_curriculum', 'AdaptiveBalancer', 'plot_curriculum', 'CurriculumEditor',
-           'curriculum_editor']
+           'seed_curriculum', 'kd_lm_curriculum', 'AdaptiveBalancer', 'figure_png', 'PngFigure', 'line_style',
+           'legend_outside', 'plot_curriculum', 'CurriculumEditor', 'curriculum_editor']
 
 # %% ../nbs/04_curriculum.ipynb #53d506bf
 COMPONENTS = ('lm', 'kd', 'feature', 'attention', 'layerwise', 'contrastive', 'balance', 'router_attention')
@@ -30,6 +31,7 @@ def _check_value(v, name) -> float:
     if not (v >= 0) or math.isinf(v): raise ValueError(f"{name} must be a finite weight >= 0, got {v}")
     return v
 
+# %% ../nbs/04_curriculum.ipynb #b496d6f7
 class Schedule:
     "Base class: a weight as a function of training progress p in [0, 1]."
     start, end = 0.0, 1.0
@@ -38,14 +40,6 @@ class Schedule:
     @property
     def peak(self) -> float: return max(self(0.0), self(1.0))
     def _values(self): return ()   # names of the value fields (scaled by `edit(peak=...)`)
-    def edit(self, start=None, end=None, peak=None) -> Schedule:
-        "A copy with a new `start`/`end` and values scaled so that the largest is `peak`."
-        kw = {k: v for k, v in (('start', start), ('end', end)) if v is not None and hasattr(self, '_fields_se')}
-        if peak is not None:
-            peak, old = _check_value(peak, 'peak'), self.peak
-            for f in (self._values() if abs(peak - old) > 1e-12 else ()):
-                kw[f] = peak if old == 0 else getattr(self, f) * peak / old
-        return dataclasses.replace(self, **kw)
 
 @dataclass(frozen=True)
 class Constant(Schedule):
@@ -55,6 +49,7 @@ class Constant(Schedule):
     def _at(self, p): return self.value
     def _values(self): return ('value',)
 
+# %% ../nbs/04_curriculum.ipynb #23fbd537
 @dataclass(frozen=True)
 class Linear(Schedule):
     "`v0` until `start`, a straight line to `v1` at `end`, `v1` after."
@@ -76,11 +71,13 @@ class Linear(Schedule):
     def _at(self, p): return self.v0 + (self.v1 - self.v0) * self._frac(p)
     def _values(self): return ('v0', 'v1')
 
+# %% ../nbs/04_curriculum.ipynb #ac4b07ef
 @dataclass(frozen=True)
 class Cosine(Linear):
     "Like `Linear`, along a half cosine (flat at both ends)."
     def _at(self, p): return self.v0 + (self.v1 - self.v0) * (1 - math.cos(math.pi * self._frac(p))) / 2
 
+# %% ../nbs/04_curriculum.ipynb #b44866ec
 @dataclass(frozen=True)
 class Step(Schedule):
     "`v0` before `at`, `v1` from `at` on."
@@ -94,11 +91,8 @@ class Step(Schedule):
     end = property(lambda self: self.at)
     def _at(self, p): return self.v1 if p >= self.at else self.v0
     def _values(self): return ('v0', 'v1')
-    def edit(self, start=None, end=None, peak=None) -> Step:
-        "A copy stepping at `start` (`end` is ignored: a step has no width) with its largest value `peak`."
-        s = super().edit(peak=peak)
-        return s if start is None else dataclasses.replace(s, at=start)
 
+# %% ../nbs/04_curriculum.ipynb #83fc2468
 def WarmupHold(
     value:float=1.0, # the weight held after the warm-up
     warmup:float=0.1, # length of the warm-up, as a fraction of training
@@ -107,6 +101,24 @@ def WarmupHold(
     "0 until `start`, a linear warm-up to `value` over `warmup`, then hold `value`."
     if warmup < 0: raise ValueError(f"WarmupHold warmup must be >= 0, got {warmup}")
     return Linear(0.0, value, start, start + warmup)
+
+# %% ../nbs/04_curriculum.ipynb #99b35e15
+@patch
+def edit(self:Schedule, start=None, end=None, peak=None) -> Schedule:
+    "A copy with a new `start`/`end` and values scaled so that the largest is `peak`."
+    kw = {k: v for k, v in (('start', start), ('end', end)) if v is not None and hasattr(self, '_fields_se')}
+    if peak is not None:
+        peak, old = _check_value(peak, 'peak'), self.peak
+        for f in (self._values() if abs(peak - old) > 1e-12 else ()):
+            kw[f] = peak if old == 0 else getattr(self, f) * peak / old
+    return dataclasses.replace(self, **kw)
+
+# %% ../nbs/04_curriculum.ipynb #022af10f
+@patch
+def edit(self:Step, start=None, end=None, peak=None) -> Step:
+    "A copy stepping at `start` (`end` is ignored: a step has no width) with its largest value `peak`."
+    s = Schedule.edit(self, peak=peak)
+    return s if start is None else dataclasses.replace(s, at=start)
 
 # %% ../nbs/04_curriculum.ipynb #3c1e3dc2
 def progress(
@@ -123,6 +135,7 @@ def _as_schedule(v, name) -> Schedule:
     if isinstance(v, (int, float)) and not isinstance(v, bool): return Constant(_check_value(v, f"weight of {name!r}"))
     raise TypeError(f"{name!r}: expected a Schedule or a number, got {type(v).__name__}")
 
+# %% ../nbs/04_curriculum.ipynb #fd378d06
 class Curriculum:
     "Named loss components, each weighted by a `Schedule` of training progress, and a temperature schedule."
     def __init__(self,
@@ -146,21 +159,27 @@ class Curriculum:
     def temperature(self, p:float) -> float:
         "The KD temperature at progress `p`."
         return self._T(p)
-    def boundaries(self) -> list[float]:
-        "Sorted progress points where some schedule starts or stops changing (with 0 and 1)."
-        pts = {0.0, 1.0} | {x for s in (*self.components.values(), self._T) for x in (s.start, s.end) if not isinstance(s, Constant)}
-        return sorted(round(x, 12) for x in pts)
-    def table(self, at=None) -> pd.DataFrame:
-        "Weights (and temperature) at each phase boundary, or at the progress points `at`."
-        at = self.boundaries() if at is None else [_check_p(p) for p in at]
-        df = pd.DataFrame([self.weights(p) | {'temperature': self.temperature(p)} for p in at],
-                          index=pd.Index(at, name='progress'))
-        return df
-    def replace(self, **components) -> Curriculum:
-        "A copy with some components' schedules replaced."
-        return Curriculum(self.components | components, self._T, self.known)
     def __repr__(self):
         return f"Curriculum({', '.join(f'{n}={s!r}' for n, s in self.components.items())}, temperature={self._T!r})"
+
+# %% ../nbs/04_curriculum.ipynb #6ae719ec
+@patch
+def boundaries(self:Curriculum) -> list[float]:
+    "Sorted progress points where some schedule starts or stops changing (with 0 and 1)."
+    pts = {0.0, 1.0} | {x for s in (*self.components.values(), self._T) for x in (s.start, s.end) if not isinstance(s, Constant)}
+    return sorted(round(x, 12) for x in pts)
+
+@patch
+def table(self:Curriculum, at=None) -> pd.DataFrame:
+    "Weights (and temperature) at each phase boundary, or at the progress points `at`."
+    at = self.boundaries() if at is None else [_check_p(p) for p in at]
+    return pd.DataFrame([self.weights(p) | {'temperature': self.temperature(p)} for p in at], index=pd.Index(at, name='progress'))
+
+# %% ../nbs/04_curriculum.ipynb #6ca9237a
+@patch
+def replace(self:Curriculum, **components) -> Curriculum:
+    "A copy with some components' schedules replaced."
+    return Curriculum(self.components | components, self._T, self.known)
 
 # %% ../nbs/04_curriculum.ipynb #c49ceb2a
 def seed_curriculum(temperature:float|Schedule=1.0) -> Curriculum:
@@ -169,6 +188,7 @@ def seed_curriculum(temperature:float|Schedule=1.0) -> Curriculum:
                        'feature': Linear(0, 1, 0.1, 0.4), 'attention': Linear(0, 1, 0.1, 0.4),
                        'layerwise': Linear(0, 1, 0.4, 0.7), 'contrastive': Linear(0, 1, 0.7, 1.0)}, temperature)
 
+# %% ../nbs/04_curriculum.ipynb #04150889
 def kd_lm_curriculum(
     kd:float=1.0, # weight of the logit KD loss
     lm:float=1.0, # weight of the next-token CE loss
@@ -204,36 +224,83 @@ class AdaptiveBalancer:
         s = self.scales()
         return sum(weights[k] * s[k] * raw[k] for k in weights if weights[k] > 0)
 
+# %% ../nbs/04_curriculum.ipynb #01ff9afd
+def figure_png(fig:Figure, # the figure to render
+               dpi:int=100, # resolution (pixels per inch)
+              ) -> bytes:
+    "The figure as PNG bytes, rendered without pyplot or a backend (works in any front-end)."
+    buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=dpi)
+    return buf.getvalue()
+
+class PngFigure(Figure):
+    "A `Figure` that displays itself as a PNG in any notebook front-end, whatever the matplotlib backend."
+    def _repr_png_(self): return figure_png(self)
+
+def _image_layout():   # a chart image as wide as the output area, but never wider than its own pixels (no blur)
+    import ipywidgets as W
+    return W.Layout(align_self='flex-start', width='100%', height='auto')
+
+def _show_png(image, fig:Figure, dpi:int=100):
+    "Show `fig` in the ipywidgets Image `image`, at most at its own pixel width."
+    image.layout.max_width = f'{round(fig.get_figwidth() * dpi)}px'
+    image.value = figure_png(fig, dpi)
+
+# %% ../nbs/04_curriculum.ipynb #86c14ecf
+_DASHES = ('-', '--', '-.', ':', (0, (5, 2, 1, 2)), (0, (1, 1)), (0, (8, 3)), (0, (3, 1, 1, 1, 1, 1)))
+_MARKERS = 'osD^vPX*'
+
+def line_style(i:int, # index of the curve
+               n:int, # number of curves on the axes
+               points:int=201, # points per curve (markers are spread over them)
+              ) -> dict:
+    "Line kwargs for curve `i` of `n`: own colour, dashes and marker (staggered), wider underneath."
+    every = max(points // 6, 1)
+    return dict(color=f'C{i % 10}', ls=_DASHES[i % len(_DASHES)], marker=_MARKERS[i % len(_MARKERS)], ms=5,
+                markevery=(i * every // max(n, 1), every), lw=1.5 + 2.0 * (n - 1 - i) / max(n - 1, 1), zorder=2 + i)
+
+def legend_outside(ax, # the axes whose handles to list (or that anchors `handles`)
+                   handles=None, # (handles, labels) to use instead of the axes' own
+                   **kw):
+    "A legend to the right of the axes, outside the data (never over the latest steps)."
+    args = handles if handles is not None else ()
+    return ax.legend(*args, **dict(loc='upper left', bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize='small') | kw)
+
 # %% ../nbs/04_curriculum.ipynb #93952c4e
 def plot_curriculum(
     cur:Curriculum, # the curriculum to draw
     n:int=201, # points along training
-    fig:Figure|None=None, # draw into this figure (cleared first); None: a new one
+    fig:Figure|None=None, # draw into this figure (cleared first); None: a new `PngFigure`
 ) -> Figure:
-    "Every component's weight over training progress, with phase marks."
-    fig = fig if fig is not None else Figure(figsize=(7, 3.5))
+    "Every component's weight over training progress, with phase marks, legend outside the data."
+    fig = fig if fig is not None else PngFigure(figsize=(8, 3.5), layout='constrained')
     fig.clear()
-    ax = fig.add_subplot()
-    p = np.linspace(0, 1, n)
-    for name, s in cur.components.items(): ax.plot(p, [s(x) for x in p], label=name, lw=2)
-    for b in cur.boundaries()[1:-1]: ax.axvline(b, color='grey', ls=':', lw=1)
+    ax, p = fig.add_subplot(), np.linspace(0, 1, n)
+    for i, (name, s) in enumerate(cur.components.items()): ax.plot(p, [s(x) for x in p], label=name, **line_style(i, len(cur.components), n))
+    for j, b in enumerate(cur.boundaries()[1:-1]): ax.axvline(b, color='grey', ls=':', lw=1, label='_' * j + 'phase boundary')
+    top = max([s.peak for s in cur.components.values()] + [1e-3])
+    ax.set(xlabel='training progress p = step / total steps', ylabel='loss weight (× raw loss, no unit)', xlim=(0, 1),
+           ylim=(-0.04 * top, 1.08 * top), title='curriculum')
+    h, l = ax.get_legend_handles_labels()
     T = [cur.temperature(x) for x in p]
     if max(T) != min(T):
-        ax2 = ax.twinx(); ax2.plot(p, T, 'k--', lw=1, label='temperature'); ax2.set_ylabel('temperature')
-    ax.set(xlabel='training progress', ylabel='weight', xlim=(0, 1), title='curriculum')
-    ax.legend(loc='upper left', fontsize='small', ncol=2)
-    fig.tight_layout()
+        ax2 = ax.twinx(); ax2.plot(p, T, 'k--', lw=1, label='KD temperature (right axis)'); ax2.set_ylabel('KD temperature T (no unit)')
+        h2, l2 = ax2.get_legend_handles_labels(); h, l = h + h2, l + l2
+        fig.legend(h, l, loc='outside right upper', fontsize='small')
+    else: legend_outside(ax, (h, l))
     return fig
 
-# %% ../nbs/04_curriculum.ipynb #d586a619
-def _show_in(out, fig):
-    "Show `fig` in the ipywidgets Output `out`, replacing what it held (only under a live kernel)."
-    from IPython import get_ipython
-    if getattr(get_ipython(), 'kernel', None) is None: return   # no frontend: the figure object is the result
-    from IPython.display import display
-    out.clear_output(wait=True)
-    with out: display(fig)
+# %% ../nbs/04_curriculum.ipynb #b4a5a449
+def _sliders(s:Schedule, top:float) -> dict:
+    "start/end/peak sliders for schedule `s` (peak up to `top`), disabled where `s` has no such knob."
+    import ipywidgets as W
+    mk = lambda d, v, hi=1.0: W.FloatSlider(value=v, min=0.0, max=hi, step=0.01, description=d,
+                                            continuous_update=False, layout=W.Layout(width='240px'))
+    sl = dict(start=mk('start', s.start), end=mk('end', s.end), peak=mk('peak', s.peak, top))
+    if isinstance(s, Constant): sl['start'].disabled = sl['end'].disabled = True
+    if isinstance(s, Step): sl['end'].disabled = True
+    return sl
 
+# %% ../nbs/04_curriculum.ipynb #d586a619
 class CurriculumEditor:
     "Sliders (start, end, peak) per component over a live plot; `.curriculum` is the edited curriculum."
     def __init__(self,
@@ -241,44 +308,40 @@ class CurriculumEditor:
                  max_peak:float=2.0, # the peak sliders' upper end (raised to the largest peak if needed)
                 ):
         import ipywidgets as W
-        self.curriculum, self.figure, self.out = cur, Figure(figsize=(7, 3.5)), W.Output()
+        self.curriculum, self.figure, self._busy = cur, PngFigure(figsize=(8, 3.5), layout='constrained'), False
+        self.image = W.Image(format='png', layout=_image_layout())   # the plot, replaced in place on every redraw
         top = max([max_peak] + [s.peak for s in cur.components.values()])
-        self.sliders, rows = {}, []
-        for name, s in cur.components.items():
-            mk = lambda d, v, hi=1.0: W.FloatSlider(value=v, min=0.0, max=hi, step=0.01, description=d,
-                                                    continuous_update=False, layout=W.Layout(width='240px'))
-            sl = dict(start=mk('start', s.start), end=mk('end', s.end), peak=mk('peak', s.peak, top))
-            if isinstance(s, Constant): sl['start'].disabled = sl['end'].disabled = True
-            if isinstance(s, Step): sl['end'].disabled = True
+        self.sliders = {name: _sliders(s, top) for name, s in cur.components.items()}
+        for name, sl in self.sliders.items():
             for k, w in sl.items(): w.observe(lambda ch, n=name, k=k: self._changed(n, k), names='value')
-            self.sliders[name] = sl
-            rows.append(W.HBox([W.Label(name, layout=W.Layout(width='110px')), *sl.values()]))
-        self.widget = W.VBox([*rows, self.out])
-        self._busy = False
-        self.redraw()
-
-    def _changed(self, name, key):
-        if self._busy: return
-        sl = self.sliders[name]
-        self._busy = True
-        try:   # keep start <= end by pushing the other slider
-            if key == 'start' and sl['start'].value > sl['end'].value and not sl['end'].disabled: sl['end'].value = sl['start'].value
-            if key == 'end' and sl['end'].value < sl['start'].value: sl['start'].value = sl['end'].value
-        finally: self._busy = False
-        s = self.curriculum.components[name]
-        new = s.edit(start=sl['start'].value, end=sl['end'].value, peak=sl['peak'].value)
-        self.curriculum = self.curriculum.replace(**{name: new})
+        rows = [W.HBox([W.Label(n, layout=W.Layout(width='110px')), *sl.values()]) for n, sl in self.sliders.items()]
+        self.widget = W.VBox([*rows, self.image])
         self.redraw()
 
     def redraw(self):
-        "Redraw the plot of the current curriculum in place."
+        "Redraw the plot of the current curriculum and show it in the image widget."
         plot_curriculum(self.curriculum, fig=self.figure)
-        _show_in(self.out, self.figure)
+        _show_png(self.image, self.figure)
 
     def _ipython_display_(self):
         from IPython.display import display
         display(self.widget)
 
+# %% ../nbs/04_curriculum.ipynb #adcab87d
+@patch
+def _changed(self:CurriculumEditor, name, key):
+    if self._busy: return
+    sl = self.sliders[name]
+    self._busy = True
+    try:   # keep start <= end by pushing the other slider
+        if key == 'start' and sl['start'].value > sl['end'].value and not sl['end'].disabled: sl['end'].value = sl['start'].value
+        if key == 'end' and sl['end'].value < sl['start'].value: sl['start'].value = sl['end'].value
+    finally: self._busy = False
+    new = self.curriculum.components[name].edit(start=sl['start'].value, end=sl['end'].value, peak=sl['peak'].value)
+    self.curriculum = self.curriculum.replace(**{name: new})
+    self.redraw()
+
+# %% ../nbs/04_curriculum.ipynb #f96c4f37
 def curriculum_editor(cur:Curriculum, # the curriculum to start from
                       max_peak:float=2.0, # the peak sliders' upper end
                      ) -> CurriculumEditor:

@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+from fastcore.basics import patch
 from .core import autocast_ctx, module_device, module_dtype, to_module
 from .losses import check_vocab, hidden_loss, kd_loss, kd_loss_topk, lm_loss, next_token_targets, topk_teacher
 from .align import bits_per_byte, gather_aligned
@@ -36,6 +37,17 @@ def frozen_state(*models:nn.Module|None):
         for m, ms in zip(models, modes):
             for s, t in zip(m.modules(), ms): s.training = t
 
+# %% ../nbs/06_evaluate.ipynb #e6a70002
+def _targets(labels, mask) -> torch.Tensor: # (B, L) HF labels and attention mask -> (B, L) next-token targets
+    "Next-token targets, -100 where the predicting position is itself padding (left padding) or the next label is."
+    return next_token_targets(labels).masked_fill(mask.to(labels.device) == 0, -100)
+
+def _positions(mask) -> torch.Tensor|None: # (B, L) attention mask -> position ids, or None when no row is left-padded
+    "Position ids counting real tokens only (0 at each row's first real token), when some row starts with padding."
+    m = mask.long()
+    if not bool((m.cummin(-1).values < m).any()): return None       # no real token after a pad: default positions
+    return (m.cumsum(-1) - 1).clamp_min(0)
+
 # %% ../nbs/06_evaluate.ipynb #bf205733
 def _batch(b) -> dict:
     "Check one eval batch and fill in what it may leave out (`attention_mask`: all ones; `labels`: `input_ids` on the mask)."
@@ -45,7 +57,7 @@ def _batch(b) -> dict:
     b = dict(b)
     if 'attention_mask' not in b: b['attention_mask'] = torch.ones_like(b['input_ids'])
     if 'labels' not in b: b['labels'] = b['input_ids'].masked_fill(b['attention_mask'] == 0, -100)
-    if b['input_ids'].numel() == 0 or not bool((next_token_targets(b['labels']) != -100).any()):
+    if b['input_ids'].numel() == 0 or not bool((_targets(b['labels'], b['attention_mask']) != -100).any()):
         raise ValueError("an eval batch has no valid tokens (every label is -100, or every sequence is shorter than 2 tokens): "
                          "drop empty texts before batching (kd_toolkit.data.build_kd_dataset skips them)")
     if 'teacher_input_ids' in b and 'align_idx' not in b:
@@ -57,11 +69,14 @@ def _batch(b) -> dict:
 def _to(b:dict, device) -> dict:
     return {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in b.items()}
 
-def _nll_sum(logits, labels, chunk_size) -> tuple[float, int]: # (B, L, V), (B, L) HF labels -> (summed NLL in nats, tokens)
-    t = next_token_targets(labels)
+# %% ../nbs/06_evaluate.ipynb #e6a70004
+def _nll_sum(logits, labels, mask, chunk_size) -> tuple[float, int]: # (B, L, V), (B, L) labels and mask -> (NLL sum, tokens)
+    "Summed next-token NLL in nats over the scored positions (`_targets`), and their number."
+    t = _targets(labels, mask)
     n = int((t != -100).sum())
     return (float(lm_loss(logits, t, chunk_size=chunk_size)) * n if n else 0.0), n
 
+# %% ../nbs/06_evaluate.ipynb #e6a70007
 class Evaluator:
     "Exact perplexity, bits-per-byte, teacher→student KL and agreement, and loss at fixed weights; models stay untouched."
     def __init__(self,
@@ -72,7 +87,7 @@ class Evaluator:
                  loss_fn=None, # `loss_fn(batch, student_out, teacher_out) -> dict[str, Tensor]` of raw components
                  weights:dict|None=None, # FIXED component weights for `loss` (e.g. `curriculum.weights(1.0)`)
                  topk:int=5, # k of the top-k agreement
-                 chunk_size:int=1024, # positions per chunk in the losses (memory)
+                 chunk_size:int|str=1024, # positions per chunk in the losses (memory), or 'auto'
                  progress:bool=False, # show a tqdm bar
                  real_vocab:int|None=None, # the shared tokenizer's size when one vocabulary is padded (Qwen)
                  kd_topk:int=64, # teacher top-k used for the mapped KL across vocabularies
@@ -80,132 +95,157 @@ class Evaluator:
                 ):
         if loss_fn is not None and weights is None:
             raise ValueError("loss_fn is given without weights: pass FIXED weights (e.g. curriculum.weights(1.0)) so eval losses compare across steps")
-        if topk < 1 or kd_topk < 1 or chunk_size < 1:
-            raise ValueError(f"topk, kd_topk and chunk_size must be >= 1, got {topk}, {kd_topk}, {chunk_size}")
+        if topk < 1 or kd_topk < 1 or not (chunk_size == 'auto' or isinstance(chunk_size, int) and chunk_size >= 1):
+            raise ValueError(f"topk and kd_topk must be >= 1 and chunk_size >= 1 or 'auto', got {topk}, {kd_topk}, {chunk_size!r}")
         self.student, self.teacher, self.projector, self.vocab_map = student, teacher, projector, vocab_map
         self.loss_fn, self.weights, self.topk, self.chunk_size = loss_fn, dict(weights or {}), topk, chunk_size
         self.progress, self.real_vocab, self.kd_topk, self.amp_dtype = progress, real_vocab, kd_topk, amp_dtype
 
-    def _forward(self, model, ids, mask, hidden):
-        "One model in its own dtype: any autocast of the caller is switched off; fp32 models use `amp_dtype` if given."
-        dev = module_device(model)
-        amp = self.amp_dtype if module_dtype(model) == torch.float32 else None
-        with torch.autocast(dev.type, enabled=False), autocast_ctx(dev, amp):
-            return model(input_ids=ids.to(dev), attention_mask=mask.to(dev), output_hidden_states=hidden)
+# %% ../nbs/06_evaluate.ipynb #e6a7000a
+@patch
+def _forward(self:Evaluator, model, ids, mask, hidden):
+    "One model in its own dtype: any autocast of the caller is switched off; fp32 models use `amp_dtype` if given."
+    dev = module_device(model)
+    amp = self.amp_dtype if module_dtype(model) == torch.float32 else None
+    pos = _positions(mask)
+    kw = {} if pos is None else dict(position_ids=pos.to(dev))
+    with torch.autocast(dev.type, enabled=False), autocast_ctx(dev, amp):
+        return model(input_ids=ids.to(dev), attention_mask=mask.to(dev), output_hidden_states=hidden, **kw)
 
-    def _compare(self, s_logits, t_logits, b, acc):
-        "KL and agreement on positions where student and teacher have read the same text (no copy of the logits)."
-        B, Ls, Vs = s_logits.shape
-        if 'align_idx' in b:
-            if self.vocab_map is None:
-                raise ValueError("teacher and student tokenizers differ (the batch has align_idx) but no vocab_map was given: pass "
-                                 "vocab_map=kd_toolkit.align.VocabMap.from_tokenizers(teacher_tok, student_tok)")
-            m = (b['align_mask'].bool() & b['attention_mask'].bool()).to(s_logits.device)
-            if not m.any(): return 0
-            tk = topk_teacher(t_logits, self.kd_topk, chunk_size=self.chunk_size)   # flattened over (B, Lt)
-            tk = self.vocab_map.map_topk(gather_aligned(tk, b['align_idx'].to(t_logits.device)))  # over (B, Ls), student ids
-            tk = type(tk)(*(x.to(s_logits.device) for x in tk))
-            kl = kd_loss_topk(s_logits.reshape(-1, Vs), tk, m.reshape(-1), chunk_size=self.chunk_size)
-            t_top = tk.ids.gather(1, tk.logprobs.argmax(-1, keepdim=True)).reshape(B, Ls)
-        else:
-            m = b['attention_mask'].bool().to(s_logits.device)
-            if not m.any(): return 0
-            v = check_vocab(Vs, t_logits.shape[-1], self.real_vocab)
-            s_logits, t_logits = s_logits[..., :v], t_logits[..., :v].to(s_logits.device)
-            kl = kd_loss(s_logits, t_logits, m, chunk_size=self.chunk_size)
-            t_top = t_logits.argmax(-1)                                               # (B, Ls)
-        s_top = s_logits.topk(min(self.topk, s_logits.shape[-1]), -1).indices        # (B, Ls, k)
-        n = int(m.sum())
-        acc['kl'] += float(kl) * n
-        acc['top1'] += float(((s_top[..., 0] == t_top) & m).sum())
-        acc['topk'] += float(((s_top == t_top[..., None]).any(-1) & m).sum())
-        acc['n_cmp'] += n
-        return n
+# %% ../nbs/06_evaluate.ipynb #e6a7000d
+@patch
+def _compare(self:Evaluator, s_logits, t_logits, b, acc):
+    "KL and agreement on positions where student and teacher have read the same text (no copy of the logits)."
+    B, Ls, Vs = s_logits.shape
+    if 'align_idx' in b:
+        if self.vocab_map is None:
+            raise ValueError("teacher and student tokenizers differ (the batch has align_idx) but no vocab_map was given: pass "
+                             "vocab_map=kd_toolkit.align.VocabMap.from_tokenizers(teacher_tok, student_tok)")
+        m = (b['align_mask'].bool() & b['attention_mask'].bool()).to(s_logits.device)
+        if not m.any(): return 0
+        tk = topk_teacher(t_logits, self.kd_topk, chunk_size=self.chunk_size)   # flattened over (B, Lt)
+        tk = self.vocab_map.map_topk(gather_aligned(tk, b['align_idx'].to(t_logits.device)))  # over (B, Ls), student ids
+        tk = type(tk)(*(x.to(s_logits.device) for x in tk))
+        kl = kd_loss_topk(s_logits.reshape(-1, Vs), tk, m.reshape(-1), chunk_size=self.chunk_size)
+        t_top = tk.ids.gather(1, tk.logprobs.argmax(-1, keepdim=True)).reshape(B, Ls)
+    else:
+        m = b['attention_mask'].bool().to(s_logits.device)
+        if not m.any(): return 0
+        v = check_vocab(Vs, t_logits.shape[-1], self.real_vocab)
+        s_logits, t_logits = s_logits[..., :v], t_logits[..., :v].to(s_logits.device)
+        kl = kd_loss(s_logits, t_logits, m, chunk_size=self.chunk_size)
+        t_top = t_logits.argmax(-1)                                               # (B, Ls)
+    s_top = s_logits.topk(min(self.topk, s_logits.shape[-1]), -1).indices        # (B, Ls, k)
+    n = int(m.sum())
+    acc['kl'] += float(kl) * n
+    acc['top1'] += float(((s_top[..., 0] == t_top) & m).sum())
+    acc['topk'] += float(((s_top == t_top[..., None]).any(-1) & m).sum())
+    acc['n_cmp'] += n
+    return n
 
-    @torch.inference_mode()
-    def evaluate(self, batches) -> pd.Series:
-        "Evaluate over an iterable of batches (a DataLoader or a list of dicts); returns a pandas Series."
-        if isinstance(batches, Mapping): raise TypeError("evaluate takes an iterable of batches, not one batch: wrap it, [batch]")
-        acc = dict(s_nll=0., s_n=0, t_nll=0., t_n=0, bytes=0, has_bytes=True, kl=0., top1=0., topk=0., n_cmp=0, feat=0.)
-        comp, n_batches = {}, 0
-        with frozen_state(self.student, self.teacher, self.projector):
-            for b in tqdm(batches, desc='eval', disable=not self.progress, leave=False):
-                b = _to(_batch(b), module_device(self.student))
-                n_batches += 1
-                hidden = self.projector is not None or self.loss_fn is not None
-                s_out = self._forward(self.student, b['input_ids'], b['attention_mask'], hidden)
-                nll, n = _nll_sum(s_out.logits, b['labels'], self.chunk_size)
-                acc['s_nll'] += nll; acc['s_n'] += n
-                if 'n_bytes' in b: acc['bytes'] += int(b['n_bytes'].sum())
-                else: acc['has_bytes'] = False
-                t_out = None
-                if self.teacher is not None:
-                    if 'teacher_input_ids' in b:  # its own tokens: scored on its own (unpadded) next tokens
-                        tid, tm = b['teacher_input_ids'], b.get('teacher_attention_mask', torch.ones_like(b['teacher_input_ids']))
-                        t_labels = tid.masked_fill(tm.to(tid.device) == 0, -100)
-                    else: tid, tm, t_labels = b['input_ids'], b['attention_mask'], b['labels']
-                    t_out = self._forward(self.teacher, tid, tm, hidden)
-                    nll_t, n_t = _nll_sum(t_out.logits, t_labels.to(t_out.logits.device), self.chunk_size)
-                    acc['t_nll'] += nll_t; acc['t_n'] += n_t
-                    n_cmp = self._compare(s_out.logits, t_out.logits, b, acc)
-                    if self.projector is not None and n_cmp: acc['feat'] += self._feature(s_out, t_out, b) * n_cmp
-                if self.loss_fn is not None:
-                    for k, v in self.loss_fn(b, s_out, t_out).items(): comp[k] = comp.get(k, 0.) + float(v) * n
-        if n_batches == 0: raise ValueError("the eval set is empty: give at least one batch (check the eval texts and max_length)")
-        return self._summarize(acc, comp)
+# %% ../nbs/06_evaluate.ipynb #e6a70010
+@patch
+def _teacher_nll(self:Evaluator, b, hidden, acc):
+    "The teacher on its own tokens (or the student's), its NLL added to `acc`; returns its outputs."
+    if 'teacher_input_ids' in b:  # its own tokens: scored on its own next tokens
+        tid = b['teacher_input_ids']
+        tm = b.get('teacher_attention_mask', torch.ones_like(tid)).to(tid.device)
+        t_labels = tid.masked_fill(tm == 0, -100)
+    else: tid, tm, t_labels = b['input_ids'], b['attention_mask'], b['labels']
+    t_out = self._forward(self.teacher, tid, tm, hidden)
+    dev = t_out.logits.device
+    nll_t, n_t = _nll_sum(t_out.logits, t_labels.to(dev), tm.to(dev), self.chunk_size)
+    acc['t_nll'] += nll_t; acc['t_n'] += n_t
+    return t_out
 
-    def _feature(self, s_out, t_out, b) -> float:
-        "Scale-invariant distance between the projected student's and the teacher's last hidden states."
-        hs, ht = s_out.hidden_states[-1], t_out.hidden_states[-1]   # (B, Ls, Ds), (B, Lt, Dt)
-        w_in = getattr(self.projector, 'in_features', getattr(self.projector, 'in_dim', hs.shape[-1]))
-        if w_in != hs.shape[-1]:
-            raise ValueError(f"the projector takes width {w_in} but the student's hidden states have width {hs.shape[-1]}: "
-                             "give a projector from student width to teacher width (the trainer's direction)")
-        hs = self.projector(to_module(hs, self.projector))        # in the projector's dtype, whatever the student's
-        if 'align_idx' in b:
-            ht = gather_aligned(ht, b['align_idx'].to(ht.device)); m = b['align_mask'].bool() & b['attention_mask'].bool()
-        else: m = b['attention_mask'].bool()
-        if ht.shape[-1] != hs.shape[-1]:
-            raise ValueError(f"the projector maps the student's hidden states to width {hs.shape[-1]}, but the teacher's is "
-                             f"{ht.shape[-1]}: give a projector from student width to teacher width (the trainer's direction)")
-        return float(hidden_loss(hs, ht.to(hs.device), m.to(hs.device)))
+# %% ../nbs/06_evaluate.ipynb #e6a70012
+@patch
+def _feature(self:Evaluator, s_out, t_out, b) -> float:
+    "Scale-invariant distance between the projected student's and the teacher's last hidden states."
+    hs, ht = s_out.hidden_states[-1], t_out.hidden_states[-1]   # (B, Ls, Ds), (B, Lt, Dt)
+    w_in = getattr(self.projector, 'in_features', getattr(self.projector, 'in_dim', hs.shape[-1]))
+    if w_in != hs.shape[-1]:
+        raise ValueError(f"the projector takes width {w_in} but the student's hidden states have width {hs.shape[-1]}: "
+                         "give a projector from student width to teacher width (the trainer's direction)")
+    hs = self.projector(to_module(hs, self.projector))        # in the projector's dtype, whatever the student's
+    if 'align_idx' in b:
+        ht = gather_aligned(ht, b['align_idx'].to(ht.device)); m = b['align_mask'].bool() & b['attention_mask'].bool()
+    else: m = b['attention_mask'].bool()
+    if ht.shape[-1] != hs.shape[-1]:
+        raise ValueError(f"the projector maps the student's hidden states to width {hs.shape[-1]}, but the teacher's is "
+                         f"{ht.shape[-1]}: give a projector from student width to teacher width (the trainer's direction)")
+    return float(hidden_loss(hs, ht.to(hs.device), m.to(hs.device)))
 
-    def _summarize(self, acc, comp) -> pd.Series:
-        r = {}
-        def ppl(prefix, nll, n):
-            lp = nll / n
-            r[f'{prefix}_log_ppl'] = lp
-            try: r[f'{prefix}_ppl'], r[f'{prefix}_ppl_overflow'] = math.exp(lp), 0.
-            except OverflowError:  # no silent cap: inf, the flag, the log-perplexity, and a warning
-                r[f'{prefix}_ppl'], r[f'{prefix}_ppl_overflow'] = math.inf, 1.
-                warnings.warn(f"{prefix} perplexity overflows a float (log-perplexity {lp:.1f}); reported as inf, "
-                              f"use {prefix}_log_ppl (no capping)")
-            if acc['has_bytes'] and acc['bytes']: r[f'{prefix}_bpb'] = bits_per_byte(nll, acc['bytes'])
-        ppl('student', acc['s_nll'], acc['s_n'])
-        r['n_tokens'] = float(acc['s_n'])
-        if acc['has_bytes']: r['n_bytes'] = float(acc['bytes'])
-        if self.teacher is not None:
-            if not acc['t_n']: raise ValueError("the teacher has no scored tokens (every teacher sequence is shorter than 2 tokens): check teacher_input_ids")
-            if not acc['n_cmp']: warnings.warn("no position was aligned between teacher and student: kl and agreement are not reported")
-            ppl('teacher', acc['t_nll'], acc['t_n'])
-            r['teacher_n_tokens'] = float(acc['t_n'])
-            if acc['n_cmp']:
-                r.update(kl=acc['kl']/acc['n_cmp'], top1_agree=acc['top1']/acc['n_cmp'], topk_agree=acc['topk']/acc['n_cmp'],
-                         n_compared=float(acc['n_cmp']))
-                if self.projector is not None: r['feature'] = acc['feat'] / acc['n_cmp']
-        if comp:
-            unknown = sorted(set(comp) - set(self.weights))
-            if unknown: raise ValueError(f"loss_fn returned components {unknown} that have no fixed weight; weights has {sorted(self.weights)}")
-            for k, v in comp.items(): r[f'loss/{k}'] = v / acc['s_n']
-            r['loss'] = sum(self.weights[k] * r[f'loss/{k}'] for k in comp)
-        return pd.Series(r, dtype='float64')
+# %% ../nbs/06_evaluate.ipynb #e6a70013
+def _ppl(r, prefix, nll, n, n_bytes): # perplexity, log-perplexity, overflow flag and bits-per-byte into r
+    lp = nll / n
+    r[f'{prefix}_log_ppl'] = lp
+    try: r[f'{prefix}_ppl'], r[f'{prefix}_ppl_overflow'] = math.exp(lp), 0.
+    except OverflowError:  # no silent cap: inf, the flag, the log-perplexity, and a warning
+        r[f'{prefix}_ppl'], r[f'{prefix}_ppl_overflow'] = math.inf, 1.
+        warnings.warn(f"{prefix} perplexity overflows a float (log-perplexity {lp:.1f}); reported as inf, "
+                      f"use {prefix}_log_ppl (no capping)")
+    if n_bytes: r[f'{prefix}_bpb'] = bits_per_byte(nll, n_bytes)
+
+# %% ../nbs/06_evaluate.ipynb #e6a70015
+@patch
+def _summarize(self:Evaluator, acc, comp) -> pd.Series:
+    "The accumulated sums as the result Series (token-weighted means)."
+    r, nb = {}, acc['bytes'] if acc['has_bytes'] else 0
+    _ppl(r, 'student', acc['s_nll'], acc['s_n'], nb)
+    r['n_tokens'] = float(acc['s_n'])
+    if acc['has_bytes']: r['n_bytes'] = float(acc['bytes'])
+    if self.teacher is not None:
+        if not acc['t_n']: raise ValueError("the teacher has no scored tokens (every teacher sequence is shorter than 2 tokens): check teacher_input_ids")
+        if not acc['n_cmp']: warnings.warn("no position was aligned between teacher and student: kl and agreement are not reported")
+        _ppl(r, 'teacher', acc['t_nll'], acc['t_n'], nb)
+        r['teacher_n_tokens'] = float(acc['t_n'])
+        if acc['n_cmp']:
+            r.update(kl=acc['kl']/acc['n_cmp'], top1_agree=acc['top1']/acc['n_cmp'], topk_agree=acc['topk']/acc['n_cmp'],
+                     n_compared=float(acc['n_cmp']))
+            if self.projector is not None: r['feature'] = acc['feat'] / acc['n_cmp']
+    if comp:
+        unknown = sorted(set(comp) - set(self.weights))
+        if unknown: raise ValueError(f"loss_fn returned components {unknown} that have no fixed weight; weights has {sorted(self.weights)}")
+        for k, v in comp.items(): r[f'loss/{k}'] = v / acc['s_n']
+        r['loss'] = sum(self.weights[k] * r[f'loss/{k}'] for k in comp)
+    return pd.Series(r, dtype='float64')
+
+# %% ../nbs/06_evaluate.ipynb #e6a70011
+@patch
+@torch.inference_mode()
+def evaluate(self:Evaluator, batches) -> pd.Series:
+    "Evaluate over an iterable of batches (a DataLoader or a list of dicts); returns a pandas Series."
+    if isinstance(batches, Mapping): raise TypeError("evaluate takes an iterable of batches, not one batch: wrap it, [batch]")
+    acc = dict(s_nll=0., s_n=0, t_nll=0., t_n=0, bytes=0, has_bytes=True, kl=0., top1=0., topk=0., n_cmp=0, feat=0.)
+    comp, n_batches = {}, 0
+    hidden = self.projector is not None or self.loss_fn is not None
+    with frozen_state(self.student, self.teacher, self.projector):
+        for b in tqdm(batches, desc='eval', disable=not self.progress, leave=False):
+            b = _to(_batch(b), module_device(self.student))
+            n_batches += 1
+            s_out = self._forward(self.student, b['input_ids'], b['attention_mask'], hidden)
+            nll, n = _nll_sum(s_out.logits, b['labels'], b['attention_mask'], self.chunk_size)
+            acc['s_nll'] += nll; acc['s_n'] += n
+            if 'n_bytes' in b: acc['bytes'] += int(b['n_bytes'].sum())
+            else: acc['has_bytes'] = False
+            t_out = None if self.teacher is None else self._teacher_nll(b, hidden, acc)
+            if t_out is not None:
+                n_cmp = self._compare(s_out.logits, t_out.logits, b, acc)
+                if self.projector is not None and n_cmp: acc['feat'] += self._feature(s_out, t_out, b) * n_cmp
+            if self.loss_fn is not None:
+                for k, v in self.loss_fn(b, s_out, t_out).items(): comp[k] = comp.get(k, 0.) + float(v) * n
+    if n_batches == 0: raise ValueError("the eval set is empty: give at least one batch (check the eval texts and max_length)")
+    return self._summarize(acc, comp)
 
 # %% ../nbs/06_evaluate.ipynb #d2cb74a7
-def _padded(seqs:list[torch.Tensor], pad_id:int=0) -> dict:
-    "Right-pad 1-D id tensors into a batch with `attention_mask` and `labels`."
+def _padded(seqs:list[torch.Tensor], pad_id:int=0, side:str='right') -> dict:
+    "Pad 1-D id tensors into a batch with `attention_mask` and `labels` (`side`: 'right' or 'left')."
     L = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), L), pad_id); mask = torch.zeros_like(ids)
-    for i, s in enumerate(seqs): ids[i, :len(s)] = s; mask[i, :len(s)] = 1
+    for i, s in enumerate(seqs):
+        sl = slice(0, len(s)) if side == 'right' else slice(L - len(s), L)
+        ids[i, sl] = s; mask[i, sl] = 1
     return dict(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100))
 
 # %% ../nbs/06_evaluate.ipynb #26cb24f6

@@ -4,15 +4,15 @@
 
 # %% ../nbs/02_losses.ipynb #1e5464f4
 from __future__ import annotations
-import math
+import math, numbers
 from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from .core import masked_mean, rms_normalize
 
 # %% auto #0
-__all__ = ['DIVERGENCES', 'next_token_targets', 'kd_loss', 'TopK', 'topk_teacher', 'kd_loss_topk', 'lm_loss', 'fused_kd_lm_loss',
-           'hidden_loss', 'layer_map', 'attention_loss', 'contrastive_loss', 'check_vocab']
+__all__ = ['DIVERGENCES', 'next_token_targets', 'auto_chunk', 'kd_loss', 'TopK', 'topk_teacher', 'kd_loss_topk', 'lm_loss',
+           'fused_kd_lm_loss', 'hidden_loss', 'layer_map', 'attention_loss', 'contrastive_loss', 'check_vocab']
 
 # %% ../nbs/02_losses.ipynb #83a07bd0
 def next_token_targets(
@@ -33,12 +33,14 @@ def _logprobs(z, temperature): # (n, V) logits of any float dtype -> fp32 log-pr
     lp = F.log_softmax(z if temperature == 1 else z / temperature, dim=-1)
     return lp.clamp_min(_FLOOR) if lp.requires_grad else lp.clamp_min_(_FLOOR)  # in place for targets: one buffer less
 
+# %% ../nbs/02_losses.ipynb #78b978c1
 def _kl(la, lb): # KL(a || b) per row from floored log-probabilities (..., V) -> (...)
     return (la.exp() * (la - lb)).sum(-1)
 
 def _mix(la, lb, wa): # log(wa*a + (1-wa)*b), 0 < wa < 1
     return torch.logaddexp(la + math.log(wa), lb + math.log1p(-wa))
 
+# %% ../nbs/02_losses.ipynb #78b978c3
 def _token_div(ls, lt, divergence, beta, skew): # student, teacher log-probs (n, V) -> divergence per row (n,)
     if divergence == 'fkl': return _kl(lt, ls)
     if divergence == 'rkl': return _kl(ls, lt)
@@ -52,6 +54,7 @@ def _token_div(ls, lt, divergence, beta, skew): # student, teacher log-probs (n,
     if divergence == 'tvd': return 0.5 * (ls.exp() - lt.exp()).abs().sum(-1)
     raise ValueError(f"unknown divergence {divergence!r}: use one of {DIVERGENCES}")
 
+# %% ../nbs/02_losses.ipynb #78b978c5
 def _check_div(divergence, temperature, beta, skew):
     if divergence not in DIVERGENCES: raise ValueError(f"unknown divergence {divergence!r}: use one of {DIVERGENCES}")
     if not temperature > 0: raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -59,45 +62,69 @@ def _check_div(divergence, temperature, beta, skew):
     if not 0 <= skew < 1: raise ValueError(f"skew must be in [0, 1) (DistiLLM's alpha), got {skew}")
 
 # %% ../nbs/02_losses.ipynb #f2b8c9fe
-def _autograd_step(f): # a loss f(x, i) -> scalar as a chunk step (x, i, need_grad) -> (loss, grad of x or None)
+def _autograd_step(f): # a loss f(x, i) -> scalar as a chunk step (x, i, need_grad) -> (loss, fp32 grad of x or None)
     def step(x, i, need):
         if not need:
             with torch.no_grad(): return f(x, i), None
         with torch.enable_grad():
-            xc = x.detach().requires_grad_()
+            xc = x.detach().float().requires_grad_()   # the chunk's gradient stays fp32 until the upstream scale
             loss = f(xc, i)
         return loss.detach(), torch.autograd.grad(loss, xc)[0]
     return step
 
+# %% ../nbs/02_losses.ipynb #1d6e0a03
 class _ChunkGrad(torch.autograd.Function):
-    "Sum of `step(x[i:i+c], i)` over row chunks of `x`, each chunk's gradient computed in forward into one buffer."
+    "Sum of `step(x[i:i+c], i)` over row chunks of `x`; each chunk's fp32 gradient is scaled by `g` before one rounding."
     @staticmethod
     def forward(ctx, x, step, chunk_size):
-        need = ctx.needs_input_grad[0]
-        grad = torch.empty_like(x) if need else None
+        eager = ctx.needs_input_grad[0] and x.dtype == torch.float32   # fp32: keep the gradient now, one pass
+        grad = torch.empty_like(x) if eager else None
         total = torch.zeros((), dtype=torch.float32, device=x.device)
         for i in range(0, x.shape[0], chunk_size):
-            loss, g = step(x[i:i+chunk_size], i, need)
-            if need: grad[i:i+chunk_size] = g
+            loss, gc = step(x[i:i+chunk_size], i, eager)
+            if eager: grad[i:i+chunk_size] = gc
             total += loss
-        ctx.grad = grad
+        ctx.grad, ctx.step, ctx.chunk_size, ctx.used = grad, step, chunk_size, False
+        if not eager: ctx.save_for_backward(x)                       # fp16/bf16: recompute in backward
         return total
 
     @staticmethod
-    def backward(ctx, g):
-        grad, ctx.grad = ctx.grad, None
-        if grad is None: raise RuntimeError("chunked loss: backward called twice (retain_graph is not supported)")
-        if g.item() != 1: grad.mul_(g.to(grad.dtype))
+    def backward(ctx, g): # g: the upstream gradient (the loss scale times the component's weight)
+        if ctx.used: raise RuntimeError("chunked loss: backward called twice (retain_graph is not supported)")
+        ctx.used = True
+        if ctx.grad is not None:                                    # fp32, made in forward: scale it in place
+            grad, ctx.grad = ctx.grad, None
+            return (grad if g.item() == 1 else grad.mul_(g)), None, None
+        x, = ctx.saved_tensors
+        grad, c = torch.empty_like(x), ctx.chunk_size
+        for i in range(0, x.shape[0], c):                           # fp32 gradient × g, then ONE rounding to x's dtype
+            grad[i:i+c] = ctx.step(x[i:i+c], i, True)[1].mul_(g)
         return grad, None, None
 
-def _chunked(x, fn, chunk_size, step=None): # plain autograd of fn(x, 0) when chunk_size is None, else _ChunkGrad
-    if chunk_size is None: return fn(x, 0)
-    if chunk_size < 1: raise ValueError(f"chunk_size must be a positive number of positions or None, got {chunk_size}")
-    step = step or _autograd_step(fn)
-    if x.requires_grad and torch.is_grad_enabled(): return _ChunkGrad.apply(x, step, int(chunk_size))
-    return sum((step(x[i:i+chunk_size], i, False)[0] for i in range(0, x.shape[0], chunk_size)),
-               torch.zeros((), device=x.device))
+# %% ../nbs/02_losses.ipynb #1d6e0a05
+def auto_chunk(
+    n:int, # positions (rows of the logits)
+    vocab:int, # columns of the logits
+) -> int:
+    "Positions per chunk for `chunk_size='auto'`: N/32 (temporaries ≈ 0.03 (N, V) each), at most 2^24/V rows, at least 16."
+    return max(16, min(-(-n // 32), (1 << 24) // max(vocab, 1)))
 
+def _chunk_rows(chunk_size, n, vocab): # None (plain autograd) | 'auto' | positive int -> None or an int
+    if chunk_size is None: return None
+    if isinstance(chunk_size, str) and chunk_size == 'auto': return auto_chunk(n, vocab)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive number of positions, 'auto' or None, got {chunk_size!r}")
+    return int(chunk_size)
+
+# %% ../nbs/02_losses.ipynb #1d6e0a07
+def _chunked(x, fn, chunk_size, step=None): # plain autograd of fn(x, 0) when chunk_size is None, else _ChunkGrad
+    c = _chunk_rows(chunk_size, x.shape[0], x.shape[-1])
+    if c is None: return fn(x, 0)
+    step = step or _autograd_step(fn)
+    if x.requires_grad and torch.is_grad_enabled(): return _ChunkGrad.apply(x, step, c)
+    return sum((step(x[i:i+c], i, False)[0] for i in range(0, x.shape[0], c)), torch.zeros((), device=x.device))
+
+# %% ../nbs/02_losses.ipynb #1d6e0a0a
 def _flat_mask(mask, lead, device): # mask (...) matching the leading dims -> (N,) float weights summing to 1
     if mask is None: m = torch.ones(lead, device=device)
     else:
@@ -119,6 +146,7 @@ def _check_logits(student_logits, teacher_logits):
         raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} "
                          "cover different positions: align them first (kd_toolkit.align.gather_aligned)")
 
+# %% ../nbs/02_losses.ipynb #af88088e
 def _kd_fns(t, w, divergence, temperature, beta, skew):
     "The KD loss of a chunk of student logits against teacher logits `t` (N, V): as autograd fn and as chunk step."
     T2 = temperature**2
@@ -137,6 +165,7 @@ def _kd_fns(t, w, divergence, temperature, beta, skew):
             return loss, ls.exp_().sub_(p).mul_((wi * temperature)[:, None]).masked_fill_((wi == 0)[:, None], 0.)
     return fn, (fkl_step if divergence == 'fkl' or (divergence == 'jsd' and beta == 0) else _autograd_step(fn))
 
+# %% ../nbs/02_losses.ipynb #af880890
 def kd_loss(
     student_logits:torch.Tensor, # (..., V) student logits (any float dtype)
     teacher_logits:torch.Tensor, # (..., V) teacher logits, a target: no gradient flows into it
@@ -145,7 +174,7 @@ def kd_loss(
     temperature:float=1.0, # softmax temperature T; the result is multiplied by T²
     beta:float=0.5, # 'jsd': the teacher's weight in the mixture (TRL's convention)
     skew:float=0.1, # 'skl'/'srkl': DistiLLM's alpha
-    chunk_size:int|None=None, # positions per chunk (memory ~ one (N, V) buffer); None: one plain autograd pass
+    chunk_size:int|str|None=None, # positions per chunk (memory ~ one (N, V) buffer), 'auto' (`auto_chunk`); None: plain autograd
 ) -> torch.Tensor:
     "Divergence between teacher and student next-token distributions, times T², mean over valid positions (fp32)."
     _check_div(divergence, temperature, beta, skew)
@@ -166,18 +195,20 @@ class TopK(NamedTuple):
 def _tail(lp, ids): # log of the mass outside `ids`, from floored log-probs (n, V) and ids (n, k)
     return torch.logsumexp(lp.scatter(-1, ids, _FLOOR), -1).clamp_min(_FLOOR)
 
+# %% ../nbs/02_losses.ipynb #379c400a
 @torch.no_grad()
 def topk_teacher(
     teacher_logits:torch.Tensor, # (..., V) teacher logits
     k:int, # how many tokens to keep per position
     temperature:float=1.0, # the softmax temperature; use the same one in `kd_loss_topk`
-    chunk_size:int=1024, # positions per chunk (one fp32 chunk × V at a time)
+    chunk_size:int|str=1024, # positions per chunk (one fp32 chunk × V at a time), or 'auto' (`auto_chunk`)
 ) -> TopK:
     "The teacher's top-k log-probabilities, ids and tail bucket, flattened over positions."
     V = teacher_logits.shape[-1]
     if not 1 <= k <= V: raise ValueError(f"k must be between 1 and the vocabulary size {V}, got {k}")
     if not temperature > 0: raise ValueError(f"temperature must be > 0, got {temperature}")
     t = teacher_logits.reshape(-1, V)
+    chunk_size = _chunk_rows(chunk_size, t.shape[0], V) or t.shape[0] or 1
     out = []
     for i in range(0, t.shape[0], chunk_size):
         lp = _logprobs(t[i:i+chunk_size], temperature)
@@ -194,6 +225,7 @@ def _topk_buckets(x, topk, i, temperature): # student logits chunk -> (student, 
     t = torch.cat([topk.logprobs[i:i+n], topk.tail[i:i+n, None]], -1).to(x.device).float().clamp_min(_FLOOR)
     return s, t
 
+# %% ../nbs/02_losses.ipynb #32fde7c3
 def _check_topk(student_logits, topk):
     if not isinstance(topk, TopK): raise TypeError(f"expected a TopK (from topk_teacher), got {type(topk).__name__}")
     N = student_logits.shape[0]
@@ -204,6 +236,7 @@ def _check_topk(student_logits, topk):
         raise ValueError(f"TopK ids reach {int(topk.ids.max())} but the student has {student_logits.shape[-1]} columns: "
                          "map the teacher's vocabulary first (kd_toolkit.align.VocabMap.map_topk)")
 
+# %% ../nbs/02_losses.ipynb #32fde7c5
 def _topk_fn(topk, w, divergence, temperature, beta, skew):
     "The top-k KD loss of a chunk of student logits (autograd fn)."
     def fn(x, i):
@@ -220,7 +253,7 @@ def kd_loss_topk(
     temperature:float=1.0, # applied to the student; the TopK must be built at the same temperature
     beta:float=0.5, # 'jsd': the teacher's weight in the mixture
     skew:float=0.1, # 'skl'/'srkl': DistiLLM's alpha
-    chunk_size:int|None=None, # positions per chunk; None: one plain autograd pass
+    chunk_size:int|str|None=None, # positions per chunk, 'auto' (`auto_chunk`); None: one plain autograd pass
 ) -> torch.Tensor:
     "KD against a top-k teacher: the divergence over the k teacher tokens plus a tail bucket, times T², mean over valid positions."
     _check_div(divergence, temperature, beta, skew)
@@ -235,6 +268,7 @@ def _check_targets(targets, V, ignore_index):
         raise ValueError(f"targets hold ids outside [0, {V}) (e.g. {int(targets[bad][0])}): the labels come from a "
                          f"different tokenizer, or padding is not marked with ignore_index={ignore_index}")
 
+# %% ../nbs/02_losses.ipynb #cf685504
 def _ce_fns(tg, w, ignore_index):
     "Cross-entropy of a chunk of logits against targets `tg` (N,): as autograd fn and as chunk step."
     def fn(x, i):
@@ -251,11 +285,12 @@ def _ce_fns(tg, w, ignore_index):
             return loss, g.mul_(wi[:, None]).masked_fill_((wi == 0)[:, None], 0.)  # d/dx = w·(softmax(x) - onehot)
     return fn, step
 
+# %% ../nbs/02_losses.ipynb #cf685506
 def lm_loss(
     logits:torch.Tensor, # (..., V) logits
     targets:torch.Tensor, # (...) next-token ids (`next_token_targets`), `ignore_index` where nothing is scored
     ignore_index:int=-100, # the target id to skip
-    chunk_size:int|None=None, # positions per chunk; None: one plain autograd pass
+    chunk_size:int|str|None=None, # positions per chunk, 'auto' (`auto_chunk`); None: one plain autograd pass
 ) -> torch.Tensor:
     "Next-token cross-entropy in fp32, mean over the positions whose target is not `ignore_index`."
     V = logits.shape[-1]
@@ -280,37 +315,59 @@ def _fused_sum(h, W, b, steps, chunk_size): # forward only: (n_out,) sums of eac
         total += torch.stack([st(z, i, False)[0] for st in steps])
     return total
 
+# %% ../nbs/02_losses.ipynb #ec21e4bd
 class _FusedLinear(torch.autograd.Function):
     "Per-chunk losses of the logits `hidden[i:i+c] @ W.T + b`, summed over chunks; backward recomputes each chunk."
     @staticmethod
     def forward(ctx, h, W, b, steps, chunk_size):
         ctx.save_for_backward(h, W, b)
-        ctx.steps, ctx.chunk_size = steps, chunk_size
+        dev = h.device.type   # backward remakes the logits under the same autocast as here
+        ctx.steps, ctx.chunk_size, ctx.amp = steps, chunk_size, (torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev))
         return _fused_sum(h, W, b, steps, chunk_size)
 
     @staticmethod
-    def backward(ctx, g): # g: (n_out,) the weights of the components in whatever the caller minimized
+    def backward(ctx, g): # g: (n_out,) the weights of the components (times the loss scale)
         h, W, b = ctx.saved_tensors
-        need_h, need_W, need_b = ctx.needs_input_grad[:3]
+        (need_h, need_W, need_b), c, dev = ctx.needs_input_grad[:3], ctx.chunk_size, h.device.type
         gh = torch.empty_like(h) if need_h else None
         gW = torch.zeros(W.shape, dtype=torch.float32, device=W.device) if need_W else None
         gb = torch.zeros(b.shape, dtype=torch.float32, device=b.device) if need_b else None
         dt, Wc, bc = _common(h, W, b)
-        for i in range(0, h.shape[0], ctx.chunk_size):
-            hc = h[i:i+ctx.chunk_size].to(dt)
-            z = F.linear(hc, Wc, bc)                                   # (c, V) this chunk's logits, recomputed
-            gz = None
-            for gk, st in zip(g.tolist(), ctx.steps):
-                if gk == 0: continue
-                gzk = st(z, i, True)[1]
-                gz = gzk.mul_(gk) if gz is None else gz.add_(gzk, alpha=gk)
-            if gz is None: gz = torch.zeros_like(z, dtype=torch.float32)
-            gz = gz.to(dt)
-            if need_h: gh[i:i+ctx.chunk_size] = gz @ Wc
-            if need_W: gW.addmm_(gz.T.float(), hc.float())
-            if need_b: gb += gz.float().sum(0)
+        W32 = Wc.float()
+        for i in range(0, h.shape[0], c):
+            hc = h[i:i+c].to(dt)
+            with torch.autocast(dev, dtype=ctx.amp[1], enabled=ctx.amp[0]): z = F.linear(hc, Wc, bc)   # (c, V) again
+            with torch.autocast(dev, enabled=False):
+                gz = torch.zeros(z.shape, device=z.device) if not g.any() else None
+                for gk, st in zip(g.tolist(), ctx.steps):             # fp32 chunk gradients × g, summed in fp32
+                    if gk: gz = st(z, i, True)[1].mul_(gk) if gz is None else gz.add_(st(z, i, True)[1], alpha=gk)
+                if need_h: gh[i:i+c] = gz @ W32                        # fp32, rounded once into h's dtype
+                if need_W: gW.addmm_(gz.T, hc.float())
+                if need_b: gb += gz.sum(0)
         return gh, None if gW is None else gW.to(W.dtype), None if gb is None else gb.to(b.dtype), None, None
 
+# %% ../nbs/02_losses.ipynb #ec21e4bf
+def _fused_steps(teacher, targets, N, V, mask, divergence, temperature, beta, skew, ignore_index, device):
+    "The chunk steps of `fused_kd_lm_loss`, named: 'kd' (logits or TopK teacher) and 'lm' (targets), after checking shapes."
+    names, steps = [], []
+    if teacher is not None:
+        _check_div(divergence, temperature, beta, skew)
+        if isinstance(teacher, TopK): _check_topk(torch.empty(N, V, device='meta'), teacher)
+        else:
+            if teacher.shape[-1] != V: _check_logits(torch.empty(N, V, device='meta'), teacher.reshape(-1, teacher.shape[-1]))
+            teacher = teacher.detach().reshape(-1, V)
+            if teacher.shape[0] != N: raise ValueError(f"teacher logits cover {teacher.shape[0]} positions, hidden states {N}")
+        w = _flat_mask(None if mask is None else mask.reshape(-1), (N,), device)
+        names.append('kd'); steps.append(_autograd_step(_topk_fn(teacher, w, divergence, temperature, beta, skew))
+                                         if isinstance(teacher, TopK) else _kd_fns(teacher, w, divergence, temperature, beta, skew)[1])
+    if targets is not None:
+        tg = targets.reshape(-1).to(device)
+        if tg.shape[0] != N: raise ValueError(f"targets cover {tg.shape[0]} positions, hidden states {N}")
+        _check_targets(tg, V, ignore_index)
+        names.append('lm'); steps.append(_ce_fns(tg, _flat_mask(tg != ignore_index, (N,), device), ignore_index)[1])
+    return names, steps
+
+# %% ../nbs/02_losses.ipynb #ec21e4c1
 def fused_kd_lm_loss(
     hidden:torch.Tensor, # (N, H) the student's last hidden states (after the final norm), or (..., H)
     lm_head_weight:torch.Tensor, # (V, H) the student's output projection
@@ -319,7 +376,7 @@ def fused_kd_lm_loss(
     mask:torch.Tensor|None=None, # (N,) nonzero where the KD term counts; None: every position
     divergence:str='fkl', # one of `DIVERGENCES`
     temperature:float=1.0, # KD softmax temperature (T² scaling); the LM loss is always at T = 1
-    chunk_size:int|None=None, # positions per chunk (memory ~ 4-8 × chunk_size × V fp32); None: N/32, at least 16
+    chunk_size:int|str|None=None, # positions per chunk (memory ~ 4-8 × chunk_size × V fp32); None or 'auto': `auto_chunk`
     lm_head_bias:torch.Tensor|None=None, # (V,) the output bias, if the model has one
     beta:float=0.5, # 'jsd': the teacher's weight in the mixture
     skew:float=0.1, # 'skl'/'srkl': DistiLLM's alpha
@@ -331,26 +388,8 @@ def fused_kd_lm_loss(
     if H != Hw: raise ValueError(f"hidden states have width {H} but lm_head_weight is {tuple(lm_head_weight.shape)}: "
                                  "pass model.lm_head.weight (V, H) and the last hidden states")
     h = hidden.reshape(-1, H); N = h.shape[0]
-    chunk_size = max(16, -(-N // 32)) if chunk_size is None else int(chunk_size)
-    if chunk_size < 1: raise ValueError(f"chunk_size must be a positive number of positions or None, got {chunk_size}")
-    names, parts = [], []
-    if teacher is not None:
-        _check_div(divergence, temperature, beta, skew)
-        if isinstance(teacher, TopK): _check_topk(h.new_empty(N, V), teacher)
-        else:
-            if teacher.shape[-1] != V: _check_logits(h.new_empty(N, V), teacher.reshape(-1, teacher.shape[-1]))
-            teacher = teacher.detach().reshape(-1, V)
-            if teacher.shape[0] != N: raise ValueError(f"teacher logits cover {teacher.shape[0]} positions, hidden states {N}")
-        w = _flat_mask(None if mask is None else mask.reshape(-1), (N,), h.device)
-        kd = (_autograd_step(_topk_fn(teacher, w, divergence, temperature, beta, skew)) if isinstance(teacher, TopK)
-              else _kd_fns(teacher, w, divergence, temperature, beta, skew)[1])
-        names.append('kd'); parts.append(kd)
-    if targets is not None:
-        tg = targets.reshape(-1).to(h.device)
-        if tg.shape[0] != N: raise ValueError(f"targets cover {tg.shape[0]} positions, hidden states {N}")
-        _check_targets(tg, V, ignore_index)
-        wl = _flat_mask(tg != ignore_index, (N,), h.device)
-        names.append('lm'); parts.append(_ce_fns(tg, wl, ignore_index)[1])
+    chunk_size = _chunk_rows('auto' if chunk_size is None else chunk_size, N, V)
+    names, parts = _fused_steps(teacher, targets, N, V, mask, divergence, temperature, beta, skew, ignore_index, h.device)
     if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (h, lm_head_weight, lm_head_bias)):
         out = _FusedLinear.apply(h, lm_head_weight, lm_head_bias, parts, chunk_size)
     else:
@@ -397,6 +436,7 @@ def _check_attn(attn, who):
                          "attn_implementation=\"eager\" (e.g. AutoModelForCausalLM.from_pretrained(..., "
                          "attn_implementation=\"eager\")) and called with output_attentions=True")
 
+# %% ../nbs/02_losses.ipynb #9985b384
 def attention_loss(
     student_attn:list[torch.Tensor], # per student layer: (B, Hs, L, L) attention probabilities
     teacher_attn:list[torch.Tensor], # per teacher layer: (B, Ht, L, L)

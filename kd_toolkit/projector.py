@@ -8,6 +8,7 @@ import math, warnings
 import torch
 import torch.nn.functional as F
 from torch import nn
+from fastcore.basics import patch
 from .core import masked_mean, rms_normalize, to_module
 
 # %% auto #0
@@ -19,6 +20,15 @@ INITS = ('lstsq', 'ridge', 'orthogonal', 'identity', 'normal', 'xavier')
 def _shape_error(what, expected, given, hint=''):
     return ValueError(f"{what}: expected shape {expected}, got {tuple(given)}" + (f"; {hint}" if hint else ''))
 
+def _init_weight(init, out_dim, in_dim, std=0.01): # an fp32 (out_dim, in_dim) weight drawn on the CPU by `init`
+    "A starting weight: identity (truncated), normal(std), Glorot-uniform, or semi-orthogonal (also the fit inits' start)."
+    w = torch.empty(out_dim, in_dim)                 # fp32 on CPU: the same values for any dtype/device
+    if init == 'identity': return nn.init.eye_(w)    # truncated identity when the dims differ
+    if init == 'normal': return nn.init.normal_(w, std=std)
+    if init == 'xavier': return nn.init.xavier_uniform_(w)
+    return nn.init.orthogonal_(w)                    # semi-orthogonal: orthonormal rows (out <= in) or columns
+
+# %% ../nbs/01_projector.ipynb #e83ab6a2
 class Projector(nn.Module):
     "A linear map `in_dim → out_dim` (either direction) with principled inits; casts its input to its own dtype."
     def __init__(self,
@@ -36,71 +46,82 @@ class Projector(nn.Module):
         self.in_dim, self.out_dim, self.init, self.std = in_dim, out_dim, init, std
         self.weight = nn.Parameter(torch.empty(out_dim, in_dim, dtype=dtype, device=device))  # (out, in), like nn.Linear
         self.bias = nn.Parameter(torch.zeros(out_dim, dtype=dtype, device=device)) if bias else None
-        self.fitted = False
         self.reset_parameters()
 
     def reset_parameters(self):
-        "(Re)initialise by `self.init`; the fit-based inits start semi-orthogonal until `fit` is called."
+        "(Re)initialise by `self.init` (bias 0); the fit-based inits start semi-orthogonal until `fit` is called."
         with torch.no_grad():
-            w = torch.empty(self.out_dim, self.in_dim)  # drawn in fp32 on CPU: same values for any dtype/device
-            if self.init == 'identity': nn.init.eye_(w)  # truncated identity when the dims differ
-            elif self.init == 'normal': nn.init.normal_(w, std=self.std)
-            elif self.init == 'xavier': nn.init.xavier_uniform_(w)
-            else: nn.init.orthogonal_(w)                 # semi-orthogonal: orthonormal rows (out <= in) or columns
-            self.weight.copy_(w)
+            self.weight.copy_(_init_weight(self.init, self.out_dim, self.in_dim, self.std))
             if self.bias is not None: self.bias.zero_()
         self.fitted = False
 
-    def extra_repr(self): return f"in_dim={self.in_dim}, out_dim={self.out_dim}, init={self.init!r}, bias={self.bias is not None}"
+# %% ../nbs/01_projector.ipynb #e83ab6a3
+@patch
+def extra_repr(self:Projector): return f"in_dim={self.in_dim}, out_dim={self.out_dim}, init={self.init!r}, bias={self.bias is not None}"
 
-    def forward(self, x:torch.Tensor, # (..., in_dim), any float dtype
-               ) -> torch.Tensor: # (..., out_dim) in the projector's parameter dtype (also under autocast)
-        "Project `x`; the input is cast to the projector's dtype and device, and so is the output."
-        if x.shape[-1] != self.in_dim:
-            raise _shape_error("Projector input", f"(..., {self.in_dim})", x.shape,
-                               f"this projector maps {self.in_dim} -> {self.out_dim}; check its direction")
-        if self.init in ('lstsq', 'ridge') and not self.fitted and not getattr(self, '_warned', False):
-            self._warned = True
-            warnings.warn(f"Projector(init={self.init!r}) used before .fit(X, Y): it is still the semi-orthogonal "
-                          "placeholder; fit it on calibration activations first", stacklevel=2)
-        return F.linear(to_module(x, self), self.weight, self.bias).to(self.weight.dtype)
+# %% ../nbs/01_projector.ipynb #e83ab6a7
+@patch
+def forward(self:Projector, x:torch.Tensor, # (..., in_dim), any float dtype
+           ) -> torch.Tensor: # (..., out_dim) in the projector's parameter dtype (also under autocast)
+    "Project `x`; the input is cast to the projector's dtype and device, and so is the output."
+    if x.shape[-1] != self.in_dim:
+        raise _shape_error("Projector input", f"(..., {self.in_dim})", x.shape,
+                           f"this projector maps {self.in_dim} -> {self.out_dim}; check its direction")
+    if self.init in ('lstsq', 'ridge') and not self.fitted and not getattr(self, '_warned', False):
+        self._warned = True
+        warnings.warn(f"Projector(init={self.init!r}) used before .fit(X, Y): it is still the semi-orthogonal "
+                      "placeholder; fit it on calibration activations first", stacklevel=2)
+    return F.linear(to_module(x, self), self.weight, self.bias).to(self.weight.dtype)
 
 # %% ../nbs/01_projector.ipynb #24482d0a
-@torch.no_grad()
-def _fit(self:Projector,
-         X:torch.Tensor, # (N, in_dim) or (..., in_dim) calibration inputs (e.g. student hidden states)
-         Y:torch.Tensor, # (N, out_dim) or (..., out_dim) targets at the same positions (e.g. teacher hidden states)
-         ridge:float|None=None, # relative ridge λ/(mean eigenvalue of X_c'X_c); None: 1e-2 for init='ridge', else 0
-         mask:torch.Tensor|None=None, # (...) the leading shape of X, nonzero where a position counts
-        ) -> Projector:
-    "Set weight and bias to the closed-form (ridge) least-squares fit of `Y` on `X`, solved in fp64; returns self."
-    if X.shape[-1] != self.in_dim: raise _shape_error("Projector.fit X", f"(N, {self.in_dim})", X.shape)
-    if Y.shape[-1] != self.out_dim: raise _shape_error("Projector.fit Y", f"(N, {self.out_dim})", Y.shape)
-    if X.shape[:-1] != Y.shape[:-1]:
-        raise _shape_error("Projector.fit Y", f"{(*X.shape[:-1], self.out_dim)} (the same positions as X {tuple(X.shape)})", Y.shape)
-    X, Y = X.reshape(-1, self.in_dim).double(), Y.reshape(-1, self.out_dim).to(X.device).double()
-    if mask is not None:
-        if mask.numel() != X.shape[0]:
-            raise _shape_error("Projector.fit mask", tuple(Y.shape[:-1]) if Y.dim() > 2 else f"({X.shape[0]},)", mask.shape)
-        keep = mask.reshape(-1).to(X.device).bool()
-        X, Y = X[keep], Y[keep]
+def _check_fit_shapes(p, X, Y, mask): # a Projector, (..., in), (..., out), (...) mask: raise on any mismatch
+    "Shapes for `Projector.fit`: X's width, Y's width, the same positions, and a mask of exactly those positions."
+    if X.shape[-1] != p.in_dim: raise _shape_error("Projector.fit X", f"(N, {p.in_dim})", X.shape)
+    if Y.shape[-1] != p.out_dim: raise _shape_error("Projector.fit Y", f"(N, {p.out_dim})", Y.shape)
+    lead = tuple(X.shape[:-1])
+    if lead != tuple(Y.shape[:-1]):
+        raise _shape_error("Projector.fit Y", f"{(*lead, p.out_dim)} (the same positions as X {tuple(X.shape)})", Y.shape)
+    if mask is not None and tuple(mask.shape) != lead:   # same size is not enough: (5, 2) is not (2, 5)
+        raise _shape_error("Projector.fit mask", lead, mask.shape, f"one entry per position of X {tuple(X.shape)}")
+
+# %% ../nbs/01_projector.ipynb #68fc4d56
+def _fit_rows(X, Y, mask): # (..., in), (..., out), (...) -> fp64 (n, in), (n, out): the rows where mask is set
+    "The calibration rows in fp64, padding dropped; at least 2, all finite."
+    X, Y = X.reshape(-1, X.shape[-1]).double(), Y.reshape(-1, Y.shape[-1]).to(X.device).double()
+    if mask is not None: keep = mask.reshape(-1).to(X.device).bool(); X, Y = X[keep], Y[keep]
     if X.shape[0] < 2: raise ValueError(f"Projector.fit needs at least 2 calibration positions, got {X.shape[0]}")
     if not (torch.isfinite(X).all() and torch.isfinite(Y).all()):
         raise ValueError("Projector.fit: calibration tensors contain inf/NaN (an fp16 overflow?); pass finite activations")
-    ridge = (1e-2 if self.init == 'ridge' else 0.) if ridge is None else float(ridge)
-    if ridge < 0: raise ValueError(f"ridge must be >= 0, got {ridge}")
-    use_bias = self.bias is not None
-    mx, my = (X.mean(0), Y.mean(0)) if use_bias else (X.new_zeros(self.in_dim), Y.new_zeros(self.out_dim))
+    return X, Y
+
+# %% ../nbs/01_projector.ipynb #68fc4d58
+def _lstsq(X, Y, ridge, bias): # fp64 (n, in), (n, out) -> W (out, in), b (out,) or None, on the CPU
+    "Closed-form (ridge) least squares on centered normal equations; minimum norm when rank-deficient."
+    mx, my = (X.mean(0), Y.mean(0)) if bias else (X.new_zeros(X.shape[1]), Y.new_zeros(Y.shape[1]))
     Xc, Yc = X - mx, Y - my
     G = Xc.T @ Xc                                                   # (in, in)
-    G = G + ridge * G.diagonal().mean() * torch.eye(self.in_dim, dtype=G.dtype, device=G.device)
-    W = torch.linalg.lstsq(G.cpu(), (Xc.T @ Yc).cpu(), driver='gelsd').solution.T   # (out, in), minimum norm
+    G = G + ridge * G.diagonal().mean() * torch.eye(X.shape[1], dtype=G.dtype, device=G.device)
+    W = torch.linalg.lstsq(G.cpu(), (Xc.T @ Yc).cpu(), driver='gelsd').solution.T   # (out, in)
+    return W, ((my.cpu() - W @ mx.cpu()) if bias else None)
+
+# %% ../nbs/01_projector.ipynb #24482d0b
+@patch
+@torch.no_grad()
+def fit(self:Projector,
+        X:torch.Tensor, # (N, in_dim) or (..., in_dim) calibration inputs (e.g. student hidden states)
+        Y:torch.Tensor, # (N, out_dim) or (..., out_dim) targets at the same positions (e.g. teacher hidden states)
+        ridge:float|None=None, # relative ridge λ/(mean eigenvalue of X_c'X_c); None: 1e-2 for init='ridge', else 0
+        mask:torch.Tensor|None=None, # X's leading shape (...), nonzero where a position counts
+       ) -> Projector:
+    "Set weight and bias to the closed-form (ridge) least-squares fit of `Y` on `X`, solved in fp64; returns self."
+    _check_fit_shapes(self, X, Y, mask)
+    ridge = (1e-2 if self.init == 'ridge' else 0.) if ridge is None else float(ridge)
+    if ridge < 0: raise ValueError(f"ridge must be >= 0, got {ridge}")
+    W, b = _lstsq(*_fit_rows(X, Y, mask), ridge, self.bias is not None)
     self.weight.copy_(W.to(self.weight.device))
-    if use_bias: self.bias.copy_((my.cpu() - W @ mx.cpu()).to(self.bias.device))
+    if b is not None: self.bias.copy_(b.to(self.bias.device))
     self.fitted = True
     return self
-
-Projector.fit = _fit
 
 # %% ../nbs/01_projector.ipynb #49c12698
 def projected_logits(
@@ -111,6 +132,7 @@ def projected_logits(
     "Student-vocabulary logits from teacher hidden states: `lm_head(projector(h))`, each stage fed its own dtype."
     return lm_head(to_module(projector(to_module(teacher_hidden, projector)), lm_head))
 
+# %% ../nbs/01_projector.ipynb #49c1269a
 def logit_path_flops(
     n_tokens:int, # B·L positions
     vocab:int, # V, shared by teacher and student
@@ -123,6 +145,16 @@ def logit_path_flops(
     return dict(seed=float(seed), direct=float(direct), ratio=seed / direct)
 
 # %% ../nbs/01_projector.ipynb #fbd2ba52
+def _decay_split(mod, seen): # parameters of `mod` not in `seen` (updated) -> (decay, no_decay)
+    "Trainable parameters with >= 2 dims (matrices, embeddings) and the rest (biases, norm weights); each once."
+    decay, no_decay = [], []
+    for p in mod.parameters():
+        if not p.requires_grad or id(p) in seen: continue
+        seen.add(id(p))
+        (decay if p.dim() >= 2 else no_decay).append(p)
+    return decay, no_decay
+
+# %% ../nbs/01_projector.ipynb #fbd2ba54
 def param_groups(
     named_modules:dict[str, nn.Module|None], # {'student': ..., 'projector': ..., 'router': ...}; None values skipped
     lr:float, # base learning rate (the student's)
@@ -137,11 +169,7 @@ def param_groups(
     for name, mod in named_modules.items():
         if mod is None: continue
         if not isinstance(mod, nn.Module): raise TypeError(f"named_modules[{name!r}] must be an nn.Module, got {type(mod).__name__}")
-        decay, no_decay = [], []
-        for p in mod.parameters():
-            if not p.requires_grad or id(p) in seen: continue
-            seen.add(id(p))
-            (decay if p.dim() >= 2 else no_decay).append(p)
+        decay, no_decay = _decay_split(mod, seen)
         mlr = lr * multipliers.get(name, 1.0)
         if decay: groups.append(dict(params=decay, lr=mlr, weight_decay=weight_decay, name=name))
         if no_decay: groups.append(dict(params=no_decay, lr=mlr, weight_decay=0.0, name=f'{name}_no_decay'))
@@ -156,6 +184,7 @@ def _nmse_tokens(a, b):
     "Per-token scale-invariant distance `mean((rms_norm(a) - rms_norm(b))²)` = 2·(1 - cos), fp32 (...)."
     return (rms_normalize(a) - rms_normalize(b)).pow(2).mean(-1)
 
+# %% ../nbs/01_projector.ipynb #a49150cf
 class KnowledgeRouter(nn.Module):
     "Student hidden states route each token to top-k teacher layers; returns RAW feature, router_attention, balance."
     def __init__(self,
@@ -177,57 +206,76 @@ class KnowledgeRouter(nn.Module):
 
     def extra_repr(self): return f"n_experts={self.n_experts}, top_k={self.top_k}"
 
-    def _check(self, s, ts, mask, align_idx, align_mask):
-        B, Ls, Ds = s.shape if s.dim() == 3 else (None,) * 3
-        if s.dim() != 3 or Ds != self.student_dim:
-            raise _shape_error("KnowledgeRouter student_h", f"(B, Ls, {self.student_dim})", s.shape)
-        if len(ts) < self.n_experts:
-            raise ValueError(f"KnowledgeRouter: expected at least n_experts={self.n_experts} teacher layers, got {len(ts)}")
-        Lt = ts[0].shape[1] if ts[0].dim() == 3 else None
-        for t in ts:
-            if t.dim() != 3 or t.shape[0] != B or t.shape[2] != self.teacher_dim or t.shape[1] != Lt:
-                raise _shape_error("KnowledgeRouter teacher layer", f"(B={B}, Lt={Lt}, {self.teacher_dim})", t.shape)
-        for nm, m in (('mask', mask), ('align_idx', align_idx), ('align_mask', align_mask)):
-            if m is not None and tuple(m.shape) != (B, Ls): raise _shape_error(f"KnowledgeRouter {nm}", (B, Ls), m.shape)
-        if align_idx is None and Lt != Ls:
-            raise ValueError(f"KnowledgeRouter: teacher length {Lt} != student length {Ls}; pass align_idx/align_mask "
-                             "(the batch's, from kd_toolkit.align.align_offsets) to pair positions")
+# %% ../nbs/01_projector.ipynb #a49150d1
+@patch
+def _check(self:KnowledgeRouter, s, ts, mask, align_idx, align_mask):
+    "Every shape the router needs, checked before any work, with what was expected and what was given."
+    B, Ls, Ds = s.shape if s.dim() == 3 else (None,) * 3
+    if s.dim() != 3 or Ds != self.student_dim:
+        raise _shape_error("KnowledgeRouter student_h", f"(B, Ls, {self.student_dim})", s.shape)
+    if len(ts) < self.n_experts:
+        raise ValueError(f"KnowledgeRouter: expected at least n_experts={self.n_experts} teacher layers, got {len(ts)}")
+    Lt = ts[0].shape[1] if ts[0].dim() == 3 else None
+    for t in ts:
+        if t.dim() != 3 or t.shape[0] != B or t.shape[2] != self.teacher_dim or t.shape[1] != Lt:
+            raise _shape_error("KnowledgeRouter teacher layer", f"(B={B}, Lt={Lt}, {self.teacher_dim})", t.shape)
+    for nm, m in (('mask', mask), ('align_idx', align_idx), ('align_mask', align_mask)):
+        if m is not None and tuple(m.shape) != (B, Ls): raise _shape_error(f"KnowledgeRouter {nm}", (B, Ls), m.shape)
+    if align_idx is None and Lt != Ls:
+        raise ValueError(f"KnowledgeRouter: teacher length {Lt} != student length {Ls}; pass align_idx/align_mask "
+                         "(the batch's, from kd_toolkit.align.align_offsets) to pair positions")
 
-    def forward(self,
-                student_h:torch.Tensor, # (B, Ls, Ds) student hidden states (e.g. the last layer)
-                teacher_layers:list[torch.Tensor], # E' >= n_experts tensors (B, Lt, Dt), e.g. hidden_states[1:]
-                mask:torch.Tensor|None=None, # (B, Ls) nonzero on real student tokens
-                align_idx:torch.Tensor|None=None, # (B, Ls) teacher position for each student position
-                align_mask:torch.Tensor|None=None, # (B, Ls) nonzero where align_idx is valid
-               ) -> dict[str, torch.Tensor]: # RAW fp32 scalars: feature, router_attention, balance (+ `probs` (B, Ls, E))
-        "Route each student token to its top-k teacher layers; the three RAW losses, each of order 1."
-        teacher_layers = list(teacher_layers)
-        self._check(student_h, teacher_layers, mask, align_idx, align_mask)
-        B, Ls, _ = student_h.shape
-        ts = [teacher_layers[i] for i in _pick_layers(len(teacher_layers), self.n_experts)]
-        t = torch.stack([to_module(x, self) for x in ts], 2).detach()            # (B, Lt, E, Dt): the teacher is a target
-        valid = torch.ones(B, Ls, dtype=torch.bool, device=t.device)
-        if mask is not None: valid &= mask.to(t.device).bool()
-        if align_idx is not None:
-            idx = align_idx.to(t.device).long()
-            if align_mask is not None: valid &= align_mask.to(t.device).bool()
-            valid &= (idx >= 0) & (idx < t.shape[1])
-            t = t[torch.arange(B, device=t.device)[:, None], idx.clamp(0, t.shape[1] - 1)]   # (B, Ls, E, Dt)
-        s = to_module(student_h, self)                                           # (B, Ls, Ds)
-        tn = rms_normalize(t).to(t.dtype)                                        # (B, Ls, E, Dt) unit RMS
-        q = rms_normalize(self.query(rms_normalize(s).to(s.dtype)))              # (B, Ls, K)
-        k = rms_normalize(self.key(tn))                                          # (B, Ls, E, K)
-        scores = torch.einsum('blk,blek->ble', q, k) / math.sqrt(q.shape[-1]) + self.expert_bias.float()
-        probs = scores.softmax(-1)                                               # (B, Ls, E) fp32
-        top_p, top_i = probs.topk(self.top_k, -1)                                # (B, Ls, k)
-        gates = top_p / top_p.sum(-1, keepdim=True)
-        sel = tn.gather(2, top_i[..., None].expand(-1, -1, -1, tn.shape[-1]))   # (B, Ls, k, Dt)
-        routed = (gates[..., None] * sel.float()).sum(2)                         # (B, Ls, Dt)
-        readout = (gates[..., None] * self.value(sel).float()).sum(2)            # (B, Ls, Ds)
-        feature = masked_mean(_nmse_tokens(self.projector(s), routed), valid)
-        router_attention = masked_mean(_nmse_tokens(readout, s), valid)
-        vf = valid.float()[..., None]
-        n_valid = vf.sum().clamp_min(1)
-        f = (F.one_hot(probs.argmax(-1), self.n_experts).float() * vf).sum((0, 1)) / n_valid   # first-choice fractions
-        P = (probs * vf).sum((0, 1)) / n_valid                                   # mean probabilities
-        return dict(feature=feature, router_attention=router_attention, balance=self.n_experts * (f * P).sum(), probs=probs)
+# %% ../nbs/01_projector.ipynb #a49150d3
+@patch
+def _teacher_at(self:KnowledgeRouter, teacher_layers, B, Ls, mask, align_idx, align_mask):
+    "The routed teacher layers at the student's positions (B, Ls, E, Dt), detached, and which positions count (B, Ls)."
+    ts = [teacher_layers[i] for i in _pick_layers(len(teacher_layers), self.n_experts)]
+    t = torch.stack([to_module(x, self) for x in ts], 2).detach()            # (B, Lt, E, Dt): the teacher is a target
+    valid = torch.ones(B, Ls, dtype=torch.bool, device=t.device)
+    if mask is not None: valid &= mask.to(t.device).bool()
+    if align_idx is not None:
+        idx = align_idx.to(t.device).long()
+        if align_mask is not None: valid &= align_mask.to(t.device).bool()
+        valid &= (idx >= 0) & (idx < t.shape[1])
+        t = t[torch.arange(B, device=t.device)[:, None], idx.clamp(0, t.shape[1] - 1)]   # (B, Ls, E, Dt)
+    return t, valid
+
+# %% ../nbs/01_projector.ipynb #a49150d5
+@patch
+def _route(self:KnowledgeRouter, s, tn):
+    "Routing probabilities (B, Ls, E) from the student's state `s` and the unit-RMS teacher layers `tn`; top-k gates."
+    q = rms_normalize(self.query(rms_normalize(s).to(s.dtype)))              # (B, Ls, K)
+    k = rms_normalize(self.key(tn))                                          # (B, Ls, E, K)
+    scores = torch.einsum('blk,blek->ble', q, k) / math.sqrt(q.shape[-1]) + self.expert_bias.float()
+    probs = scores.softmax(-1)                                               # (B, Ls, E) fp32
+    top_p, top_i = probs.topk(self.top_k, -1)                                # (B, Ls, k)
+    return probs, top_p / top_p.sum(-1, keepdim=True), top_i
+
+# %% ../nbs/01_projector.ipynb #a49150e0
+def _balance(probs, valid): # (B, L, E) routing probabilities, (B, L) valid positions -> Switch load balance (fp32)
+    "Switch-style `E · Σ_i f_i·P_i`: `f_i` first-choice share, `P_i` mean probability of expert i, over valid positions."
+    vf, E = valid.float()[..., None], probs.shape[-1]
+    n = vf.sum().clamp_min(1)
+    f = (F.one_hot(probs.argmax(-1), E).float() * vf).sum((0, 1)) / n
+    return E * (f * ((probs * vf).sum((0, 1)) / n)).sum()
+
+# %% ../nbs/01_projector.ipynb #a49150d7
+@patch
+def forward(self:KnowledgeRouter,
+            student_h:torch.Tensor, # (B, Ls, Ds) student hidden states (e.g. the last layer)
+            teacher_layers:list[torch.Tensor], # E' >= n_experts tensors (B, Lt, Dt), e.g. hidden_states[1:]
+            mask:torch.Tensor|None=None, # (B, Ls) nonzero on real student tokens
+            align_idx:torch.Tensor|None=None, # (B, Ls) teacher position for each student position
+            align_mask:torch.Tensor|None=None, # (B, Ls) nonzero where align_idx is valid
+           ) -> dict[str, torch.Tensor]: # RAW fp32 scalars: feature, router_attention, balance (+ `probs` (B, Ls, E))
+    "Route each student token to its top-k teacher layers; the three RAW losses, each of order 1."
+    teacher_layers = list(teacher_layers)
+    self._check(student_h, teacher_layers, mask, align_idx, align_mask)
+    t, valid = self._teacher_at(teacher_layers, *student_h.shape[:2], mask, align_idx, align_mask)
+    s, tn = to_module(student_h, self), rms_normalize(t).to(t.dtype)         # (B, Ls, Ds), (B, Ls, E, Dt) unit RMS
+    probs, gates, top_i = self._route(s, tn)
+    sel = tn.gather(2, top_i[..., None].expand(-1, -1, -1, tn.shape[-1]))   # (B, Ls, k, Dt)
+    routed = (gates[..., None] * sel.float()).sum(2)                         # (B, Ls, Dt)
+    readout = (gates[..., None] * self.value(sel).float()).sum(2)            # (B, Ls, Ds)
+    return dict(feature=masked_mean(_nmse_tokens(self.projector(s), routed), valid),
+                router_attention=masked_mean(_nmse_tokens(readout, s), valid), balance=_balance(probs, valid), probs=probs)

@@ -11,8 +11,9 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2L
                           LlamaConfig, LlamaForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM)
 
 # %% auto #0
-__all__ = ['DATA_ENV', 'TOKENIZERS', 'TEXTS', 'STORIES260K', 'AssetMissing', 'data_dir', 'has_asset', 'require_asset',
-           'load_tokenizer', 'load_stories260k', 'read_text', 'tiny_llama', 'tiny_gpt2', 'tiny_moe', 'rand_batch']
+__all__ = ['DATA_ENV', 'TOKENIZERS', 'TEXTS', 'STORIES260K', 'QWEN_TOKENIZER', 'AssetMissing', 'data_dir', 'has_asset',
+           'require_asset', 'load_tokenizer', 'load_stories260k', 'read_text', 'tiny_llama', 'tiny_gpt2', 'tiny_moe',
+           'tiny_qwen2', 'rand_batch', 'fp16_grad_check']
 
 # %% ../nbs/00a_testing.ipynb #9bd437c4
 DATA_ENV = 'KD_TOOLKIT_DATA'
@@ -127,6 +128,27 @@ def tiny_moe(vocab_size:int=256, # vocabulary size
                          pad_token_id=None)
     return _build(Qwen3MoeForCausalLM, cfg, seed, dtype)
 
+# %% ../nbs/00a_testing.ipynb #87cd857d
+from transformers import Qwen2Config, Qwen2ForCausalLM
+QWEN_TOKENIZER = 'tokenizers/qwen2.5'  # the Qwen2/2.5 tokenizer in the data folder: 151,643 BPE + 22 special = 151,665 tokens
+
+def tiny_qwen2(vocab_size:int=151_936, # embedding rows: Qwen2.5-0.5B/1.5B/3B pad the 151,665 tokens to 151,936; 7B and up to 152,064
+               hidden_size:int=32, # model width d
+               num_layers:int=2, # decoder layers
+               num_heads:int=4, # attention heads
+               num_kv_heads:int=2, # key/value heads
+               max_len:int=512, # maximum positions
+               tie:bool=True, # tied embeddings, as Qwen2.5-0.5B
+               seed:int=0, # torch seed for the weights
+               dtype:torch.dtype=torch.float32, # the model's dtype
+               attn:str='eager', # attention implementation
+              ) -> Qwen2ForCausalLM:
+    "A randomly initialised Qwen2-architecture LM with the Qwen vocabulary size (the default cross pair's teacher family)."
+    cfg = Qwen2Config(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2*hidden_size, num_hidden_layers=num_layers,
+                      num_attention_heads=num_heads, num_key_value_heads=num_kv_heads, max_position_embeddings=max_len,
+                      tie_word_embeddings=tie, attn_implementation=attn, bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    return _build(Qwen2ForCausalLM, cfg, seed, dtype)
+
 # %% ../nbs/00a_testing.ipynb #38d23d52
 def rand_batch(vocab_size:int=256, # token ids are drawn from [0, vocab_size)
                batch_size:int=2, # B
@@ -141,3 +163,62 @@ def rand_batch(vocab_size:int=256, # token ids are drawn from [0, vocab_size)
     mask = torch.ones(batch_size, seq_len, dtype=torch.long)
     if n_pad: mask[:, seq_len-n_pad:] = 0
     return dict(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100))
+
+# %% ../nbs/00a_testing.ipynb #f16c0002
+import numpy as np, pandas as pd
+
+def _grad_stats(g, ref, dtype, scale): # low-precision gradient (any dtype) vs fp32 reference -> one row of metrics
+    g, ref = g.detach().double().flatten() / scale, ref.detach().double().flatten()
+    ideal = (ref * scale).to(dtype).double() / scale                # the reference, rounded once (after the scale)
+    fin = torch.isfinite(ideal)
+    d, r, i = g[fin], ref[fin], ideal[fin]
+    rn = r.norm().item() or 1.0
+    cs = lambda a: 1.0 if a.norm() == 0 and r.norm() == 0 else torch.nn.functional.cosine_similarity(a, r, dim=0, eps=1e-300).item()
+    return dict(cos=cs(d), cos_ideal=cs(i), rel_err=(d - r).norm().item() / rn, round_err=(i - r).norm().item() / rn,
+                zeros=(g == 0).double().mean().item(), zeros_ideal=(ideal == 0).double().mean().item(),
+                zeros_fp32=(ref == 0).double().mean().item(), nonfinite=int((~torch.isfinite(g) & fin).sum()),
+                overflow=int((~fin).sum()))
+
+# %% ../nbs/00a_testing.ipynb #f16c0005
+def _grads(loss_fn, inputs, wrt, params, scale): # run loss_fn(**inputs) under an upstream scale -> {name: gradient}
+    leaves = {k: inputs[k].detach().clone().requires_grad_() for k in wrt}
+    for p in params: p.grad = None
+    loss = loss_fn(**{**inputs, **leaves})
+    (loss * scale).backward()
+    out = {k: v.grad if v.grad is not None else torch.zeros_like(v) for k, v in leaves.items()}
+    out.update({f'param{j}': p.grad.clone() if p.grad is not None else torch.zeros_like(p) for j, p in enumerate(params)})
+    for p in params: p.grad = None
+    return loss.detach().float(), out
+
+# %% ../nbs/00a_testing.ipynb #f16c0006
+def fp16_grad_check(
+    loss_fn, # `loss_fn(**inputs) -> fp32 scalar`, the loss under test
+    inputs:dict, # name -> value; floating tensors are given in fp32 and rounded to each dtype here
+    wrt:list[str], # names of the inputs to differentiate (leaf tensors in the low-precision dtype)
+    scales=(1., 2.**8, 2.**16, 2.**24), # upstream loss scales (what GradScaler multiplies the loss by)
+    dtypes=(torch.float16, torch.bfloat16), # the low precisions to test
+    cast:list[str]|None=None, # other inputs rounded to the dtype too (a half-precision teacher); None: every float tensor
+    params=(), # fp32 tensors (e.g. a module's parameters) whose gradients are compared too, as `param0`, `param1`, ...
+    reference=None, # the fp32 reference loss with the same signature (e.g. the plain path of a chunked loss); None: loss_fn
+    rtol:float=1e-3, # allowed relative error on top of the dtype's own rounding (`round_err`)
+    min_cos:float=0.9999, # smallest allowed cosine
+    zeros_tol:float=0.005, # allowed excess share of zero entries over the once-rounded reference
+) -> pd.DataFrame:
+    "Gradients of `loss_fn` on fp16/bf16 inputs under upstream loss scales vs fp32 on the same rounded values; one row each."
+    is_f = lambda v: torch.is_tensor(v) and v.is_floating_point()
+    cast = [k for k, v in inputs.items() if is_f(v) and k not in wrt] if cast is None else list(cast)
+    rows = []
+    for dt in dtypes:
+        low = {k: (v.to(dt) if k in wrt or k in cast else v) for k, v in inputs.items()}
+        ref_in = {k: (v.float() if k in wrt or k in cast else v) for k, v in low.items()}
+        ref_loss, ref = _grads(reference or loss_fn, ref_in, wrt, params, 1.)
+        for s in scales:
+            loss, got = _grads(loss_fn, low, wrt, params, s)
+            for k, g in got.items():
+                row = dict(dtype=str(dt).replace('torch.', ''), scale=s, tensor=k, **_grad_stats(g, ref[k], g.dtype, s))
+                row['loss_rel'] = abs(loss.item() - ref_loss.item()) / max(abs(ref_loss.item()), 1e-30)
+                rows.append(row)
+    df = pd.DataFrame(rows)
+    df['ok'] = ((df.cos >= np.minimum(min_cos, df.cos_ideal - 1e-6)) & (df.rel_err <= rtol + df.round_err) & (df.nonfinite == 0)
+                & ((df.zeros - df.zeros_ideal).abs() <= zeros_tol))
+    return df

@@ -4,14 +4,16 @@
 
 # %% ../nbs/08_viz.ipynb #49224da9
 from __future__ import annotations
-import io
 import numpy as np
 import pandas as pd
+from fastcore.basics import patch
 from matplotlib.figure import Figure
-from .curriculum import COMPONENTS, Curriculum, seed_curriculum, _show_in
+from matplotlib.ticker import MaxNLocator
+from .curriculum import COMPONENTS, Curriculum, PngFigure, figure_png, legend_outside, line_style, seed_curriculum, _image_layout, _show_png
 
 # %% auto #0
-__all__ = ['synthetic_history', 'history_components', 'plot_loss_breakdown', 'LiveLossChart', 'LossExplorer', 'loss_explorer']
+__all__ = ['UNITS', 'synthetic_history', 'history_components', 'readable_log_ticks', 'plot_loss_breakdown', 'LiveLossChart',
+           'LossExplorer', 'loss_explorer']
 
 # %% ../nbs/08_viz.ipynb #242c3cf4
 def synthetic_history(
@@ -28,9 +30,7 @@ def synthetic_history(
     scale = {c: 0.5 + i for i, c in enumerate(COMPONENTS)}   # distinct magnitudes: lm 0.5, kd 1.5, ...
     def raw_at(c, s): return scale[c] * (1 + np.exp(-s / (0.3 * steps)))
     for s in range(log_every, steps + 1, log_every):
-        p = s / steps
-        row = {'step': s, 'progress': p}
-        w = cur.weights(p)
+        row, w = {'step': s, 'progress': s / steps}, cur.weights(s / steps)
         for c in cur.names:
             r = raw_at(c, s) * (1 + noise * rng.standard_normal())
             row |= {f'raw/{c}': r, f'weight/{c}': w[c], f'weighted/{c}': w[c] * r}
@@ -39,7 +39,8 @@ def synthetic_history(
         if eval_every and s % eval_every == 0:
             w1 = cur.weights(1.0)
             ev = {f'eval/loss/{c}': raw_at(c, s) for c in cur.names}
-            rows.append({'step': s, **ev, 'eval/loss': sum(w1[c] * ev[f'eval/loss/{c}'] for c in cur.names)})
+            rows.append({'step': s, **ev, 'eval/loss': sum(w1[c] * ev[f'eval/loss/{c}'] for c in cur.names),
+                         'eval/student_log_ppl': raw_at('lm', s), 'eval/teacher_log_ppl': 0.9 * scale['lm']})
     return pd.DataFrame(rows)
 
 # %% ../nbs/08_viz.ipynb #99b4daa2
@@ -57,6 +58,7 @@ def history_components(history:pd.DataFrame) -> list[str]:
     have = {c[4:] for c in history.columns if c.startswith('raw/')}
     return [c for c in COMPONENTS if c in have] + sorted(have - set(COMPONENTS))
 
+# %% ../nbs/08_viz.ipynb #26cae7e6
 def _pick(history, components):
     have = history_components(history)
     if not have: raise ValueError("history has no 'raw/<component>' columns: is it a trainer history?")
@@ -69,15 +71,73 @@ def _smooth(s:pd.Series, smooth:float) -> pd.Series:
     if not 0 <= smooth < 1: raise ValueError(f"smooth must be in [0, 1) (an EMA factor; 0: none), got {smooth}")
     return s if smooth == 0 else s.ewm(alpha=1 - smooth, adjust=True, ignore_na=True).mean()
 
-_EVAL_RAW = {'lm': 'eval/student_log_ppl'}   # an evaluation metric equal to the raw component when `eval/loss/<c>` is absent
+# %% ../nbs/08_viz.ipynb #c880975d
+UNITS = {'lm': 'nats/token', 'kd': 'nats/token', 'attention': 'nats/row', 'feature': 'nmse', 'layerwise': 'nmse',
+         'router_attention': 'nmse', 'contrastive': 'InfoNCE/log N', 'balance': 'load ratio'}
 
+def _units(comps, units=None) -> dict[str, str]:
+    u = UNITS | dict(units or {})
+    return {c: u.get(c, 'no unit given') for c in comps}
+
+def _axis_unit(units:dict) -> str:
+    "One unit for an axis when all components share it, else a pointer to the legend."
+    return f'[{next(iter(units.values()))}]' if len(set(units.values())) == 1 else '[units: see legend]'
+
+# %% ../nbs/08_viz.ipynb #2f855a02
+def readable_log_ticks(ax, # axes with a log y scale, already drawn into (its limits are final)
+                      ) -> list[float]:
+    "Label a log y axis with plain numbers (0.5, 1, 2, 5, ...: never 6×10⁰); returns the labelled ticks."
+    from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+    lo, hi = ax.get_ylim()
+    inside = lambda ts: [float(t) for t in ts if lo <= t <= hi]
+    for subs in ((1.0,), (1.0, 2.0, 5.0), (1.0, 1.5, 2.0, 3.0, 5.0, 7.0)):
+        if len(ticks := inside(LogLocator(subs=subs).tick_values(lo, hi))) >= 3: break
+    if len(ticks) < 2: ticks = inside(MaxNLocator(4).tick_values(lo, hi))
+    ax.yaxis.set_major_locator(FixedLocator(ticks))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f'{v:g}'))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    return ticks
+
+# %% ../nbs/08_viz.ipynb #ff729eff
+def _weighted_panel(ax, tr, ev, comps, colors, units, smooth):
+    x = tr['step'].to_numpy()
+    ys = [_smooth(tr[f'weighted/{c}'], smooth).fillna(0).to_numpy() for c in comps]
+    if len(x): ax.stackplot(x, *ys, labels=[f'{c} [{units[c]}]' for c in comps], colors=[colors[c] for c in comps], alpha=0.8)
+    if 'loss' in tr: ax.plot(x, _smooth(tr['loss'], smooth).to_numpy(), color='k', lw=1.5, label='total (logged)')
+    if 'eval/loss' in ev: ax.plot(ev['step'], ev['eval/loss'], 'kD', ms=5, label='eval loss (fixed weights)')
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(title='what the optimizer sees (weighted)', xlabel='optimizer step',
+           ylabel=f'Σ weight·raw loss {_axis_unit(units)}')
+    legend_outside(ax, fontsize='x-small')
+
+# %% ../nbs/08_viz.ipynb #77e24773
+_EVAL_RAW = {'lm': 'eval/student_log_ppl'}   # an evaluation metric equal to the raw component when `eval/loss/<c>` is absent
+_TEACHER_REF = {'lm': ('eval/teacher_log_ppl', 'teacher CE (eval)')}   # the teacher's value of that metric
+
+def _raw_panel(ax, tr, ev, comps, colors, units, smooth):
+    x = tr['step'].to_numpy()
+    for c in comps:
+        ax.plot(x, _smooth(tr[f'raw/{c}'], smooth).to_numpy(), color=colors[c], label=f'{c} [{units[c]}]')
+        col = f'eval/loss/{c}' if f'eval/loss/{c}' in ev else _EVAL_RAW.get(c)
+        if col in ev and len(e := ev[['step', col]].dropna()):
+            ax.plot(e['step'], e[col], 'o', color=colors[c], mec='k', mew=0.5, ms=5, label=f'{c} eval [{units[c]}]')
+        ref, what = _TEACHER_REF.get(c, (None, None))
+        if ref in ev and len(t := ev[ref].dropna()):
+            ax.axhline(t.iloc[-1], color=colors[c], ls=(0, (1, 1.5)), lw=1.5, label=f'{what} {t.iloc[-1]:.3g} [{units[c]}]')
+    ax.set_yscale('log', nonpositive='mask'); ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(title='what each loss does (raw)', xlabel='optimizer step', ylabel=f'raw loss (log) {_axis_unit(units)}')
+    legend_outside(ax, fontsize='x-small')
+    if len(x): readable_log_ticks(ax)
+
+# %% ../nbs/08_viz.ipynb #4b3b0b51
 def plot_loss_breakdown(
     history:pd.DataFrame, # the trainer's history (one row per logged step, plus evaluation rows)
     components:list[str]|None=None, # components to draw; None: all in the history
     smooth:float=0, # EMA smoothing factor in [0, 1) (0: raw values)
     step_range:tuple[int,int]|None=None, # (first, last) step to draw; None: all
     panels:tuple[str,...]=('weighted', 'raw'), # which panels: 'weighted' (stacked, with the total) and/or 'raw' (log)
-    fig:Figure|None=None, # draw into this figure (cleared first); None: a new one
+    fig:Figure|None=None, # draw into this figure (cleared first); None: a new `PngFigure`
+    units:dict|None=None, # {component: unit} for components whose unit differs from `UNITS`
 ) -> Figure:
     "What the optimizer sees (weighted, stacked, with the total) and what each loss does (raw, log scale)."
     comps = _pick(history, components)
@@ -86,33 +146,13 @@ def plot_loss_breakdown(
         lo, hi = step_range
         if lo > hi: raise ValueError(f"step_range {step_range}: first step > last step")
         history = history[history['step'].between(lo, hi)]
-    tr = _train_rows(history)
-    ev = history[history.filter(like='eval/').notna().any(axis=1)] if any(c.startswith('eval/') for c in history) else history.iloc[:0]
-    fig = fig if fig is not None else Figure(figsize=(6 * len(panels), 3.6))
+    tr, evm = _train_rows(history), history.filter(like='eval/').notna().any(axis=1)
+    fig = fig if fig is not None else PngFigure(figsize=(7.5 * len(panels), 3.8), layout='constrained')
     fig.clear()
     axes = dict(zip(panels, fig.subplots(1, len(panels), squeeze=False)[0]))
-    colors = {c: f'C{i}' for i, c in enumerate(comps)}
-    x = tr['step'].to_numpy()
-    if 'weighted' in axes:
-        ax = axes['weighted']
-        ys = [_smooth(tr[f'weighted/{c}'], smooth).fillna(0).to_numpy() for c in comps]
-        if len(x): ax.stackplot(x, *ys, labels=comps, colors=[colors[c] for c in comps], alpha=0.8)
-        if 'loss' in tr: ax.plot(x, _smooth(tr['loss'], smooth).to_numpy(), color='k', lw=1.5, label='total')
-        if 'eval/loss' in ev: ax.plot(ev['step'], ev['eval/loss'], 'kD', ms=5, label='eval loss (fixed weights)')
-        ax.set(title='what the optimizer sees (weighted)', xlabel='step', ylabel='weighted loss')
-        ax.legend(fontsize='x-small', loc='upper right')
-    if 'raw' in axes:
-        ax = axes['raw']
-        for c in comps:
-            ax.plot(x, _smooth(tr[f'raw/{c}'], smooth).to_numpy(), color=colors[c], label=c)
-            col = _EVAL_RAW.get(c, f'eval/loss/{c}') if f'eval/loss/{c}' not in ev else f'eval/loss/{c}'
-            if col in ev:
-                e = ev[['step', col]].dropna()
-                ax.plot(e['step'], e[col], 'o', color=colors[c], ms=4, label=f'_eval {c}')
-        ax.set_yscale('log', nonpositive='mask')
-        ax.set(title='what each loss does (raw)', xlabel='step', ylabel='raw loss (log)')
-        ax.legend(fontsize='x-small', loc='upper right')
-    fig.tight_layout()
+    colors, u = {c: line_style(i, len(comps))['color'] for i, c in enumerate(comps)}, _units(comps, units)
+    if 'weighted' in axes: _weighted_panel(axes['weighted'], tr, history[evm], comps, colors, u, smooth)
+    if 'raw' in axes: _raw_panel(axes['raw'], tr, history[evm], comps, colors, u, smooth)
     return fig
 
 # %% ../nbs/08_viz.ipynb #2c853d50
@@ -122,73 +162,88 @@ class LiveLossChart:
                  every:int=50, # redraw when the history's last step advanced this much since the last drawing
                  components:list[str]|None=None, # components to draw; None: all
                  smooth:float=0, # EMA smoothing factor in [0, 1)
+                 dpi:int=80, # resolution of the shown image
                 ):
         if every < 1: raise ValueError(f"every must be >= 1 step, got {every}")
-        self.every, self.components, self.smooth = every, components, smooth
-        self.figure, self.handle, self.last_step, self.n_draws = Figure(figsize=(12, 3.6)), None, None, 0
+        self.every, self.components, self.smooth, self.dpi = every, components, smooth, dpi
+        self.figure, self.handle, self.last_step, self.n_draws = PngFigure(figsize=(15, 3.8), layout='constrained'), None, None, 0
 
-    def update(self, history:pd.DataFrame, force:bool=False) -> bool:
-        "Redraw if `every` steps passed since the last drawing (or `force`); True when it redrew."
-        tr = _train_rows(history)
-        if not len(tr): return False
-        step = int(tr['step'].iloc[-1])
-        if not force and self.last_step is not None and step - self.last_step < self.every: return False
+    def draw(self, history:pd.DataFrame) -> Figure:
+        "Draw `history` into `.figure`, titled with its last training step (nothing is shown)."
         plot_loss_breakdown(history, self.components, self.smooth, fig=self.figure)
-        self.last_step, self.n_draws = step, self.n_draws + 1
-        self._show()
-        return True
+        self.figure.suptitle(f"training: step {int(_train_rows(history)['step'].iloc[-1])}", fontsize='medium')
+        return self.figure
 
-    def _show(self):
-        from IPython.core.interactiveshell import InteractiveShell
-        if not InteractiveShell.initialized(): return
-        from IPython.display import Image, display
-        buf = io.BytesIO(); self.figure.savefig(buf, format='png', dpi=80)
-        img = Image(data=buf.getvalue(), format='png')
-        if self.handle is None: self.handle = display(img, display_id=True)
-        else: self.handle.update(img)
+    def png(self) -> bytes: return figure_png(self.figure, self.dpi)
 
-    def callback(self, trainer):
-        "A `transformers.TrainerCallback` that calls `update(trainer.history)` at every log."
-        from transformers import TrainerCallback
-        chart = self
-        class _Live(TrainerCallback):
-            def on_log(self, args, state, control, **kw): chart.update(trainer.history)
-            def on_train_end(self, args, state, control, **kw): chart.update(trainer.history, force=True)
-        return _Live()
+# %% ../nbs/08_viz.ipynb #67fb199e
+@patch
+def update(self:LiveLossChart, history:pd.DataFrame, force:bool=False) -> bool:
+    "Redraw if `every` steps passed since the last drawing (or `force`); True when it redrew."
+    tr = _train_rows(history)
+    if not len(tr): return False
+    step = int(tr['step'].iloc[-1])
+    if not force and self.last_step is not None and step - self.last_step < self.every: return False
+    self.draw(history)
+    self.last_step, self.n_draws = step, self.n_draws + 1
+    self._show()
+    return True
+
+@patch
+def _show(self:LiveLossChart):
+    from IPython.core.interactiveshell import InteractiveShell
+    if not InteractiveShell.initialized(): return
+    from IPython.display import Image, display
+    img = Image(data=self.png(), format='png')
+    if self.handle is None: self.handle = display(img, display_id=True)
+    else: self.handle.update(img)
+
+# %% ../nbs/08_viz.ipynb #723ba928
+@patch
+def callback(self:LiveLossChart, trainer):
+    "A `transformers.TrainerCallback` that calls `update(trainer.history)` at every log."
+    from transformers import TrainerCallback
+    chart = self
+    class _Live(TrainerCallback):
+        def on_log(self, args, state, control, **kw): chart.update(trainer.history)
+        def on_train_end(self, args, state, control, **kw): chart.update(trainer.history, force=True)
+    return _Live()
 
 # %% ../nbs/08_viz.ipynb #7ec3be76
 class LossExplorer:
     "ipywidgets controls (components, view, smoothing, step range) over a redrawn loss breakdown."
-    def __init__(self, history:pd.DataFrame):
+    def __init__(self, history:pd.DataFrame, units:dict|None=None):
         import ipywidgets as W
-        self.history, comps = history, history_components(history)
-        tr = _train_rows(history)
-        if not comps or not len(tr): raise ValueError("history has no logged training rows with 'raw/<component>' columns")
-        lo, hi = int(history['step'].min()), int(history['step'].max())
+        self.history, self.units, comps = history, units, history_components(history)
+        if not comps or not len(_train_rows(history)): raise ValueError("history has no logged training rows with 'raw/<component>' columns")
+        lo, hi, wide = int(history['step'].min()), int(history['step'].max()), {'description_width': 'initial'}
         self.controls = dict(
-            components=W.SelectMultiple(options=comps, value=tuple(comps), description='components', rows=min(len(comps), 8)),
+            components=W.SelectMultiple(options=comps, value=tuple(comps), description='components', rows=min(len(comps), 8), style=wide),
             view=W.ToggleButtons(options=['both', 'weighted', 'raw'], value='both', description='view'),
             smooth=W.FloatSlider(value=0.0, min=0.0, max=0.99, step=0.01, description='smoothing', continuous_update=False),
             steps=W.IntRangeSlider(value=(lo, hi), min=lo, max=hi, description='steps', continuous_update=False))
-        self.figure, self.out = Figure(figsize=(12, 3.6)), W.Output()
+        self.figure, self.image = PngFigure(figsize=(15, 3.8), layout='constrained'), W.Image(format='png', layout=_image_layout())
         for w in self.controls.values(): w.observe(lambda ch: self.redraw(), names='value')
-        self.widget = W.VBox([W.HBox([self.controls['components'], W.VBox([self.controls[k] for k in ('view', 'smooth', 'steps')])]), self.out])
+        self.widget = W.VBox([W.HBox([self.controls['components'], W.VBox([self.controls[k] for k in ('view', 'smooth', 'steps')])]), self.image])
         self.redraw()
 
     def redraw(self):
-        "Redraw the chart from the controls' values."
+        "Redraw the chart from the controls' values (with nothing selected, keep the last chart)."
         c = self.controls
-        if not c['components'].value: return    # nothing selected: keep the last chart
+        if not c['components'].value: return
         panels = ('weighted', 'raw') if c['view'].value == 'both' else (c['view'].value,)
-        self.figure.set_size_inches(6 * len(panels), 3.6)
-        plot_loss_breakdown(self.history, list(c['components'].value), c['smooth'].value, tuple(c['steps'].value), panels, fig=self.figure)
-        _show_in(self.out, self.figure)
+        self.figure.set_size_inches(7.5 * len(panels), 3.8)
+        plot_loss_breakdown(self.history, list(c['components'].value), c['smooth'].value, tuple(c['steps'].value), panels, self.figure, self.units)
+        _show_png(self.image, self.figure, dpi=80)
 
-    def _ipython_display_(self):
-        from IPython.display import display
-        display(self.widget)
+# %% ../nbs/08_viz.ipynb #52772206
+@patch
+def _ipython_display_(self:LossExplorer):
+    from IPython.display import display
+    display(self.widget)
 
 def loss_explorer(history:pd.DataFrame, # the trainer's history
+                  units:dict|None=None, # {component: unit} where it differs from `UNITS`
                  ) -> LossExplorer:
     "An ipywidgets explorer of a history: components, weighted/raw view, smoothing, step range."
-    return LossExplorer(history)
+    return LossExplorer(history, units)

@@ -123,6 +123,15 @@ def test_demo_short_run_writes_a_complete_result(tmp_path, tiny_teacher, steps):
     assert pngs and all(p.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' for p in pngs)
     report = (out/'report.md').read_text()
     assert 'perplexity' in report and all(f'({p.name})' in report for p in pngs)
+    # a real markdown table: header, right-aligned number columns, one row per model with the numbers of results.csv
+    rows = [l for l in report.splitlines() if l.startswith('|')]
+    assert rows[0] == '| model | perplexity | bits_per_byte | n_tokens |' and rows[1] == '| --- | ---: | ---: | ---: |', rows
+    kd_row = next(r for r in rows if r.startswith('| student_kd |'))
+    assert float(kd_row.split('|')[2]) == pytest.approx(table.loc['student_kd', 'perplexity'], abs=5e-4)
+    # one chart compares KD with LM-only on held-out perplexity over steps, the teacher as a line
+    assert (out/'heldout_ppl.png').is_file()
+    for name in ('kd', 'lm_only'):
+        assert pd.read_csv(out/f'history_{name}.csv')['eval/student_ppl'].notna().sum() >= 2   # a curve, not a point
     from transformers import AutoModelForCausalLM
     assert AutoModelForCausalLM.from_pretrained(out/'student_kd').config.vocab_size >= 300
 
@@ -163,7 +172,7 @@ def test_evaluate_and_distill_bad_input(tmp_path):
     part = tmp_path/'part.json'; part.write_text('{"teacher": "x"}')
     code, _, err = _run(['distill', '--config', str(part)])
     assert code != 0 and "'student'" in err, err
-    (tmp_path/'nomodel.json').write_text(json.dumps(dict(teacher=str(tmp_path/'t'), student=str(tmp_path/'s'), train=STORY)))
+    (tmp_path/'nomodel.json').write_text(json.dumps(dict(teacher=str(tmp_path/'t'), student=str(tmp_path/'s'), train=str(tmp_path/'some.txt'))))
     code, _, err = _run(['distill', '--config', str(tmp_path/'nomodel.json')])
     assert code != 0 and 'nomodel.json: teacher' in err and 'no model there' in err, err
 
@@ -193,9 +202,9 @@ def test_distill_from_config_file(tmp_path):
 @pytest.mark.slow
 def test_default_demo_kd_beats_lm_only(tmp_path):
     "The embedded default as `make demo` runs it (real SmolLM2-135M teacher, stdlib corpus): KD wins within 10 minutes."
-    from kd_toolkit.cli import fetch_smollm2, CLIError
+    from kd_toolkit.sources import fetch_smollm2, SourceError
     try: fetch_smollm2()
-    except CLIError as e: pytest.skip(f"no SmolLM2 teacher here: {e}")
+    except SourceError as e: pytest.skip(f"no SmolLM2 teacher here: {e}")
     t0 = time.time()
     code, stdout, err = _run(['demo', '--out', str(tmp_path/'demo')])
     secs = time.time() - t0
@@ -205,3 +214,201 @@ def test_default_demo_kd_beats_lm_only(tmp_path):
     assert t.loc['student_kd', 'bits_per_byte'] < t.loc['student_lm_only', 'bits_per_byte'], t
     assert t.loc['teacher', 'perplexity'] < t.loc['student_kd', 'perplexity'], t
     assert secs < 600, f"the demo took {secs:.0f} s (budget: 10 minutes on 2 cores)"
+
+
+# --- `distill --config`: every row of issue 17's table that does not need a run, one line each, before any model loads ---
+
+@pytest.fixture
+def spec(tmp_path, tiny_teacher):
+    "A valid run spec (tiny local teacher and student, text files); tests break one thing each."
+    import json
+    (tmp_path/'train.txt').write_text('\n\n'.join([STORY] * 6)); (tmp_path/'eval.txt').write_text(STORY)
+    d = dict(teacher=str(tiny_teacher), student=str(tiny_teacher), train=str(tmp_path/'train.txt'), eval=str(tmp_path/'eval.txt'),
+             preset='smoke', config=dict(output_dir=str(tmp_path/'out'), max_steps=2))
+    def write(**changes):
+        p = tmp_path/'run.json'; p.write_text(json.dumps({**d, **changes})); return str(p)
+    return write
+
+@pytest.fixture
+def no_model_loads(monkeypatch):
+    "Any model load fails the test: the error must come first."
+    import kd_toolkit.cli as cli
+    def boom(*a, **k): raise AssertionError("a model was loaded before the input error was found")
+    monkeypatch.setattr(cli, 'load_model', boom)
+
+def _one_line_error(code, err, *parts):
+    assert code == 2, (code, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('kd_toolkit distill: error: '), err
+    for p in parts: assert p in lines[0], (p, lines[0])
+
+def test_distill_typo_top_level_key(spec, no_model_loads):
+    path = spec(evl='x.txt')
+    _one_line_error(*_run(['distill', '--config', path])[::2], "unknown key 'evl'", "did you mean 'eval'?")
+
+def test_distill_unknown_preset(spec, no_model_loads):
+    _one_line_error(*_run(['distill', '--config', spec(preset='kaggle_p100')])[::2], "unknown preset 'kaggle_p100'", "did you mean 'fp16_16gb'?", 'Presets:')
+
+@pytest.mark.parametrize('which', ['train', 'eval'])
+@pytest.mark.parametrize('problem', ['missing', 'binary', 'not utf-8', 'a folder'])
+def test_distill_bad_data_file(spec, tmp_path, no_model_loads, which, problem):
+    f = tmp_path/f'{which}.data'
+    if problem == 'binary': f.write_bytes(b'PK\x03\x04\x00\x00' + bytes(range(256)))
+    elif problem == 'not utf-8': f.write_bytes('caf\xe9 cr\xe8me'.encode('latin-1'))
+    elif problem == 'a folder': f.mkdir()
+    says = {'missing': 'no such file', 'binary': 'binary file', 'not utf-8': 'not UTF-8', 'a folder': 'is a folder'}[problem]
+    _one_line_error(*_run(['distill', '--config', spec(**{which: str(f)})])[::2], f'{which} {f}', says)
+
+def test_distill_output_not_writable(spec, tmp_path, no_model_loads):
+    blocker = tmp_path/'file.txt'; blocker.write_text('x')   # a folder under a regular file cannot be made (root included)
+    path = spec(config=dict(output_dir=str(blocker/'out'), max_steps=2))
+    _one_line_error(*_run(['distill', '--config', path])[::2], f'output_dir {blocker/"out"} is not writable')
+
+def test_distill_output_dir_is_a_file(spec, tmp_path, no_model_loads):
+    f = tmp_path/'taken'; f.write_text('x')
+    _one_line_error(*_run(['distill', '--config', spec(config=dict(output_dir=str(f)))])[::2], f'output_dir {f} is a file')
+
+def test_distill_config_not_an_object(tmp_path, no_model_loads):
+    p = tmp_path/'run.json'; p.write_text('["teacher"]')
+    _one_line_error(*_run(['distill', '--config', str(p)])[::2], 'expected a JSON object')
+
+def test_evaluate_binary_data_before_loading(tmp_path, tiny_teacher, monkeypatch):
+    import kd_toolkit.cli as cli
+    monkeypatch.setattr(cli, 'load_model', lambda *a, **k: (_ for _ in ()).throw(AssertionError('loaded')))
+    f = tmp_path/'x.bin'; f.write_bytes(bytes(range(256)))
+    code, _, err = _run(['evaluate', '--model', str(tiny_teacher), '--data', str(f)])
+    assert code == 2 and err.startswith('kd_toolkit evaluate: error: --data') and 'binary file' in err, err
+
+
+# --- issue 17's table, the rest: wrong knob types, a folder holding a run, damaged checkpoints, resume, evaluate on the student ---
+
+@pytest.mark.parametrize('knob, value, says', [
+    ('max_steps', '6', "KDConfig.max_steps='6': expected int, got str (write max_steps=6, without quotes)"),
+    ('learning_rate', '1e-3', "KDConfig.learning_rate='1e-3': expected float, got str (write learning_rate=1e-3, without quotes)"),
+    ('kd_topk', [16], "KDConfig.kd_topk=[16]: expected int, got list"),
+    ('lr', 1e-3, "unknown KDConfig knob(s) 'lr': did you mean 'learning_rate'?"),
+    ('divergence', 'kl', "KDConfig.divergence='kl': not one of"),
+])
+def test_distill_wrong_knob_type_or_value(spec, no_model_loads, knob, value, says):
+    "Each refused in one line naming the knob (the config's own check), before any model loads and before the first step."
+    path = spec(config={'max_steps': 2, knob: value})
+    _one_line_error(*_run(['distill', '--config', path])[::2], f'{path}: ', says)
+
+def _spec_file(folder:Path, teacher:Path, out:Path, **knobs) -> str:
+    "A run spec without held-out data (so the final student is the last step's): tiny local models, `knobs` over the smoke preset."
+    import json
+    (folder/'train.txt').write_text('\n\n'.join([STORY] * 6))
+    p = folder/f'run-{len(list(folder.glob("run-*.json")))}.json'
+    p.write_text(json.dumps(dict(teacher=str(teacher), student=str(teacher), train=str(folder/'train.txt'), preset='smoke',
+                                 config={**dict(output_dir=str(out), max_steps=6, save_steps=2, save_total_limit=2, warmup_steps=0), **knobs})))
+    return str(p)
+
+def _weights(folder:Path) -> dict:
+    from safetensors.torch import load_file
+    return load_file(str(folder/'model.safetensors'))
+
+def _same(a:dict, b:dict) -> bool:
+    "Bit for bit."
+    import torch
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+@pytest.fixture(scope='module')
+def finished_run(tmp_path_factory, tiny_teacher) -> Path:
+    "An uninterrupted 6-step run (checkpoints 4 and 6 kept): the reference that resumed runs must match bit for bit."
+    d = tmp_path_factory.mktemp('ref')
+    code, stdout, err = _run(['distill', '--config', _spec_file(d, tiny_teacher, d/'out')])
+    assert code == 0, err
+    return d/'out'
+
+def test_distill_prints_where_results_went_and_evaluate_reads_the_student(finished_run, tmp_path, tiny_teacher):
+    "The run's last lines name its folder and files; `evaluate --model out/student` works; AutoTokenizer loads the student folder."
+    from transformers import AutoTokenizer
+    student = finished_run/'student'
+    assert sorted(p.name for p in finished_run.iterdir()) == ['checkpoint-4', 'checkpoint-6', 'history.csv', 'student']
+    assert (student/'README.md').read_text().startswith('---\nlibrary_name: transformers') and '## Teacher' in (student/'README.md').read_text()
+    tok = AutoTokenizer.from_pretrained(student)
+    assert tok(STORY)['input_ids'] == AutoTokenizer.from_pretrained(tiny_teacher)(STORY)['input_ids']
+    (tmp_path/'held.txt').write_text(STORY)
+    code, stdout, err = _run(['evaluate', '--model', str(student), '--data', str(tmp_path/'held.txt'), '--max-length', '32'])
+    assert code == 0, err
+    vals = {m.group(1): float(m.group(2)) for m in re.finditer(r'^(\w+)\s+([-\d.e+]+)$', stdout, re.M)}
+    assert math.isfinite(vals['student_ppl']) and 1 < vals['student_ppl'] < len(tok) and vals['n_tokens'] > 0, vals
+    # the evaluated model is the trained student, not its starting point: the teacher folder it started from scores differently
+    code, stdout0, _ = _run(['evaluate', '--model', str(tiny_teacher), '--data', str(tmp_path/'held.txt'), '--max-length', '32'])
+    vals0 = {m.group(1): float(m.group(2)) for m in re.finditer(r'^(\w+)\s+([-\d.e+]+)$', stdout0, re.M)}
+    assert code == 0 and vals0['n_tokens'] == vals['n_tokens'] and vals0['student_ppl'] != vals['student_ppl'], (vals0, vals)
+
+def test_distill_output_summary(tmp_path, tiny_teacher):
+    code, stdout, err = _run(['distill', '--config', _spec_file(tmp_path, tiny_teacher, tmp_path/'out', max_steps=2)])
+    assert code == 0, err
+    out = (tmp_path/'out').resolve()
+    assert f"trained 2 steps (max_steps); results in {out}:" in stdout, stdout
+    assert f"kd_toolkit evaluate --model {out/'student'} --data FILE" in stdout and '--resume' in stdout and 'history.csv' in stdout
+
+def test_distill_into_a_folder_holding_a_run(tmp_path, tiny_teacher, monkeypatch):
+    "Refused, naming the folder, before any model loads; --overwrite clears the old run (no stale checkpoint); --resume continues it."
+    out = tmp_path/'out'
+    assert _run(['distill', '--config', _spec_file(tmp_path, tiny_teacher, out)])[0] == 0   # checkpoints 4 and 6
+    import kd_toolkit.cli as cli
+    load = cli.load_model
+    monkeypatch.setattr(cli, 'load_model', lambda *a, **k: (_ for _ in ()).throw(AssertionError('a model was loaded')))
+    path = _spec_file(tmp_path, tiny_teacher, out, max_steps=2)
+    _one_line_error(*_run(['distill', '--config', path])[::2], f"output_dir {out} already holds a run (checkpoint-4, checkpoint-6, history.csv, student)",
+                    '--resume', '--overwrite')
+    _one_line_error(*_run(['distill', '--config', path, '--resume', '--overwrite'])[::2], 'exclude each other')
+    monkeypatch.setattr(cli, 'load_model', load)
+    (out/'notes.txt').write_text('mine')
+    code, _, err = _run(['distill', '--config', path, '--overwrite'])
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ['checkpoint-2', 'history.csv', 'notes.txt', 'student']   # the old run's 4 and 6 are gone
+    code, _, err = _run(['distill', '--config', _spec_file(tmp_path, tiny_teacher, out, max_steps=4), '--resume'])
+    assert code == 0, err
+    assert pd.read_csv(out/'history.csv')['step'].tolist() == [1, 2, 3, 4]   # steps 1-2 from the first part, 3-4 resumed
+
+@pytest.mark.parametrize('name, cut', [('model.safetensors', 1), ('optimizer.pt', 1), ('trainer_state.json', 0.5)])
+def test_damaged_last_checkpoint_falls_back(finished_run, tmp_path, tiny_teacher, name, cut):
+    "checkpoint-6 truncated: --resume warns (one line naming it and the file), resumes from checkpoint-4, ends bit-identical."
+    import shutil
+    out = tmp_path/'out'; shutil.copytree(finished_run, out)
+    f = out/'checkpoint-6'/name; n = f.stat().st_size
+    f.write_bytes(f.read_bytes()[:n - cut if isinstance(cut, int) else int(n * cut)])
+    code, stdout, err = _run(['distill', '--config', _spec_file(tmp_path, tiny_teacher, out), '--resume'])
+    assert code == 0, err
+    warn = [l for l in err.splitlines() if l.startswith('kd_toolkit distill: warning:')]
+    assert len(warn) == 1 and f"checkpoint {out/'checkpoint-6'} is damaged ({name} is truncated" in warn[0] and 'resuming from checkpoint-4' in warn[0], err
+    assert _same(_weights(out/'student'), _weights(finished_run/'student'))
+
+def test_no_complete_checkpoint_left(finished_run, tmp_path, tiny_teacher, no_model_loads):
+    import shutil
+    out = tmp_path/'out'; shutil.copytree(finished_run, out)
+    for c in ('checkpoint-4', 'checkpoint-6'): (out/c/'optimizer.pt').write_bytes(b'PK\x03\x04')
+    _one_line_error(*_run(['distill', '--config', _spec_file(tmp_path, tiny_teacher, out), '--resume'])[::2],
+                    f"no complete checkpoint in {out} to resume from: checkpoint-6: optimizer.pt is truncated", 'checkpoint-4: optimizer.pt')
+
+_KILL = """
+import os, signal, sys
+import kd_toolkit.train as kt
+from kd_toolkit.cli import main
+where, step = sys.argv[2], int(sys.argv[3])
+orig = getattr(kt.KDTrainer, where)
+def die(self, *a, **k):
+    if self.state.global_step == step: os.kill(os.getpid(), signal.SIGKILL)
+    return orig(self, *a, **k)
+setattr(kt.KDTrainer, where, die)
+sys.exit(main(['distill', '--config', sys.argv[1]]))
+"""
+
+@pytest.mark.parametrize('where, step, last', [('training_step', 4, 'checkpoint-4'),     # killed in step 5, after checkpoint-4
+                                               ('_save_rng_state', 4, 'checkpoint-2')])  # killed while saving checkpoint-4
+def test_sigkill_then_resume_is_bit_identical(finished_run, tmp_path, tiny_teacher, where, step, last):
+    "A real SIGKILL of `kd_toolkit distill` (in a step, or halfway through a save), then `--resume`: the same student, bit for bit."
+    import torch
+    out, spec = tmp_path/'out', _spec_file(tmp_path, tiny_teacher, tmp_path/'out')
+    env = {**os.environ, 'OMP_NUM_THREADS': str(torch.get_num_threads())}   # the reference ran with this process's threads
+    r = subprocess.run([sys.executable, '-c', _KILL, spec, where, str(step)], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == -9, (r.returncode, r.stderr[-2000:])
+    assert sorted(p.name for p in out.glob('checkpoint-*'))[-1] == last and not (out/'student').exists()
+    code, stdout, err = _run(['distill', '--config', spec, '--resume'])
+    assert code == 0, err
+    assert _same(_weights(out/'student'), _weights(finished_run/'student'))
+    assert pd.read_csv(out/'history.csv')['step'].tolist() == pd.read_csv(finished_run/'history.csv')['step'].tolist()

@@ -1,9 +1,12 @@
 "Curriculum properties beyond the lessons: float64 references, the trainer's adapter, the plot and the editor."
-import math
+import io, math
+import matplotlib.colors as mc
 import numpy as np
+from IPython.core.formatters import DisplayFormatter
+from PIL import Image
 import pytest, torch
 from kd_toolkit.curriculum import (COMPONENTS, AdaptiveBalancer, Constant, Cosine, Curriculum, Linear, Step, WarmupHold,
-                                   curriculum_editor, kd_lm_curriculum, plot_curriculum, progress, seed_curriculum)
+                                   curriculum_editor, figure_png, kd_lm_curriculum, plot_curriculum, progress, seed_curriculum)
 
 P = np.linspace(0, 1, 1001)
 
@@ -59,7 +62,37 @@ def test_temperature_schedule_and_kd_lm_preset():
     assert len(fig.axes) == 2                                     # a temperature axis when it changes
     t = fig.axes[1].get_lines()[0]
     assert t.get_ydata()[50] == pytest.approx(2.5)                # p = 0.25 of 201 points
+    assert fig.axes[1].get_ylabel() == 'KD temperature T (no unit)'
+    assert [x.get_text() for x in fig.legends[0].get_texts()] == ['lm', 'kd', 'phase boundary', 'KD temperature (right axis)']
+    figure_png(fig)
+    leg = fig.legends[0].get_window_extent()
+    assert not any(leg.overlaps(a.get_window_extent()) for a in fig.axes) and leg.x1 <= fig.bbox.x1 + 1
     assert len(plot_curriculum(kd_lm_curriculum()).axes) == 1
+
+def _area_pixels(fig, color, tol=40):
+    "Pixels of `color` inside the axes' data area of the rendered figure."
+    img = np.asarray(Image.open(io.BytesIO(figure_png(fig, dpi=fig.dpi))).convert('RGB')).astype(int)
+    b, H = fig.axes[0].get_window_extent(), img.shape[0]
+    area = img[int(H - b.y1) + 2:int(H - b.y0) - 2, int(b.x0) + 2:int(b.x1) - 2]
+    return int((np.abs(area - np.array(mc.to_rgb(color)) * 255).max(-1) < tol).sum())
+
+def test_plot_units_legend_reference_lines_and_overlaps():
+    "Axes carry units, the legend lists every component and the phase marks, sits outside the data; equal curves stay visible."
+    seed = seed_curriculum()
+    fig = plot_curriculum(seed)
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == 'training progress p = step / total steps' and ax.get_ylabel() == 'loss weight (× raw loss, no unit)'
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == seed.names + ['phase boundary']
+    marks = [l for l in ax.get_lines() if l.get_label().lstrip('_') == 'phase boundary']
+    assert sorted(l.get_xdata()[0] for l in marks) == seed.boundaries()[1:-1]      # one reference line per inner boundary
+    styles = [(l.get_linestyle(), l.get_marker()) for l in ax.get_lines() if l.get_label() in seed.names]
+    assert len(set(styles)) == len(seed.names)                                     # every curve its own dashes and marker
+    figure_png(fig)
+    assert not ax.get_legend().get_window_extent().overlaps(ax.get_window_extent())
+    # lm and kd both at 1.0: before, kd (drawn last, same width) covered lm entirely
+    both = plot_curriculum(kd_lm_curriculum())
+    assert _area_pixels(both, 'C0') > 300 and _area_pixels(both, 'C1') > 300
+    assert DisplayFormatter().format(both)[0]['image/png'][:4] == b'\x89PNG'       # a PNG in a kernel without %matplotlib
 
 def test_balancer_scales_by_ema_of_magnitude():
     b = AdaptiveBalancer(beta=0.5)
@@ -74,9 +107,12 @@ def test_balancer_scales_by_ema_of_magnitude():
     with pytest.raises(KeyError, match="no raw value"): AdaptiveBalancer()({'lm': x}, {'lm': 1.0, 'kd': 1.0})
 
 def test_editor_sliders_change_curriculum_and_figure():
+    import ipywidgets as W
     ed = curriculum_editor(seed_curriculum())
     line = lambda n: {l.get_label(): l for l in ed.figure.axes[0].get_lines()}[n].get_ydata()
-    before = line('feature').copy()
+    before, png = line('feature').copy(), ed.image.value
+    assert isinstance(ed.image, W.Image) and ed.widget.children[-1] is ed.image and png[:4] == b'\x89PNG'
+    assert not any(isinstance(w, W.Output) for w in ed.widget.children)   # nothing to capture, clear or stack
     ed.sliders['feature']['start'].value = 0.0; ed.sliders['feature']['end'].value = 0.2
     ed.sliders['feature']['peak'].value = 1.5
     f = ed.curriculum.components['feature']
@@ -84,6 +120,7 @@ def test_editor_sliders_change_curriculum_and_figure():
     assert ed.curriculum.weights(0.1)['feature'] == pytest.approx(0.75)
     after = line('feature')
     assert after[20] == pytest.approx(0.75) and not np.allclose(before, after)
+    assert ed.image.value != png                                  # the front-end's image was replaced too
     ed.sliders['lm']['peak'].value = 0.4                          # a constant: only its value changes
     assert ed.curriculum.weights(0.0)['lm'] == 0.4 and ed.sliders['lm']['start'].disabled
     ed.sliders['layerwise']['end'].value = 0.2                    # before its start (0.4): the start follows

@@ -180,3 +180,54 @@ def test_no_aligned_positions_warns(models):
     vm = VocabMap(torch.arange(V), torch.ones(V, dtype=torch.bool), V)
     with pytest.warns(UserWarning, match='no position was aligned'): r = Evaluator(student, teacher, vocab_map=vm).evaluate([xb])
     assert 'kl' not in r and r.teacher_ppl > 1 and r.n_tokens == r.teacher_n_tokens
+
+def _pad(seqs, side, pad_id=0):
+    from kd_toolkit.evaluate import _padded
+    return _padded(seqs, pad_id, side)
+
+def test_left_and_right_padding_agree(models):
+    "Left- and right-padded batches of ragged sequences: the same scored tokens exactly, every metric to 1e-6 relative."
+    teacher, student = models
+    g = torch.Generator().manual_seed(7)
+    seqs = [torch.randint(0, V, (n,), generator=g) for n in (30, 12, 25, 7, 30, 19)]
+    right, left = (Evaluator(student, teacher, topk=3).evaluate([_pad(seqs, side)]) for side in ('right', 'left'))
+    assert left.n_tokens == right.n_tokens == sum(len(s) - 1 for s in seqs)
+    assert left.n_compared == right.n_compared == sum(map(len, seqs))
+    for k in ['student_ppl', 'teacher_ppl', 'kl', 'top1_agree', 'topk_agree']:
+        assert left[k] == pytest.approx(right[k], rel=1e-6), (k, left[k], right[k])
+
+def test_left_padding_real_stories260k():
+    "A real left-padded batch (stories260K, TinyStories, 6 rows of 80-150 tokens): n_tokens and ppl equal right padding's."
+    from kd_toolkit.testing import load_stories260k, load_tokenizer, read_text, require_asset, STORIES260K
+    require_asset(STORIES260K)
+    tok, m = load_tokenizer('tok512'), load_stories260k()
+    stories = [s for s in read_text('tinystories').split('\n') if s.strip()][:6]
+    seqs = [torch.tensor(tok(s).input_ids)[:n] for s, n in zip(stories, (120, 100, 90, 150, 80, 130))]
+    right, left = (Evaluator(m).evaluate([_pad(seqs, side)]) for side in ('right', 'left'))
+    assert left.n_tokens == right.n_tokens == sum(len(s) - 1 for s in seqs) == 664   # before the fix: 669 (one per padded row)
+    assert left.student_ppl == pytest.approx(right.student_ppl, rel=1e-6), (left.student_ppl, right.student_ppl)
+    with torch.no_grad():   # and both equal the unpadded sequences scored one by one
+        nll = sum(F.cross_entropy(m(s[None]).logits[0, :-1].double(), s[1:], reduction='sum').item() for s in seqs)
+    assert right.student_ppl == pytest.approx(math.exp(nll / 664), rel=1e-5)
+
+def test_left_padded_cross_tokenizer_teacher(models):
+    "A left-padded teacher sequence (its own tokens) scores the same teacher tokens as a right-padded one."
+    teacher, student = models
+    b = _batches(1)[0]
+    L = b['input_ids'].shape[1]
+    def with_teacher(side):
+        rows = [b['input_ids'][i, :int(b['attention_mask'][i].sum())] for i in range(4)]
+        tb = _pad(rows, side)
+        return dict(b, teacher_input_ids=tb['input_ids'], teacher_attention_mask=tb['attention_mask'],
+                    align_idx=torch.zeros_like(b['input_ids']), align_mask=torch.zeros_like(b['attention_mask'], dtype=torch.bool))
+    vm = VocabMap(torch.arange(V), torch.ones(V, dtype=torch.bool), V)
+    with pytest.warns(UserWarning, match='no position was aligned'):
+        r, l = (Evaluator(student, teacher, vocab_map=vm).evaluate([with_teacher(s)]) for s in ('right', 'left'))
+    assert l.teacher_n_tokens == r.teacher_n_tokens and l.teacher_ppl == pytest.approx(r.teacher_ppl, rel=1e-6)
+
+def test_chunk_size_auto(models):
+    teacher, student = models
+    bs = _batches(1)
+    a, b = Evaluator(student, teacher, chunk_size='auto').evaluate(bs), Evaluator(student, teacher).evaluate(bs)
+    assert a.student_ppl == pytest.approx(b.student_ppl, rel=1e-6) and a.kl == pytest.approx(b.kl, rel=1e-5)
+    with pytest.raises(ValueError, match="'auto'"): Evaluator(student, chunk_size='big')

@@ -120,6 +120,27 @@ def test_chunked_memory_fresh_process():
     chunked, naive = _bench('ours_chunked', 1024, 16384, 64), _bench('naive', 1024, 16384, 64)
     assert chunked <= 1.5 and naive >= 3.5, (chunked, naive)
 
+@pytest.mark.slow
+@pytest.mark.parametrize('method', [f'chunked_{d}' for d in DIVERGENCES] + ['chunked_lm', 'ours_topk'])
+def test_auto_chunk_memory_every_divergence(method):
+    "chunk_size='auto' (N/32 positions): every divergence's chunked path within 1.5 fp32 (N, V) buffers (fresh process)."
+    assert _bench(method, 2048, 16384, 'auto') <= 1.5
+
+def test_chunk_size_auto_equals_plain():
+    "'auto' picks N/32 positions (at least 16, at most 2^24/V): the same values and gradients as plain autograd."
+    from kd_toolkit.losses import auto_chunk
+    assert auto_chunk(2048, 49152) == 64 and auto_chunk(10, 50) == 16 and auto_chunk(4096, 151936) == 110
+    g = torch.Generator().manual_seed(9)
+    s, t = torch.randn(700, 40, generator=g), torch.randn(700, 40, generator=g)
+    for d in DIVERGENCES:
+        a, b = s.clone().requires_grad_(), s.clone().requires_grad_()
+        va, vb = kd_loss(a, t, divergence=d, chunk_size='auto'), kd_loss(b, t, divergence=d)
+        (va * 3).backward(); (vb * 3).backward()
+        _close(va, vb); _close(a.grad, b.grad)
+    with pytest.raises(ValueError, match="'auto' or None"): kd_loss(s, t, chunk_size='big')
+    with pytest.raises(ValueError, match="'auto' or None"): lm_loss(s, torch.zeros(700, dtype=torch.long), chunk_size=1.5)
+    with pytest.raises(ValueError, match="'auto' or None"): fused_kd_lm_loss(s, torch.randn(9, 40), None, torch.zeros(700, dtype=torch.long), chunk_size=0)
+
 @pytest.mark.parametrize('divergence', DIVERGENCES)
 def test_fused_fp16_extremes_finite(divergence):
     "fp16 hidden states and weight giving logits near ±60, teacher columns at -inf: finite losses and gradients."

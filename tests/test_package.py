@@ -29,3 +29,27 @@ def test_runtime_requirements_cover_fastcore():
     ini = (ROOT/'settings.ini').read_text()
     req = next(l for l in ini.splitlines() if l.startswith('requirements ='))
     assert 'fastcore' in req, req
+
+def _room_order() -> dict:
+    "Module -> layer, from the notebooks: by number; a room's lettered sub-rooms (07a cache, 07b components, split out of 07 train) sit below it."
+    import json, re
+    order = {}
+    for nb in (ROOT/'nbs').glob('[0-9]*.ipynb'):
+        num, letter = re.match(r'(\d+)([a-z]?)_', nb.name).groups()
+        src = ''.join(''.join(c['source']) for c in json.loads(nb.read_text())['cells'])
+        if m := re.search(r'#\|\s*default_exp\s+(\w+)', src): order[m[1]] = (int(num), 0 if letter else 1, letter)
+    return order
+
+def test_no_room_imports_a_higher_room():
+    "Lower rooms never import higher ones (issue 18): every kd_toolkit import in a module, at any depth, points down."
+    import ast
+    order, bad = _room_order(), []
+    assert {'core', 'cache', 'components', 'train'} <= set(order) and order['cache'] < order['components'] < order['train'] < order['viz']
+    for mod in order:
+        for node in ast.walk(ast.parse((ROOT/'kd_toolkit'/f'{mod}.py').read_text())):
+            if isinstance(node, ast.ImportFrom):
+                m = node.module or ''
+                names = [m.split('.')[-1]] if m and (node.level or m.startswith('kd_toolkit.')) else \
+                        [a.name for a in node.names] if node.module == 'kd_toolkit' or (node.level and not m) else []
+                bad += [(mod, n) for n in names if n in order and order[n] >= order[mod] and n != mod]
+    assert not bad, f"rooms importing a higher (or same-level) room: {bad}"

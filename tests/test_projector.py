@@ -130,3 +130,13 @@ def test_router_on_real_cross_tokenizer_alignment():
         assert 0.5 < out[k].item() < 3.0, (k, out[k].item())
     (out['feature'] + out['router_attention'] + out['balance']).backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in router.parameters())
+
+def test_fit_refuses_a_mask_of_the_wrong_shape():
+    "A (5, 2) mask for (2, 5) positions has the right size but would keep the wrong rows: refused, both shapes named."
+    X, Y = torch.randn(2, 5, 8), torch.randn(2, 5, 4)
+    with pytest.raises(ValueError, match=r"expected shape \(2, 5\), got \(5, 2\)"): Projector(8, 4).fit(X, Y, mask=torch.ones(5, 2))
+    with pytest.raises(ValueError, match=r"got \(10,\)"): Projector(8, 4).fit(X, Y, mask=torch.ones(10))
+    m = torch.ones(2, 5, dtype=torch.bool); m[1, 3:] = False
+    Y[1, 3:] = 1e6                                                      # the right-shaped mask drops these rows
+    p = Projector(8, 4).fit(X, Y, mask=m)
+    assert p.fitted and p.weight.abs().max() < 1e3
