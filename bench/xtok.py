@@ -193,7 +193,10 @@ def table(path):
     rows = [json.loads(l) for l in open(path)]
     for proto in sorted({r['protocol'] for r in rows}):
         rs = [r for r in rows if r['protocol'] == proto]
-        lm = {(r['student'], r['seed'], r['steps']): r['bpb'] for r in rs if r['method'] == 'lm'}
+        lm = {}  # LM only at every evaluated step (constant LR, same windows: a shorter run is the same run stopped earlier)
+        for r in rs:
+            if r['method'] == 'lm':
+                for k_, v in r['evals'].items(): lm[(r['student'], r['seed'], int(k_))] = v
         groups = {}
         for r in rs: groups.setdefault((r['student'], label(r), r['steps']), []).append(r)
         def gain(g): return [lm[(r['student'], r['seed'], r['steps'])] - r['bpb'] for r in g if (r['student'], r['seed'], r['steps']) in lm]
