@@ -10,13 +10,14 @@ import torch
 from fastcore.basics import patch
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 from .core import masked_mean
-from .losses import TopK, _FLOOR
+from .losses import TopK, _FLOOR, _chunk_rows, next_token_targets
 
 # %% auto #0
 __all__ = ['tok_name', 'check_fast', 'encode_offsets', 'prefix_ends', 'same_tokenizer', 'align_offsets', 'coverage',
            'token_bytes', 'truncation_pairs', 'alignment_report', 'end_of_document', 'VocabMap', 'uld_loss',
            'hybrid_loss', 'gather_aligned', 'bits_per_byte', 'check_pair', 'token_logprobs', 'boundary_tokens',
-           'chunk_sums', 'binary_kl', 'chunk_likelihood_loss', 'next_token_match', 'PathMap', 'path_topk']
+           'chunk_sums', 'binary_kl', 'chunk_likelihood_loss', 'teacher_token_logprobs', 'kd_chunk', 'next_token_match',
+           'PathMap', 'path_topk']
 
 # %% ../nbs/03_align.ipynb #9c7a6b88
 def tok_name(tok) -> str:
@@ -225,6 +226,14 @@ class VocabMap:
         hit[self.t2s] = True
         self.fillers = torch.nonzero(~hit).flatten()
 
+# %% ../nbs/03_align.ipynb #a7e1c0d2
+@patch
+def lookup(self:VocabMap, ids:torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    "Student id (-1: none) and exactness of teacher `ids`; ids past the tokenizer (a model's padded rows) map to nothing."
+    real = (ids >= 0) & (ids < len(self.t2s))
+    i = torch.where(real, ids, 0)
+    return torch.where(real, self.t2s.to(ids.device)[i], -1), real & self.exact.to(ids.device)[i]
+
 # %% ../nbs/03_align.ipynb #2e88f1c6
 def _special_target(teacher_tok, student_tok, i): # student id of teacher special token i (content, else role), or None
     s_special = {student_tok.convert_ids_to_tokens(k): k for k in student_tok.all_special_ids}
@@ -257,7 +266,7 @@ def map_topk(self:VocabMap, topk:TopK) -> TopK:
     lp, ids, tail = topk
     N, k = ids.shape
     p = lp.float().exp()  # (N, k); entries at the floor are empty
-    sid = torch.where(p > 0, self.t2s.to(ids.device)[ids], -1)
+    sid = torch.where(p > 0, self.lookup(ids)[0], -1)  # padded rows (no token): -1, mass 0
     sid, order = sid.sort(-1)
     p = p.gather(-1, order)
     new = torch.ones_like(sid, dtype=torch.bool)
@@ -280,7 +289,7 @@ def map_topk(self:VocabMap, topk:TopK) -> TopK:
 @patch
 def exact_mass(self:VocabMap, topk:TopK, mask:torch.Tensor|None=None) -> float:
     "Mean share of the teacher's probability mass (tail included, as not exact) on exactly mapped tokens."
-    m = (topk.logprobs.float().exp() * self.exact.to(topk.ids.device)[topk.ids]).sum(-1)
+    m = (topk.logprobs.float().exp() * self.lookup(topk.ids)[1]).sum(-1)
     return float(masked_mean(m, mask))
 
 # %% ../nbs/03_align.ipynb #6aacddf2
@@ -312,9 +321,9 @@ def hybrid_loss(
     uld_weight:float=1.0, # weight of the ULD part
 ) -> torch.Tensor:
     "KL on the exactly mapped part of the teacher's top-k, plus ULD on the rest."
-    ex = vocab_map.exact.to(topk.ids.device)[topk.ids]  # (N, k)
-    p = topk.logprobs.float().exp()
-    sid = vocab_map.t2s.to(topk.ids.device)[topk.ids]
+    sid, ex = vocab_map.lookup(topk.ids)  # (N, k); padded rows (sid -1): no token, mass 0
+    p = torch.where(sid >= 0, topk.logprobs.float().exp(), 0.)
+    sid = sid.clamp_min(0)
     ls = torch.log_softmax(student_logits.float() / temperature, -1).clamp_min(_FLOOR)  # (N, Vs)
     pe = torch.zeros_like(ls).scatter_add(-1, sid, torch.where(ex, p, 0.))  # exact teacher mass per student id
     on = pe > 0
@@ -324,7 +333,7 @@ def hybrid_loss(
     kl = masked_mean(kl * temperature**2, mask)
     ps = torch.where(on, 0., ls.exp())  # the student's probabilities off the exactly mapped ids
     pt = torch.where(ex, 0., p).sort(-1, descending=True).values  # the m non-exact teacher probabilities first
-    keep = torch.arange(pt.shape[-1], device=pt.device) < (~ex).sum(-1, keepdim=True)
+    keep = torch.arange(pt.shape[-1], device=pt.device) < (~ex & (p > 0)).sum(-1, keepdim=True)
     d = torch.where(keep, (ps.topk(pt.shape[-1], -1).values - pt).abs(), 0.).sum(-1)
     return kl + uld_weight * masked_mean(d, mask)
 
@@ -432,7 +441,7 @@ def token_logprobs(
     targets:torch.Tensor, # (...) next-token ids (`losses.next_token_targets`); `ignore_index` where nothing is scored
     boundary:torch.Tensor|None=None, # (V',) bool `boundary_tokens`: also return log P(the next token starts a word)
     ignore_index:int=-100, # the target id to skip
-    chunk_size:int|None=None, # rows per fp32 chunk (forward and backward); None: all at once
+    chunk_size:int|str|None=None, # rows per fp32 chunk (forward and backward), 'auto' (`losses.auto_chunk`); None: all at once
 ) -> torch.Tensor|tuple[torch.Tensor, torch.Tensor]:
     "fp32 log-probability of each position's next token (0 where ignored); with `boundary`, also log P(next token in it)."
     V, lead = logits.shape[-1], logits.shape[:-1]
@@ -442,7 +451,7 @@ def token_logprobs(
     ok = tg != ignore_index
     if bool(((tg < 0) | (tg >= V))[ok].any()): raise ValueError(f"targets hold ids outside [0, {V}): mark padding with ignore_index={ignore_index}")
     bm = None if boundary is None else _fit_mask(boundary, V).to(z.device)
-    lp, lb = _TokenLogprob.apply(z, torch.where(ok, tg, 0), bm, int(chunk_size or max(len(z), 1)))
+    lp, lb = _TokenLogprob.apply(z, torch.where(ok, tg, 0), bm, int(_chunk_rows(chunk_size, len(z), V) or max(len(z), 1)))
     lp = torch.where(ok, lp, 0.).reshape(lead)
     return lp if boundary is None else (lp, lb.reshape(lead))
 
@@ -532,6 +541,31 @@ def chunk_likelihood_loss(
         ls = ls + student_boundary.float().gather(1, es[:, :K])
         lt = lt + teacher_boundary.detach().float().gather(1, et[:, :K])
     return masked_mean(torch.where(valid, binary_kl(lt, ls, temperature, eps), 0.), valid)
+
+# %% ../nbs/03_align.ipynb #c1a9e071
+def _teacher_side(b): # the teacher's (ids, bool mask): its own columns, the student's when there is one tokenizer
+    t = 'teacher_input_ids' in b
+    return b['teacher_input_ids' if t else 'input_ids'], b['teacher_attention_mask' if t else 'attention_mask'].bool()
+
+def teacher_token_logprobs(
+    out, # the teacher's output (`.logits` (B, Lt, V), padded rows allowed)
+    batch:dict, # the collated batch: `teacher_input_ids` / `teacher_attention_mask` (the student's when one tokenizer)
+    **_, # the other field options (k, temperature, vocab_map): not used
+) -> dict:
+    "The teacher-cache field rows: fp32 log-prob of each real teacher token's next token, 0 at a row's last real token."
+    ids, m = _teacher_side(batch)
+    lp = token_logprobs(out.logits, next_token_targets(ids.masked_fill(~m, -100)), chunk_size='auto')
+    return dict(logprobs=lp[m])
+
+# %% ../nbs/03_align.ipynb #c1a9e074
+def kd_chunk(s) -> torch.Tensor:
+    "Cross-vocabulary KD by chunk likelihoods for a `components.Step` `s` (teacher field 'token_logprobs')."
+    b, p = s.batch, s.plan
+    slp = token_logprobs(s.student.logits, s.targets, chunk_size=p.chunk_size)
+    tm = _teacher_side(b)[1].to(slp.device)
+    tlp = slp.new_zeros(tm.shape).masked_scatter(tm, s.teacher['token_logprobs'].float().to(slp.device))
+    idx = b['align_idx'] if 'align_idx' in b else torch.arange(tm.shape[1], device=tm.device).expand(tm.shape)
+    return chunk_likelihood_loss(slp, tlp, idx.to(slp.device), s.kmask, temperature=p.temperature)
 
 # %% ../nbs/03_align.ipynb #c1a9e061
 def next_token_match(
