@@ -234,6 +234,17 @@ def lookup(self:VocabMap, ids:torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     i = torch.where(real, ids, 0)
     return torch.where(real, self.t2s.to(ids.device)[i], -1), real & self.exact.to(ids.device)[i]
 
+# %% ../nbs/03_align.ipynb #a7e1c0d4
+@patch
+def drop_padded(self:VocabMap, topk:TopK) -> TopK:
+    "The teacher's top-k given a real token: entries past the tokenizer emptied, the rest and the tail renormalised."
+    pad = topk.ids >= len(self.t2s)
+    if not bool(pad.any()): return topk
+    lp, tail = topk.logprobs.float(), topk.tail.float()
+    left = torch.where(pad, 0., lp.exp()).sum(-1) + tail.exp()  # 1 − the listed padded mass, without the cancellation
+    z = torch.where(pad.any(-1), left.clamp_min(1e-30).log(), 0.)[:, None]  # rows without a padded entry: unchanged
+    return TopK(torch.where(pad, _FLOOR, (lp - z).clamp_min(_FLOOR)), topk.ids, (tail - z[:, 0]).clamp_min(_FLOOR))
+
 # %% ../nbs/03_align.ipynb #2e88f1c6
 def _special_target(teacher_tok, student_tok, i): # student id of teacher special token i (content, else role), or None
     s_special = {student_tok.convert_ids_to_tokens(k): k for k in student_tok.all_special_ids}
@@ -263,10 +274,10 @@ def from_tokenizers(cls:VocabMap, teacher_tok, student_tok) -> VocabMap:
 @patch
 def map_topk(self:VocabMap, topk:TopK) -> TopK:
     "The teacher's top-k over student ids: mapped, duplicate ids merged (probabilities summed), tail kept."
-    lp, ids, tail = topk
+    lp, ids, tail = self.drop_padded(topk)
     N, k = ids.shape
-    p = lp.float().exp()  # (N, k); entries at the floor are empty
-    sid = torch.where(p > 0, self.lookup(ids)[0], -1)  # padded rows (no token): -1, mass 0
+    p = lp.float().exp()  # (N, k); entries at the floor (and padded rows) are empty
+    sid = torch.where(p > 0, self.lookup(ids)[0], -1)
     sid, order = sid.sort(-1)
     p = p.gather(-1, order)
     new = torch.ones_like(sid, dtype=torch.bool)
@@ -289,6 +300,7 @@ def map_topk(self:VocabMap, topk:TopK) -> TopK:
 @patch
 def exact_mass(self:VocabMap, topk:TopK, mask:torch.Tensor|None=None) -> float:
     "Mean share of the teacher's probability mass (tail included, as not exact) on exactly mapped tokens."
+    topk = self.drop_padded(topk)
     m = (topk.logprobs.float().exp() * self.lookup(topk.ids)[1]).sum(-1)
     return float(masked_mean(m, mask))
 
@@ -321,9 +333,9 @@ def hybrid_loss(
     uld_weight:float=1.0, # weight of the ULD part
 ) -> torch.Tensor:
     "KL on the exactly mapped part of the teacher's top-k, plus ULD on the rest."
-    sid, ex = vocab_map.lookup(topk.ids)  # (N, k); padded rows (sid -1): no token, mass 0
-    p = torch.where(sid >= 0, topk.logprobs.float().exp(), 0.)
-    sid = sid.clamp_min(0)
+    topk = vocab_map.drop_padded(topk)  # padded rows: mass 0, the rest renormalised
+    sid, ex = vocab_map.lookup(topk.ids)  # (N, k)
+    p, sid = topk.logprobs.float().exp(), sid.clamp_min(0)
     ls = torch.log_softmax(student_logits.float() / temperature, -1).clamp_min(_FLOOR)  # (N, Vs)
     pe = torch.zeros_like(ls).scatter_add(-1, sid, torch.where(ex, p, 0.))  # exact teacher mass per student id
     on = pe > 0
