@@ -94,3 +94,39 @@ def test_extreme_chunks_are_finite_in_fp16():
     d = binary_kl(torch.tensor([0.0, -1e4, -5.0, -3.0]), ls, 100.0)
     d.sum().backward()
     assert torch.isfinite(d).all() and float(ls.grad.abs().max()) <= 1 / 1e-6
+
+# ------------------------------------------------------------------ the run's component: cross_vocab_loss='chunk'
+def _chunk_component_case(B=8, Ls=512, Lt=900, V=512, seed=3):
+    "A collated cross-tokenizer batch (right padding on both sides), fp32 teacher rows, and student logits ~ a trained model's."
+    from kd_toolkit.losses import next_token_targets
+    g = torch.Generator().manual_seed(seed)
+    s_len, t_len = [Ls] * (B - 1) + [Ls - 40], [Lt] * (B - 1) + [Lt - 70]
+    ids = torch.randint(0, V, (B, Ls), generator=g)
+    am = (torch.arange(Ls) < torch.tensor(s_len)[:, None]).long()
+    tam = (torch.arange(Lt) < torch.tensor(t_len)[:, None]).long()
+    idx = torch.stack([torch.sort(torch.randperm(n, generator=g)[:Ls]).values for n in t_len])
+    m = (torch.rand(B, Ls, generator=g) < 0.5) & am.bool()
+    batch = dict(input_ids=ids, attention_mask=am, labels=ids.masked_fill(am == 0, -100), align_idx=idx, align_mask=m,
+                 teacher_input_ids=torch.randint(0, V, (B, Lt), generator=g), teacher_attention_mask=tam)
+    rows = -torch.rand(int(tam.sum()), generator=g) * 6  # the teacher's log-probs of its tokens, as the cache holds them
+    return torch.randn(B, Ls, V, generator=g) * 3, batch, rows
+
+@pytest.mark.parametrize('chunk_size,tau', [(None, 1.0), (700, 100.0)], ids=['plain-tau1', 'chunked-tau100'])
+def test_chunk_component_fp16_bf16_grad_check(chunk_size, tau):
+    """`align.kd_chunk` as the trainer calls it (a `components.Step`, the teacher's rows from the cache) on fp16 / bf16
+    student logits under loss scales 1..2^24: `fp16_grad_check`'s bounds on every row (cosine, relative error over the
+    dtype's own rounding, no non-finite entry, no extra zeros), and fp16 from 2^8 on within cos >= 0.9999, rel <= 1e-3."""
+    from types import SimpleNamespace
+    from kd_toolkit.align import kd_chunk
+    from kd_toolkit.components import KD_LOSSES, Plan, Step
+    from kd_toolkit.testing import fp16_grad_check
+    logits, batch, rows = _chunk_component_case()
+    plan = Plan('cached', 'chunk', temperature=tau, chunk_size=chunk_size)
+    assert KD_LOSSES['chunk'].fn is kd_chunk and KD_LOSSES['chunk'].teacher == ('token_logprobs',)
+    loss = lambda s: kd_chunk(Step(batch, plan, SimpleNamespace(logits=s), {'token_logprobs': rows}))
+    ref = lambda s: kd_chunk(Step(batch, Plan('cached', 'chunk', temperature=tau), SimpleNamespace(logits=s), {'token_logprobs': rows}))
+    df = fp16_grad_check(loss, dict(s=logits), ['s'], reference=ref)
+    assert df[~df.ok].empty, df.to_string()
+    assert (df.nonfinite == 0).all() and (df.overflow == 0).all(), df.to_string()
+    f = df[(df.dtype == 'float16') & (df.scale >= 2**8)]
+    assert (f.cos >= 0.9999).all() and (f.rel_err <= 1e-3).all(), f.to_string()
