@@ -174,6 +174,7 @@ def alignment_report(
     aligner=align_offsets, # (student_offsets, teacher_offsets, same) -> (idx, mask): the pairing under test
 ) -> dict:
     "Coverage of the alignment, its mismatched pairs checked on token bytes and decoded text, and the seed truncation's mismatch share."
+    check_fast(student_tok, 'student tokenizer'); check_fast(teacher_tok, 'teacher tokenizer')
     sids, soff = encode_offsets(student_tok, texts)
     tids, toff = encode_offsets(teacher_tok, texts)
     sb, tb = token_bytes(student_tok)[0], token_bytes(teacher_tok)[0]
@@ -258,6 +259,7 @@ def _special_target(teacher_tok, student_tok, i): # student id of teacher specia
 @patch(cls_method=True)
 def from_tokenizers(cls:VocabMap, teacher_tok, student_tok) -> VocabMap:
     "Match normalized token bytes; unmatched teacher tokens go to the first student token of their bytes."
+    check_fast(teacher_tok, 'teacher tokenizer'); check_fast(student_tok, 'student tokenizer')
     (tb, tfb), (sb, sfb) = token_bytes(teacher_tok), token_bytes(student_tok)
     by_kind, lookup = _lookups(sb, _kinds(student_tok, sfb))
     fallback_id = next((x for x in (student_tok.unk_token_id, student_tok.eos_token_id) if x is not None), 0)

@@ -114,3 +114,21 @@ def test_low_coverage_pair_is_named_with_its_share():
     with warnings.catch_warnings():
         warnings.simplefilter('error')  # ordinary text: no warning for the same pair
         assert check_pair(tok512, gpt2, read_text('tinystories', 3000).split('. ')) > 0.25
+
+def test_a_real_slow_tokenizer_is_refused_everywhere_naming_the_side(tmp_path):
+    """transformers 5's SentencePieceBackend is a real slow tokenizer: it drops return_offsets_mapping without a word. Every
+    cross-tokenizer entry point refuses it in one line naming the side and the fix, before any model work."""
+    from transformers import SentencePieceBackend
+    from kd_toolkit.core import make_config
+    from kd_toolkit.testing import tiny_llama
+    from kd_toolkit.train import distill
+    gpt2 = _tok('gpt2')
+    slow = SentencePieceBackend(vocab_file=str(data_dir()/'tokenizers/llama2-spm/tokenizer.model'))
+    assert not slow.is_fast and 'offset_mapping' not in slow("hi", return_offsets_mapping=True)
+    cfg = make_config('smoke', output_dir=str(tmp_path), max_steps=1, cross_tokenizer=True, kd_topk=4, eval_steps=0)
+    for f, role in [(lambda: build_kd_dataset(["hi"], slow, gpt2), 'student'), (lambda: build_kd_dataset(["hi"], gpt2, slow), 'teacher'),
+                    (lambda: pack_stream(["hi"], slow, gpt2), 'student'), (lambda: check_pair(gpt2, slow, ["hi"]), 'teacher'),
+                    (lambda: alignment_report(["hi"], slow, gpt2), 'student'), (lambda: VocabMap.from_tokenizers(slow, gpt2), 'teacher'),
+                    (lambda: distill(cfg, tiny_llama(), tiny_llama(), build_kd_dataset(["Hello world."], gpt2), None, gpt2, slow), 'teacher')]:
+        with pytest.raises(ValueError, match=f"^the {role} tokenizer SentencePieceBackend\\(.*\\) is a slow tokenizer.*use_fast=True") as e: f()
+        assert '\n' not in str(e.value)
