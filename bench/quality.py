@@ -138,7 +138,7 @@ def _truncation_collator(col):
     return f
 
 def cross_tokenizer(steps, seed=0):
-    "stories260K (tok512) -> student with the GPT-2 tokenizer: offsets + vocab map vs the seed's truncation vs ULD vs hybrid (`cross_vocab_loss`)."
+    "stories260K (tok512) -> student with the GPT-2 tokenizer: offsets + vocab map vs the seed's truncation vs ULD vs hybrid vs chunk likelihoods (`cross_vocab_loss`)."
     from kd_toolkit.data import KDCollator
     train, held = story_split(); T = load_stories260k()
     ttok, stok = load_tokenizer('tok512'), load_tokenizer('gpt2')
@@ -150,7 +150,8 @@ def cross_tokenizer(steps, seed=0):
             ('offsets + vocab map (ours)', {'kd': 1.0, 'lm': 1.0}, dict(cross_tokenizer=True, kd_topk=32), None),
             ("seed's truncation + vocab map", {'kd': 1.0, 'lm': 1.0}, dict(cross_tokenizer=True, kd_topk=32), trunc),
             ('ULD (offsets, sorted probs)', {'kd': 1.0, 'lm': 1.0}, dict(cross_tokenizer=True, kd_topk=32, cross_vocab_loss='uld'), None),
-            ('hybrid (KL on exact matches + ULD)', {'kd': 1.0, 'lm': 1.0}, dict(cross_tokenizer=True, kd_topk=32, cross_vocab_loss='hybrid'), None)]
+            ('hybrid (KL on exact matches + ULD)', {'kd': 1.0, 'lm': 1.0}, dict(cross_tokenizer=True, kd_topk=32, cross_vocab_loss='hybrid'), None),
+            ('chunk likelihood (ALM binary KL, tau = temperature)', {'kd': 1.0, 'lm': 1.0}, dict(cross_tokenizer=True, kd_topk=32, cross_vocab_loss='chunk'), None)]
     for method, cur, cfg, col in runs:
         if METHODS and not any(m.lower() in method.lower() for m in METHODS): continue
         try:

@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np, torch
 from fastcore.basics import patch
 from torch import nn
-from .align import gather_aligned
+from .align import gather_aligned, teacher_token_logprobs
 from .data import KDCollator
 from .losses import TopK, topk_teacher
 
@@ -53,6 +53,7 @@ def _topk_rows(out, batch, k, temperature=1.0, vocab_map=None, **_) -> dict:
 FIELDS = {   # name -> Field; a new teacher output for a new loss is one function and one line here
     'topk': Field(_topk_rows, {'logprobs': np.float16, 'ids': np.int32, 'tail': np.float32},
                   lambda a: TopK(a['logprobs'].float(), a['ids'].long(), a['tail'].float())),
+    'token_logprobs': Field(teacher_token_logprobs, {'logprobs': np.float32}, lambda a: a['logprobs'].float(), rows='teacher'),  # issue 16
 }
 
 def teacher_fields(out, batch:dict, names, **opts) -> dict:

@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 from fastcore.basics import patch
 from torch import nn
-from .align import gather_aligned, hybrid_loss, uld_loss
+from .align import gather_aligned, hybrid_loss, kd_chunk, uld_loss
 from .cache import FIELDS, aligned_logits, teacher_fields, teacher_forward
 from .losses import (attention_loss, contrastive_loss, fused_kd_lm_loss, hidden_loss, kd_loss, kd_loss_topk,
                                layer_map, lm_loss, next_token_targets)
@@ -26,7 +26,7 @@ __all__ = ['COMPONENTS', 'KD_LOSSES', 'Plan', 'Step', 'lm', 'kd', 'kd_uld', 'kd_
 class Plan:
     "What a run's loss components read besides the batch."
     kd_path:str='full' # 'full', 'chunked', 'topk', 'fused' or 'cached'
-    cross_vocab_loss:str='map' # 'map' (also one tokenizer), 'uld' or 'hybrid'
+    cross_vocab_loss:str='map' # 'map' (also one tokenizer), 'uld', 'hybrid' or 'chunk'
     temperature:float=1.0 # the KD temperature at this step
     divergence:str='fkl' # see `losses.DIVERGENCES`
     chunk_size:int|None=None # positions per chunk (chunked, top-k and fused paths)
@@ -146,7 +146,8 @@ COMPONENTS = {
     'balance': Component(balance, _H, _H),
     'router_attention': Component(router_attention, _H, _H),
 }
-KD_LOSSES = {'map': COMPONENTS['kd'], 'uld': Component(kd_uld, ('logits',), ('topk',)), 'hybrid': Component(kd_hybrid, ('logits',), ('topk',))}
+KD_LOSSES = {'map': COMPONENTS['kd'], 'uld': Component(kd_uld, ('logits',), ('topk',)), 'hybrid': Component(kd_hybrid, ('logits',), ('topk',)),
+             'chunk': Component(kd_chunk, ('logits',), ('token_logprobs',))}  # align.kd_chunk: chunk likelihoods (issue 16)
 
 # %% ../nbs/07b_components.ipynb #18c74cce
 def component(name:str, plan:Plan) -> Component:

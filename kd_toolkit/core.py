@@ -150,7 +150,7 @@ class DistillArguments:
     chunk_size:int|Literal['auto']|None=None # positions per chunk (chunked, top-k, fused paths); 'auto': N/32 (`losses.auto_chunk`: <= 1.5x one fp32 (N, V) buffer)
     teacher_cache:str|None=None # folder of a teacher cache (`cache.build_teacher_cache`); built first if missing
     cross_tokenizer:bool=False # teacher and student tokenizers differ: align by characters, map vocabularies
-    cross_vocab_loss:str='map' # across vocabularies: 'map' (top-k mapped to student ids), 'uld' (sorted probs), 'hybrid'
+    cross_vocab_loss:str='map' # across vocabularies: 'map' (top-k mapped to student ids), 'uld' (sorted probs), 'hybrid', 'chunk' (chunk likelihoods)
     hidden_kind:str='nmse' # feature and layerwise losses: 'nmse' or 'cosine'
     contrastive_temperature:float=0.1 # InfoNCE temperature of the contrastive component
     router_experts:int=0 # experts of the knowledge router for the feature component (0: a plain projector)
@@ -206,7 +206,7 @@ def _describe(hint) -> str:
 # %% ../nbs/00_core.ipynb #6f7b82e4
 CURRICULUM_PRESETS = ('kd_lm', 'seed')   # names `train` resolves to `curriculum.kd_lm_curriculum` / `seed_curriculum`
 _CHOICES = dict(precision=('auto', 'fp16', 'bf16', 'fp32'), teacher_dtype=('auto', 'fp16', 'bf16', 'fp32', 'keep'),
-                divergence=('fkl', 'rkl', 'jsd', 'skl', 'srkl', 'tvd'), cross_vocab_loss=('map', 'uld', 'hybrid'),
+                divergence=('fkl', 'rkl', 'jsd', 'skl', 'srkl', 'tvd'), cross_vocab_loss=('map', 'uld', 'hybrid', 'chunk'),
                 kd_path=('auto', 'full', 'chunked', 'topk', 'fused', 'cached'), hidden_kind=('nmse', 'cosine'),
                 balance=('none', 'adaptive'))
 

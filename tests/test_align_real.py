@@ -1,7 +1,7 @@
 "Cross-tokenizer alignment and vocabulary mapping on the REAL tokenizer pairs (tinyshakespeare + hard texts)."
 import pytest, torch
 from kd_toolkit.testing import load_tokenizer, read_text, require_asset, load_stories260k
-from kd_toolkit.align import alignment_report, VocabMap, align_offsets, encode_offsets, token_bytes
+from kd_toolkit.align import alignment_report, VocabMap, align_offsets, encode_offsets, token_bytes, truncation_pairs
 from kd_toolkit.losses import topk_teacher
 
 PAIRS = [('gpt2', 'llama2-spm'), ('gpt2', 'smollm2'), ('smollm2', 'tok512'), ('llama2-spm', 'tok512')]
@@ -24,8 +24,18 @@ def test_every_aligned_pair_reads_the_same_prefix(student, teacher):
     print(f"\n{student:>10} <- {teacher:<10} coverage {r['coverage']:.4f} positions {r['positions']} "
           f"decode-checked {r['decode_checked']} seed-truncation mismatch {r['trunc_mismatch_share']:.4f}")
     assert r['prefix_mismatch'] == 0 and r['decode_mismatch'] == 0
-    assert r['decode_checked'] > 0.9 * r['aligned']
+    assert r['decode_checked'] > 0.9 * r['aligned'] and r['prefix_checked'] > 0.9 * r['aligned']  # checked on token bytes
     assert r['coverage'] > 0.3  # a fine student (tok512) under a coarse teacher aligns ~45% of its positions
+
+@pytest.mark.slow
+@pytest.mark.parametrize('student,teacher', PAIRS)
+def test_seed_truncation_is_caught_by_the_byte_check(student, teacher):
+    "The check is independent of the offsets: the seed's pairing (position i with i) fails it where the offsets say it reads other text."
+    for n in (student, teacher): require_asset(f'tokenizers/{n}' if n != 'tok512' else 'models/stories260K')
+    r = alignment_report(_texts(200), load_tokenizer(student), load_tokenizer(teacher), decode_check=False, aligner=truncation_pairs)
+    print(f"\n{student:>10} <- {teacher:<10} seed truncation: {r['prefix_mismatch']} of {r['prefix_checked']} pairs spell different text")
+    share = r['prefix_mismatch'] / r['prefix_checked']  # measured on bytes; trunc_mismatch_share on offsets
+    assert share > 0.2 and abs(share - r['trunc_mismatch_share']) < 0.05
 
 @pytest.mark.slow
 @pytest.mark.parametrize('name', ['gpt2', 'llama2-spm', 'smollm2', 'tok512'])

@@ -3,7 +3,7 @@ import warnings, pytest, torch, datasets
 from types import SimpleNamespace
 from kd_toolkit.testing import load_tokenizer, read_text, require_asset
 from kd_toolkit.align import token_bytes, coverage, _kind
-from kd_toolkit.data import load_texts, build_kd_dataset, KDCollator, special_tokens
+from kd_toolkit.data import load_texts, build_kd_dataset, KDCollator, special_tokens, pack_stream, packed_windows, RandomWindows
 
 PAIRS = [('gpt2', 'llama2-spm'), ('gpt2', 'smollm2'), ('smollm2', 'tok512'), ('llama2-spm', 'tok512')]
 BOTH = PAIRS + [(t, s) for s, t in PAIRS]
@@ -85,3 +85,25 @@ def test_bos_eos_conventions_and_n_bytes():
     assert r['teacher_input_ids'][-1] == llama.eos_token_id
     assert r['align_mask'][-1] and r['align_idx'][-1] == len(r['teacher_input_ids']) - 1  # EOS aligns with EOS
     assert r['n_bytes'] == len(text[5:].encode())  # GPT-2 has no BOS: the first token 'Hello' is never predicted
+
+@pytest.mark.slow
+@pytest.mark.parametrize('student,teacher', BOTH)
+def test_packed_windows_cover_the_same_text_and_align_on_bytes(student, teacher):
+    "Packed streams of real pairs: consecutive and random windows start and end at common boundaries; every aligned pair spells the same bytes."
+    st, tt = load_tokenizer(student), load_tokenizer(teacher)
+    docs = read_text('shakespeare', 20_000).split('\n\n') + HARD
+    stream = pack_stream(docs, st, tt)
+    sb, _ = token_bytes(st); tb, _ = token_bytes(tt)
+    spell = lambda bts, ids: b''.join(bts[i] or b'' for i in ids).replace(b' ', b'')  # SPM dummy-prefix spaces: compare without spaces
+    windows = list(packed_windows(stream, 48, teacher_length=64))
+    windows += list(RandomWindows(stream, 48, 8, seed=2, teacher_length=64, steps=4))
+    pairs = 0
+    for r in windows:
+        assert len(r['input_ids']) <= 48 and len(r['teacher_input_ids']) <= 64
+        assert spell(sb, r['input_ids']) == spell(tb, r['teacher_input_ids'])
+        for i, (j, m) in enumerate(zip(r['align_idx'], r['align_mask'])):
+            if m: assert spell(sb, r['input_ids'][:i+1]) == spell(tb, r['teacher_input_ids'][:j+1]); pairs += 1
+    tiled = sum(len(r['input_ids']) for r in packed_windows(stream, 48, teacher_length=64))
+    print(f"\nstudent {student:>10}, teacher {teacher:<10}: {len(stream)} tokens packed, windows tile {tiled / len(stream):.4f}, "
+          f"{pairs} aligned pairs checked, {len(stream.bounds)} common boundaries")
+    assert tiled / len(stream) > 0.99 and pairs > 1000
