@@ -2,7 +2,6 @@
 
     nice -n 10 .venv/bin/python bench/xtok.py run --student gpt2 --method chunk --alpha 10 --steps 300 --out /tmp/xtok.jsonl
     .venv/bin/python bench/xtok.py table /tmp/xtok.jsonl        # the markdown table, with each row's share of the same-tokenizer KD gain
-    nice -n 10 .venv/bin/python bench/xtok.py quality --steps 80 --methods 'LM only' ours chunk   # bench/quality.py's cross-tokenizer rows via distill
 
 Teacher: the real stories260K (tok512, 5 x 64). Students: `LlamaConfig(vocab of the student tokenizer, hidden 32,
 intermediate 86, 2 layers, 4 heads, tied embeddings)`, `torch.manual_seed(seed)` before building; AdamW lr 3e-3,
@@ -214,31 +213,6 @@ def table(path):
         print(f"\n## protocol {proto}: same-tokenizer KD gain {same:.4f} bits/byte (best KD weight, mean over seeds)\n")
         print(md_table(out))
 
-def _quality_run(name, teacher, student, train, curriculum, steps, seed, tok, teacher_tok=None, collator=None, **cfg):
-    "bench/quality.py's `run` on the issue-18 knob names (its own still passes batch_size/lr/warmup_ratio, which KDConfig refuses)."
-    import tempfile
-    from kd_toolkit.core import KDConfig
-    from kd_toolkit.train import distill
-    if set(curriculum) == {'lm'}:  # LM only: no teacher (distill refuses cross_tokenizer=True without a KD component)
-        teacher, teacher_tok, cfg = None, None, {k: v for k, v in cfg.items() if k not in ('cross_tokenizer', 'kd_topk')}
-    else: cfg = {**cfg, **QUALITY_CFG}
-    c = KDConfig(**{**dict(output_dir=tempfile.mkdtemp(prefix='q_xtok_'), seed=seed, max_steps=steps, per_device_train_batch_size=8,
-                           max_length=128, learning_rate=3e-3, warmup_steps=0.05, precision='fp32', logging_steps=max(steps//5, 1),
-                           eval_steps=0, save_steps=10**9, progress_bar=False), **cfg})
-    t0 = time.perf_counter()
-    r = distill(c, teacher, student, train, None, student_tokenizer=tok, teacher_tokenizer=teacher_tok, curriculum=curriculum, data_collator=collator)
-    return r.student, time.perf_counter() - t0, sorted(k[4:] for k in r.history.columns if k.startswith('raw/') and r.history[k].notna().any())
-
-QUALITY_CFG = {}   # knobs added to every KD row (--temperature)
-
-def quality(a):
-    "bench/quality.py's cross-tokenizer table (`cross_tokenizer`: stories260K -> GPT-2-tokenizer student, through `distill`)."
-    import quality as q
-    q.run, q.METHODS[:] = _quality_run, a.methods
-    if a.temperature is not None: QUALITY_CFG['temperature'] = a.temperature
-    torch.set_num_threads(1)
-    print(q.md_table(q.cross_tokenizer(a.steps, a.seed)), flush=True)
-
 if __name__ == '__main__':
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest='cmd', required=True)
@@ -260,13 +234,8 @@ if __name__ == '__main__':
     r.add_argument('--seed', type=int, default=1)
     r.add_argument('--out', default=None)
     t = sub.add_parser('table'); t.add_argument('path')
-    qa = sub.add_parser('quality', help="bench/quality.py's cross-tokenizer rows through distill (its run() on the current knob names)")
-    qa.add_argument('--steps', type=int, default=80); qa.add_argument('--seed', type=int, default=0)
-    qa.add_argument('--methods', nargs='*', default=[], help="rows whose method contains one of these words, e.g. 'LM only' ours chunk")
-    qa.add_argument('--temperature', type=float, default=None, help="KD temperature of the KD rows (for 'chunk': the binarisation tau)")
     a = ap.parse_args()
     if a.cmd == 'table': table(a.path)
-    elif a.cmd == 'quality': quality(a)
     else:
         if a.alpha is None: a.alpha = 0.5 if a.method in ('kd', 'path') else 1.0
         if a.student != 'tok512' and a.method == 'kd':

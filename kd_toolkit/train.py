@@ -105,7 +105,7 @@ def _check_vocab(args:KDConfig, teacher, student):
 def _check_models(args:KDConfig, teacher, student, names, plan:Plan, cached:set):
     "Refuse teacher/student/curriculum combinations that cannot run, naming the knob to turn."
     _check_vocab(args, teacher, student)
-    if args.cross_tokenizer and (plan.kd_path not in ('topk', 'cached') or (plan.vocab_map is None and 'topk' not in cached)):
+    if args.cross_tokenizer and 'kd' in names and (plan.kd_path not in ('topk', 'cached') or (plan.vocab_map is None and 'topk' not in cached)):
         raise ValueError("cross_tokenizer=True needs a vocab_map (align.VocabMap.from_tokenizers) and kd_topk > 0")
     if args.cross_vocab_loss == 'hybrid' and plan.vocab_map is None:
         raise ValueError("cross_vocab_loss='hybrid' needs a vocab_map (align.VocabMap.from_tokenizers) for its exact-match KL part")
