@@ -139,6 +139,7 @@ def gpu_preflight(
 class DistillArguments:
     "The knobs a distillation run adds to `transformers.TrainingArguments`."
     max_length:int=256 # student tokens per example
+    packing:bool=False # training texts packed back to back into windows of max_length (`data.build_kd_dataset(packing=True)`): no short, padded examples
     precision:str='auto' # 'auto': bf16 on sm_80+, fp16 below, fp32 without a GPU; or 'fp16', 'bf16', 'fp32' (sets fp16/bf16)
     teacher_dtype:str='auto' # 'auto': fp16 on a GPU (fp32, and on P100/T4 bf16, teachers are cast), as given on CPU; 'fp16', 'bf16', 'fp32', 'keep'
     curriculum:str|dict='kd_lm' # a curriculum preset ('kd_lm', 'seed') or {component: weight or Schedule}

@@ -527,7 +527,9 @@ def model_card(tr:KDTrainer, ev:pd.Series|None=None, train_name:str|None=None) -
     "The student's model card: teacher, data, recipe and results, in markdown with the hub's YAML header."
     a, student = tr.args, tr.accelerator.unwrap_model(tr.model)
     teacher = _name(tr.teacher) if tr.teacher is not None else f"{tr.cache.meta['teacher']} (from the teacher cache {tr.cache.path})" if tr.cache else 'none'
-    n_tok = sum(map(len, tr.train_dataset['input_ids'])) if tr.train_dataset is not None else 0
+    ds = tr.train_dataset
+    data = (f"{len(ds)} examples, {sum(map(len, ds['input_ids']))} tokens" if hasattr(ds, 'column_names') else   # a stream has no length
+            f"a stream of examples ({type(ds).__name__})" if ds is not None else "none")
     recipe = {'curriculum (weights at 0, 50%, 100%)': '; '.join(f"{n}: {', '.join(f'{tr.curriculum.weights(p)[n]:g}' for p in (0, .5, 1))}" for n in tr.curriculum.names),
               'temperature': f'{tr.curriculum.temperature(0):g}', 'divergence': a.divergence, 'KD path': tr.kd_path_label,
               'steps': f'{tr.state.global_step} of {a.max_steps}', 'batch': f'{a.per_device_train_batch_size} x {a.gradient_accumulation_steps} x {a.world_size}',
@@ -537,7 +539,7 @@ def model_card(tr:KDTrainer, ev:pd.Series|None=None, train_name:str|None=None) -
     res = '\n'.join(f"| {k} | {s:.4g} | {'' if t is None or t != t else f'{t:.4g}'} |" for k, s, t in rows if s is not None)
     return (f"---\nlibrary_name: {'peft' if a.lora else 'transformers'}\ntags: [kd_toolkit, knowledge-distillation]\n---\n\n# {Path(a.output_dir).name}\n\n"
             f"A {type(student).__name__} student ({sum(p.numel() for p in student.parameters())/1e6:.2f}M parameters) distilled with kd_toolkit.\n\n"
-            f"## Teacher\n\n{teacher}\n\n## Data\n\n{train_name or 'training set'}: {len(tr.train_dataset or [])} examples, {n_tok} tokens "
+            f"## Teacher\n\n{teacher}\n\n## Data\n\n{train_name or 'training set'}: {data} "
             f"(max_length {a.max_length}); held out: {len(tr.eval_dataset or [])} examples.\n\n## Recipe\n\n| knob | value |\n|---|---|\n"
             + '\n'.join(f'| {k} | {v} |' for k, v in recipe.items()) + "\n\n## Results\n\n"
             + (f"| metric | student | teacher |\n|---|---|---|\n{res}\n" if res else "No evaluation was run.\n"))
@@ -578,12 +580,13 @@ class DistillResult:
         return f"DistillResult({len(self.history)} history rows, stopped: {self.stop_reason}{ev}, in {self.output_dir})"
 
 # %% ../nbs/07_train.ipynb #43cf9bdc
-def _as_dataset(data, student_tok, teacher_tok, cfg):
-    "A tokenized dataset from texts, a text file, a `datasets.Dataset` with `text`, or a tokenized dataset."
+def _as_dataset(data, student_tok, teacher_tok, cfg, packing=False):
+    "A tokenized dataset from texts, a text file, a `datasets.Dataset` with `text`, or a tokenized one (or a stream such as `data.RandomWindows`)."
     if data is None: return None
+    if isinstance(data, torch.utils.data.IterableDataset): return data   # e.g. random windows of a packed stream
     if hasattr(data, 'column_names') and 'input_ids' in data.column_names: return data
     if student_tok is None: raise ValueError("texts need a student_tokenizer (or pass an already tokenized dataset with input_ids)")
-    return build_kd_dataset(load_texts(data), student_tok, teacher_tok, max_length=cfg.max_length)
+    return build_kd_dataset(load_texts(data), student_tok, teacher_tok, max_length=cfg.max_length, packing=packing)
 
 def _collator(student_tok, teacher_tok) -> KDCollator:
     "The collator with each tokenizer's padding id (any id: padding is masked)."
@@ -694,7 +697,7 @@ def distill(
     if cfg.cross_tokenizer and (student_tokenizer is None or teacher_tokenizer is None):
         raise ValueError("cross_tokenizer=True needs student_tokenizer and teacher_tokenizer")
     xtok = teacher_tokenizer if cfg.cross_tokenizer else None
-    train_ds, eval_ds = (_as_dataset(d, student_tokenizer, xtok, cfg) for d in (train, eval))
+    train_ds, eval_ds = _as_dataset(train, student_tokenizer, xtok, cfg, cfg.packing), _as_dataset(eval, student_tokenizer, xtok, cfg)
     tr = KDTrainer(cfg, teacher, student, train_ds, eval_ds, data_collator or _collator(student_tokenizer, xtok), curriculum, projector, router,
                    VocabMap.from_tokenizers(teacher_tokenizer, student_tokenizer) if xtok else None, callbacks, student_tokenizer, peft_config)
     if overwrite and tr.args.should_save: _clear_run(tr.args.output_dir)   # every check passed: only now is the old run deleted

@@ -45,6 +45,24 @@ def test_distill_texts_in_student_out():
     assert os.path.isfile(os.path.join(res.output_dir, 'student', 'config.json'))
     assert res.history['eval/student_ppl'].notna().sum() == 2
 
+def test_packing_and_random_windows_feed_distill():
+    "packing=True keeps every token in fewer, full windows; a RandomWindows stream of a packed corpus trains as a dataset (issue 15)."
+    if not has_asset('models/stories260K'): pytest.skip('tok512 tokenizer asset missing')
+    from kd_toolkit.data import RandomWindows, pack_stream
+    from kd_toolkit.train import _as_dataset
+    tok, texts = load_tokenizer('tok512'), [s for s in read_text('tinystories').split('\n') if s.strip()][:40]
+    cfg = make_config('smoke', output_dir=tempfile.mkdtemp(), max_length=64)
+    plain, packed = (_as_dataset(texts, tok, None, cfg, packing=p) for p in (False, True))
+    n_tok = lambda ds: sum(map(len, ds['input_ids']))
+    whole = sum(len(tok(t)['input_ids']) + 1 for t in texts)               # each document tokenized whole (its BOS) + EOS
+    assert n_tok(packed) == whole and n_tok(plain) == whole + len(plain) - len(texts)   # unpacked: a BOS on every chunk
+    assert len(packed) == -(-whole // 64) < len(plain)                     # full windows of max_length, the last one shorter
+    assert all(len(r) == 64 for r in packed['input_ids'][:-1])
+    windows = RandomWindows(pack_stream(texts, tok), 48, batch_size=2, seed=2)
+    res = distill(cfg.replace(max_steps=3, eval_steps=0), tiny_llama(vocab_size=512, seed=1), tiny_llama(vocab_size=512, hidden_size=32, num_layers=1),
+                  windows, student_tokenizer=tok)
+    assert res.stop_reason == 'max_steps' and res.history['loss'].notna().all() and len(res.history) == 3
+
 @pytest.mark.slow
 def test_stories260k_distillation_beats_lm_only():
     "A 2-layer, 32-wide student: held-out perplexity after 150 CPU steps, distilled from stories260K vs LM loss only."
