@@ -3,7 +3,7 @@
     .venv/bin/python bench/quality_steptime.py                 # 5 rounds x 40 steps each, interleaved; prints the ratio
 
 Same student (the reference 2 x 32 Llama), same 16 x 128 windows, AdamW lr 3e-3, fp32, one thread. The toolkit runs
-`distill` with curriculum {'lm': 1} (its defaults otherwise: cosine schedule, warmup, clipping); the plain loop runs
+`distill` with curriculum {'lm': 1} (its defaults otherwise: warmup-stable-decay schedule, clipping); the plain loop runs
 `lm_loss` + AdamW + clipping. Step time = the median gap between consecutive step ends (so data loading, the teacher
 forward the trainer may run and the trainer's bookkeeping all count), the first 5 steps dropped. Rounds alternate
 which runs first; the ratio is the median over rounds of the per-round ratio, so machine load mostly cancels.
