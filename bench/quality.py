@@ -54,19 +54,9 @@ def student_like(vocab, seed=0, hidden=32, layers=2, attn='eager'):
 
 def eval_batches(texts, tok, teacher_tok=None, max_length=128, bs=8):
     "Held-out batches from the data room (with n_bytes for bits-per-byte)."
-    try: from kd_toolkit.data import build_kd_dataset, KDCollator
-    except ImportError:  # data room not installed: 128-token windows, no n_bytes (bits/byte reported as NaN)
-        ids = [w for t in texts for x in [tok(t)['input_ids']] for w in (x[i:i+max_length] for i in range(0, len(x), max_length)) if len(w) > 1]
-        out = []
-        for i in range(0, len(ids), bs):
-            rows = ids[i:i+bs]; L = max(map(len, rows))
-            x = torch.zeros(len(rows), L, dtype=torch.long); m = torch.zeros_like(x)
-            for j, r in enumerate(rows): x[j, :len(r)] = torch.tensor(r); m[j, :len(r)] = 1
-            out.append(dict(input_ids=x, attention_mask=m, labels=x.masked_fill(m == 0, -100)))
-        return out
+    from kd_toolkit.data import build_kd_dataset, KDCollator, pad_id
     ds = build_kd_dataset(texts, tok, teacher_tok, max_length=max_length)
-    pad = lambda t: t.pad_token_id if t.pad_token_id is not None else (t.eos_token_id or 0)
-    col = KDCollator(pad(tok), pad(teacher_tok) if teacher_tok is not None else None)
+    col = KDCollator(pad_id(tok), pad_id(teacher_tok) if teacher_tok is not None else None)
     return [col([ds[j] for j in range(i, min(i+bs, len(ds)))]) for i in range(0, len(ds), bs)]
 
 def evaluate(student, batches, teacher=None, vocab_map=None):
@@ -139,12 +129,11 @@ def _truncation_collator(col):
 
 def cross_tokenizer(steps, seed=0):
     "stories260K (tok512) -> student with the GPT-2 tokenizer: offsets + vocab map vs the seed's truncation vs ULD vs hybrid vs chunk likelihoods (`cross_vocab_loss`)."
-    from kd_toolkit.data import KDCollator
+    from kd_toolkit.data import KDCollator, pad_id
     train, held = story_split(); T = load_stories260k()
     ttok, stok = load_tokenizer('tok512'), load_tokenizer('gpt2')
     ev_b, rows = eval_batches(held, stok), []
-    pad = lambda t: t.pad_token_id if t.pad_token_id is not None else (t.eos_token_id or 0)
-    trunc = _truncation_collator(KDCollator(pad(stok), pad(ttok)))
+    trunc = _truncation_collator(KDCollator(pad_id(stok), pad_id(ttok)))
     V = len(stok)
     runs = [('LM only', {'lm': 1.0}, dict(cross_tokenizer=True, kd_topk=32), None),
             ('offsets + vocab map (ours)', {'kd': 1.0, 'lm': 1.0}, dict(cross_tokenizer=True, kd_topk=32), None),

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from kd_toolkit.testing import load_stories260k, load_tokenizer, read_text
-from kd_toolkit.data import KDCollator, RandomWindows, pack_stream, packed_windows, PackedStream
+from kd_toolkit.data import KDCollator, RandomWindows, pack_stream, packed_windows, PackedStream, pad_id
 from kd_toolkit.align import (PathMap, VocabMap, boundary_tokens, chunk_likelihood_loss, gather_aligned, hybrid_loss,
                               next_token_match, path_topk, token_logprobs, uld_loss)
 from kd_toolkit.losses import kd_loss, kd_loss_topk, next_token_targets, topk_teacher
@@ -65,7 +65,6 @@ def streams(protocol, stok, ttok):
         tr = pack_stream(train, stok, None if same else ttok, add_eos=False)
     return tr, pack_stream(held, stok, add_eos=False)
 
-def pad_id(tok): return tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
 
 @torch.no_grad()
 def heldout_bpb(model, held:PackedStream, pad:int, bs=16) -> float:

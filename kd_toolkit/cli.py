@@ -10,7 +10,8 @@ import pandas as pd
 import torch
 from .sources import (SourceError, cache_dir, fetch_smollm2, load_model, load_tokenizer, model_source,
                                 split_docs, stdlib_corpus, text_file)
-from .recipe import eval_batches, markdown_table, pad_id, plot_heldout_ppl
+from .data import pad_id
+from .recipe import eval_batches, markdown_table, plot_heldout_ppl
 
 # %% auto #0
 __all__ = ['load_teacher', 'SPEC_KEYS', 'CLIError', 'demo_student', 'run_demo', 'read_spec', 'main']

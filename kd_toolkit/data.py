@@ -16,7 +16,7 @@ from .align import (align_offsets, check_fast, check_pair, encode_offsets, end_o
 
 # %% auto #0
 __all__ = ['load_texts', 'special_tokens', 'build_kd_dataset', 'PackedStream', 'pack_stream', 'packed_windows', 'RandomWindows',
-           'KDCollator']
+           'pad_id', 'KDCollator']
 
 # %% ../nbs/05_data.ipynb #bfa52911
 def _from_files(paths, sample_by): # one text per file ('document', read as is) or datasets' text loader
@@ -362,11 +362,17 @@ def window(self:RandomWindows, o:int) -> dict:
         k0 = (k0 + 1) % (K - 1)
     raise ValueError(f"no window fits length={self.length}, teacher_length={self.teacher_length}")
 
+# %% ../nbs/05_data.ipynb #4639bbdc
+def pad_id(tok) -> int:
+    "A padding id for `tok`: its pad id, else its EOS id, else 0 (any id works: padding is masked out)."
+    if tok.pad_token_id is not None: return tok.pad_token_id
+    return tok.eos_token_id if tok.eos_token_id is not None else 0
+
 # %% ../nbs/05_data.ipynb #bf1c91d8
 class KDCollator:
     "Pad chunks into the batch: student `input_ids`, `attention_mask`, `labels` (-100 on padding), `n_bytes`, and teacher/alignment keys."
     def __init__(self,
-                 pad_id:int, # the student's padding id (any id: padding is masked); e.g. tok.pad_token_id or tok.eos_token_id
+                 pad_id:int, # the student's padding id (any id: padding is masked); e.g. `pad_id(tok)`
                  teacher_pad_id:int|None=None, # the teacher's padding id, needed when the chunks carry teacher tokens
                 ):
         if pad_id is None: raise ValueError("pad_id is None (the tokenizer has no pad token): pass pad_id=tok.eos_token_id; "

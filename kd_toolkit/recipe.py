@@ -8,9 +8,10 @@ import math
 import pandas as pd
 import torch
 from torch import nn
+from .data import pad_id
 
 # %% auto #0
-__all__ = ['RESULT_ROWS', 'pick_curriculum', 'pad_id', 'eval_batches', 'projector_start', 'results_table', 'markdown_table',
+__all__ = ['RESULT_ROWS', 'pick_curriculum', 'eval_batches', 'projector_start', 'results_table', 'markdown_table',
            'greedy_sample', 'plot_heldout_ppl']
 
 # %% ../nbs/09b_recipe.ipynb #a8afa4b1
@@ -27,10 +28,6 @@ def pick_curriculum(name:str, # 'auto', 'kd_lm', 'kd_lm_feature' or 'seed'
     return options[name]()
 
 # %% ../nbs/09b_recipe.ipynb #a86c2a05
-def pad_id(tok) -> int:
-    "The tokenizer's pad id, else its EOS id (many LM tokenizers have no pad token)."
-    return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-
 def eval_batches(dataset, # tokenized examples (`data.build_kd_dataset`)
                  collate, # examples -> batch (`data.KDCollator`)
                  batch_size:int, # examples per batch

@@ -18,7 +18,7 @@ from .core import KDConfig, as_config, gpu_preflight, module_dtype, pick_dtype, 
 from .align import VocabMap
 from .projector import KnowledgeRouter, Projector, param_groups
 from . import curriculum as C
-from .data import KDCollator, build_kd_dataset, load_texts
+from .data import KDCollator, build_kd_dataset, load_texts, pad_id
 from .evaluate import Evaluator
 from .losses import check_vocab
 from .cache import FIELDS, IndexCollator, TeacherCache, build_teacher_cache
@@ -590,8 +590,7 @@ def _as_dataset(data, student_tok, teacher_tok, cfg, packing=False):
 
 def _collator(student_tok, teacher_tok) -> KDCollator:
     "The collator with each tokenizer's padding id (any id: padding is masked)."
-    pad = lambda tok: (tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)) if tok is not None else 0
-    return KDCollator(pad(student_tok), pad(teacher_tok) if teacher_tok is not None else None)
+    return KDCollator(pad_id(student_tok) if student_tok is not None else 0, pad_id(teacher_tok) if teacher_tok is not None else None)
 
 # %% ../nbs/07_train.ipynb #a17f0002
 _NEEDED = ('trainer_state.json', 'optimizer.pt', 'scheduler.pt')   # what the engine needs to continue exactly, besides the weights
