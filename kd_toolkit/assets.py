@@ -10,7 +10,8 @@ import torch
 
 # %% auto #0
 __all__ = ['DATA_ENV', 'TOKENIZERS', 'TEXTS', 'STORIES260K', 'QWEN_TOKENIZER', 'AssetMissing', 'data_dir', 'has_asset',
-           'require_asset', 'load_tokenizer', 'load_stories260k', 'read_text', 'seeded_model', 'tiny_llama']
+           'require_asset', 'load_tokenizer', 'load_stories260k', 'read_text', 'seeded_model', 'llama_config',
+           'tiny_llama']
 
 # %% ../nbs/00a_assets.ipynb #6e0a4126
 DATA_ENV = 'KD_TOOLKIT_DATA'
@@ -98,6 +99,17 @@ def seeded_model(cls, # a model class, e.g. `LlamaForCausalLM`
     return cls(cfg).to(dtype).eval()
 
 # %% ../nbs/00a_assets.ipynb #2d497b34
+def llama_config(cls, # `LlamaConfig`, or a config class with its keywords (`Qwen2Config`)
+                 vocab_size:int, hidden_size:int, num_layers:int, num_heads:int, num_kv_heads:int,
+                 max_len:int, tie:bool, attn:str|None):
+    "A Llama-style decoder's config (MLP twice as wide as the model, no special token ids)."
+    return cls(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2*hidden_size,
+               num_hidden_layers=num_layers, num_attention_heads=num_heads,
+               num_key_value_heads=num_kv_heads, max_position_embeddings=max_len,
+               tie_word_embeddings=tie, attn_implementation=attn,
+               bos_token_id=None, eos_token_id=None, pad_token_id=None)
+
+# %% ../nbs/00a_assets.ipynb #c70a1754
 def tiny_llama(vocab_size:int=256, # vocabulary size
                hidden_size:int=64, # model width d
                num_layers:int=2, # decoder layers
@@ -111,10 +123,6 @@ def tiny_llama(vocab_size:int=256, # vocabulary size
               ):
     "A randomly initialised Llama-style causal LM from a config, seeded, in eval mode."
     from transformers import LlamaConfig, LlamaForCausalLM
-    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden_size,
-                      intermediate_size=2*hidden_size, num_hidden_layers=num_layers,
-                      num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
-                      max_position_embeddings=max_len,
-                      tie_word_embeddings=tie, attn_implementation=attn,
-                      bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    cfg = llama_config(LlamaConfig, vocab_size, hidden_size, num_layers, num_heads, num_kv_heads,
+                       max_len, tie, attn)
     return seeded_model(LlamaForCausalLM, cfg, seed, dtype)

@@ -8,9 +8,10 @@ import numpy as np, pandas as pd
 import torch
 from transformers import (GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM,
                           Qwen3MoeConfig, Qwen3MoeForCausalLM)
-from .assets import (
+from kd_toolkit.assets import (
     DATA_ENV, TOKENIZERS, TEXTS, STORIES260K, QWEN_TOKENIZER, AssetMissing, data_dir, has_asset,
-    require_asset, load_tokenizer, load_stories260k, read_text, seeded_model, tiny_llama)
+    require_asset, load_tokenizer, load_stories260k, read_text, llama_config, seeded_model,
+    tiny_llama)
 
 # %% auto #0
 __all__ = ['tiny_gpt2', 'tiny_moe', 'tiny_qwen2', 'rand_batch', 'fp16_grad_check', 'DATA_ENV', 'TOKENIZERS', 'TEXTS',
@@ -75,17 +76,13 @@ def tiny_qwen2(vocab_size:int=151_936, # embedding rows: Qwen2.5 0.5B-3B (7B and
                attn:str='eager', # attention implementation
               ) -> Qwen2ForCausalLM:
     "A random Qwen2 LM with Qwen's vocabulary size (the default cross pair's teacher family)."
-    cfg = Qwen2Config(vocab_size=vocab_size, hidden_size=hidden_size,
-                      intermediate_size=2*hidden_size, num_hidden_layers=num_layers,
-                      num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
-                      max_position_embeddings=max_len,
-                      tie_word_embeddings=tie, attn_implementation=attn,
-                      bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    cfg = llama_config(Qwen2Config, vocab_size, hidden_size, num_layers, num_heads, num_kv_heads,
+                       max_len, tie, attn)
     return seeded_model(Qwen2ForCausalLM, cfg, seed, dtype)
 
 # %% ../nbs/00c_testing.ipynb #38d23d52
 def _pad_mask(batch_size:int, seq_len:int, pad_frac:float) -> torch.Tensor:
-    "A (B, L) right-padding mask: the last `pad_frac` of each row is 0; the first token always stays."
+    "A (B, L) right-padding mask: the last `pad_frac` of each row is 0; the first token stays."
     n_pad = min(int(round(pad_frac*seq_len)), seq_len-1)
     mask = torch.ones(batch_size, seq_len, dtype=torch.long)
     if n_pad: mask[:, seq_len-n_pad:] = 0
@@ -124,7 +121,7 @@ def _grad_stats(g, ref, dtype, scale): # a low-precision gradient vs fp32 -> one
                 overflow=int((~fin).sum()))
 
 # %% ../nbs/00c_testing.ipynb #f16c0005
-def _param_grads(params) -> dict: # the parameters' gradients as `param0`, ... (zeros if none); cleared
+def _param_grads(params) -> dict: # the gradients as `param0`, ... (zeros if none), then cleared
     out = {f'param{j}': p.grad.clone() if p.grad is not None else torch.zeros_like(p)
            for j, p in enumerate(params)}
     for p in params: p.grad = None
