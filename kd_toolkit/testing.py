@@ -8,10 +8,9 @@ import numpy as np, pandas as pd
 import torch
 from transformers import (GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM,
                           Qwen3MoeConfig, Qwen3MoeForCausalLM)
-from kd_toolkit.assets import (
-    DATA_ENV, TOKENIZERS, TEXTS, STORIES260K, QWEN_TOKENIZER, AssetMissing, data_dir, has_asset,
-    require_asset, load_tokenizer, load_stories260k, read_text, llama_config, seeded_model,
-    tiny_llama)
+from .assets import (DATA_ENV, TOKENIZERS, TEXTS, STORIES260K, QWEN_TOKENIZER,
+    AssetMissing, data_dir, has_asset, require_asset, load_tokenizer, load_stories260k, read_text,
+    llama_config, seeded_model, tiny_llama)
 
 # %% auto #0
 __all__ = ['tiny_gpt2', 'tiny_moe', 'tiny_qwen2', 'rand_batch', 'fp16_grad_check', 'DATA_ENV', 'TOKENIZERS', 'TEXTS',
