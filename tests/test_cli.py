@@ -412,3 +412,41 @@ def test_sigkill_then_resume_is_bit_identical(finished_run, tmp_path, tiny_teach
     assert code == 0, err
     assert _same(_weights(out/'student'), _weights(finished_run/'student'))
     assert pd.read_csv(out/'history.csv')['step'].tolist() == pd.read_csv(finished_run/'history.csv')['step'].tolist()
+
+# ---------------------------------------------------------------- issue 26: one tiny-model builder, the old name, light import
+def _psum(m) -> float: return sum(float(p.detach().double().sum()) for p in m.parameters())
+
+def test_demo_student_weights_unchanged():
+    "The demo's student is `assets.tiny_llama` now; its weights are those it had before (sums measured at 3968f4b)."
+    from kd_toolkit.cli import demo_student
+    a = demo_student(300, hidden_size=32, seed=3)
+    assert abs(_psum(a) - 167.939467) < 1e-4 and abs(_psum(demo_student(400, seed=0)) - 644.595764) < 1e-4
+    assert a.lm_head.weight.data_ptr() == a.model.embed_tokens.weight.data_ptr()   # tied
+    assert (a.config.max_position_embeddings, a.config._attn_implementation) == (1024, 'sdpa')
+
+def test_tiny_models_unchanged():
+    "testing.tiny_llama and the 'tiny' model spec give the weights they gave before the builder moved to `assets`."
+    from kd_toolkit import assets, testing
+    from kd_toolkit.sources import load_model
+    assert testing.tiny_llama is assets.tiny_llama
+    assert abs(_psum(tiny_llama()) - 311.576752) < 1e-4
+    assert abs(_psum(tiny_llama(300, 32, num_layers=1, seed=3)) - 102.703565) < 1e-4
+    m, tok = load_model('tiny', texts=['hello world'] * 3, seed=2)
+    assert len(tok) == 267 and abs(_psum(m) - 326.06863) < 1e-4
+
+def test_load_teacher_is_a_deprecated_alias(tiny_teacher):
+    "`cli.load_teacher` (kept one release) warns and returns what `sources.load_model` returns."
+    import kd_toolkit.cli as cli
+    from kd_toolkit.sources import load_model
+    with pytest.warns(DeprecationWarning, match='kd_toolkit.sources.load_model'):
+        m, tok = cli.load_teacher(str(tiny_teacher))
+    m2, tok2 = load_model(str(tiny_teacher))
+    assert len(tok) == len(tok2) and all(a.equal(b) for a, b in zip(m.parameters(), m2.parameters()))
+
+def test_cli_imports_light():
+    "`import kd_toolkit.cli` (the console script's first step) loads no training room and no transformers."
+    code = ("import sys, kd_toolkit.cli; "
+            "print(sorted(m for m in ('transformers', 'pandas', 'kd_toolkit.data', 'kd_toolkit.train', "
+            "'kd_toolkit.recipe', 'kd_toolkit.testing') if m in sys.modules))")
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == '[]', (r.stdout, r.stderr[-2000:])

@@ -53,3 +53,24 @@ def test_no_room_imports_a_higher_room():
                         [a.name for a in node.names] if node.module == 'kd_toolkit' or (node.level and not m) else []
                 bad += [(mod, n) for n in names if n in order and order[n] >= order[mod] and n != mod]
     assert not bad, f"rooms importing a higher (or same-level) room: {bad}"
+
+def test_no_library_room_imports_testing():
+    "`testing` is for lessons and tests: no other room imports it (issue 26); the assets registry sits below both users."
+    import ast
+    order, bad = _room_order(), []
+    assert order['assets'] < order['testing'] and order['assets'] < order['sources']
+    for mod in order:
+        if mod == 'testing': continue
+        for node in ast.walk(ast.parse((ROOT/'kd_toolkit'/f'{mod}.py').read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or '').split('.')[-1] == 'testing': bad.append(mod)
+            if isinstance(node, ast.ImportFrom) and any(a.name == 'testing' for a in node.names): bad.append(mod)
+            if isinstance(node, ast.Import) and any(a.name.endswith('.testing') for a in node.names): bad.append(mod)
+    assert not bad, f"library rooms importing testing: {sorted(set(bad))}"
+
+def test_testing_reexports_the_assets():
+    "Tests import the asset registry and `tiny_llama` from `testing`: the very objects `assets` defines (one list each)."
+    from kd_toolkit import assets, testing
+    names = ['DATA_ENV', 'TOKENIZERS', 'TEXTS', 'STORIES260K', 'QWEN_TOKENIZER', 'AssetMissing', 'data_dir', 'has_asset',
+             'require_asset', 'load_tokenizer', 'load_stories260k', 'read_text', 'tiny_llama']
+    assert [n for n in names if getattr(testing, n) is not getattr(assets, n)] == []
+    assert set(names) <= set(testing.__all__)
