@@ -4,7 +4,7 @@
 
 # %% ../nbs/07c_checkpoint.ipynb #e4dfce99
 from __future__ import annotations
-import json, os, re, shutil, warnings, zipfile
+import contextlib, json, os, re, shutil, warnings, zipfile
 from pathlib import Path
 import torch
 from torch import nn
@@ -12,8 +12,8 @@ from transformers.trainer_utils import rotate_checkpoints
 
 # %% auto #0
 __all__ = ['KD_MODULES', 'KD_STATE', 'STAGING', 'save_extras', 'load_extras', 'write_kd_state', 'read_kd_state',
-           'checkpoint_damage', 'last_complete_checkpoint', 'resume_from', 'clear_run', 'resume_point', 'staging',
-           'promote']
+           'checkpoint_damage', 'last_complete_checkpoint', 'resume_from', 'clear_run', 'resume_point', 'quiet_saves',
+           'staging', 'promote']
 
 # %% ../nbs/07c_checkpoint.ipynb #f757d694
 KD_MODULES, KD_STATE = 'kd_modules.pt', 'kd_state.json'   # what distillation adds to a checkpoint folder
@@ -141,6 +141,16 @@ def resume_point(output_dir:str|Path, # the run's output folder
                          "continue it with resume=True (--resume), replace it with overwrite=True (--overwrite), "
                          "or choose another output_dir")
     return None
+
+# %% ../nbs/07c_checkpoint.ipynb #7c3c0b78
+@contextlib.contextmanager
+def quiet_saves():
+    "transformers' progress bars off while saving (no 'Writing model shards' bar), restored after."
+    from transformers.utils import logging as hf_logging
+    on = hf_logging.is_progress_bar_enabled(); hf_logging.disable_progress_bar()
+    try: yield
+    finally:
+        if on: hf_logging.enable_progress_bar()
 
 # %% ../nbs/07c_checkpoint.ipynb #ddd3c175
 STAGING = '.staging'   # where a checkpoint is written before it is renamed into place

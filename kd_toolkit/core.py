@@ -17,8 +17,8 @@ from transformers.trainer_utils import IntervalStrategy, SchedulerType
 from transformers.training_args import OptimizerNames
 
 # %% auto #0
-__all__ = ['DIVERGENCES', 'CROSS_VOCAB_LOSSES', 'CURRICULUM_PRESETS', 'PRESETS', 'pick_dtype', 'module_dtype', 'module_device',
-           'to_module', 'autocast_ctx', 'masked_mean', 'rms_normalize', 'Preflight', 'gpu_preflight',
+__all__ = ['DIVERGENCES', 'CROSS_VOCAB_LOSSES', 'CURRICULUM_PRESETS', 'PRESETS', 'pick_dtype', 'teacher_dtype', 'module_dtype',
+           'module_device', 'to_module', 'autocast_ctx', 'masked_mean', 'rms_normalize', 'Preflight', 'gpu_preflight',
            'DistillArguments', 'ConfigError', 'KDConfig', 'auto_preset', 'make_config', 'as_config']
 
 # %% ../nbs/00_core.ipynb #20ec94d1
@@ -29,6 +29,20 @@ def pick_dtype(
     "The training dtype for compute `capability`: fp32 on CPU, fp16 below sm_80, else bf16 or fp16."
     if capability is None: return torch.float32
     return torch.bfloat16 if (prefer_bf16 and tuple(capability) >= (8, 0)) else torch.float16
+
+# %% ../nbs/00_core.ipynb #f951a841
+def teacher_dtype(
+    setting:str, # `KDConfig.teacher_dtype`: 'auto', 'fp16', 'bf16', 'fp32' or 'keep'
+    current:torch.dtype, # the teacher's dtype now
+    device:torch.device, # where the teacher runs
+) -> torch.dtype|None:
+    "The dtype to cast the teacher to (None: leave it); 'auto': on a GPU, fp32 and bf16 to fp16."
+    named = {'fp16': torch.float16, 'bf16': torch.bfloat16, 'fp32': torch.float32}   # 'keep': None
+    if setting != 'auto': return named.get(setting)
+    if device.type != 'cuda': return None
+    cap = torch.cuda.get_device_capability(device) if current == torch.bfloat16 else None
+    no_bf16 = cap is not None and pick_dtype(cap) != torch.bfloat16   # (a P100 or T4)
+    return torch.float16 if current == torch.float32 or no_bf16 else None   # (no bf16: P100, T4)
 
 # %% ../nbs/00_core.ipynb #457198de
 def module_dtype(m:nn.Module) -> torch.dtype:

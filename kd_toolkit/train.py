@@ -13,7 +13,7 @@ from fastcore.basics import patch
 from torch import nn
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
-from .core import KDConfig, as_config, gpu_preflight, module_dtype, pick_dtype, _val
+from .core import KDConfig, as_config, gpu_preflight, module_dtype, teacher_dtype, _val
 from .align import VocabMap
 from .projector import KnowledgeRouter, Projector, param_groups
 from . import curriculum as C
@@ -22,9 +22,12 @@ from .evaluate import Evaluator
 from .losses import check_vocab
 from .cache import FIELDS, IndexCollator, TeacherCache, build_teacher_cache
 from .calibrate import fit_projector
-from .components import COMPONENTS, Plan, Step, component, needs, pick_kd_path, student_pass, teacher_outputs
-from .checkpoint import (checkpoint_damage, clear_run, last_complete_checkpoint, load_extras, promote,
-                                   read_kd_state, resume_from, resume_point, save_extras, staging, write_kd_state)
+from .components import COMPONENTS, Plan, Step, component, needs, pick_kd_path
+from .components import student_pass, teacher_outputs
+from .checkpoint import checkpoint_damage, clear_run, last_complete_checkpoint
+from .checkpoint import resume_from
+from .checkpoint import load_extras, promote, quiet_saves, read_kd_state, resume_point
+from .checkpoint import save_extras, staging, write_kd_state
 from .card import describe_data, describe_teacher, upload_student, write_card
 from . import card
 
@@ -33,7 +36,7 @@ __all__ = ['init_from_teacher', 'NonFiniteError', 'KDTrainer', 'model_card', 'Di
            'last_complete_checkpoint', 'resume_point']
 
 # %% ../nbs/07_train.ipynb #fe5f0725
-_all_ = ['checkpoint_damage', 'last_complete_checkpoint', 'resume_point']   # (their home: `checkpoint`)
+_all_ = ['checkpoint_damage', 'last_complete_checkpoint', 'resume_point']   # (home: `checkpoint`)
 
 # %% ../nbs/07_train.ipynb #a26b6770
 def _layer_list(m:nn.Module) -> tuple[str, nn.ModuleList]:
@@ -44,19 +47,20 @@ def _layer_list(m:nn.Module) -> tuple[str, nn.ModuleList]:
 
 # %% ../nbs/07_train.ipynb #8d9955ed
 def _copy_plan(student:nn.Module, teacher:nn.Module, every:int|None) -> dict:
-    "{student tensor: teacher tensor} for `init_from_teacher`, every pair checked to have one shape."
+    "{student tensor: teacher tensor} for `init_from_teacher`, each pair of one shape."
     (sname, slayers), (tname, tlayers) = _layer_list(student), _layer_list(teacher)
-    if sname != tname: raise ValueError(f"student layers live at {sname!r}, teacher layers at {tname!r}: "
-                                        "not the same architecture")
-    every = every or max(len(tlayers) // len(slayers), 1)
-    if (len(slayers)-1)*every >= len(tlayers): raise ValueError(
-        f"every={every} needs {(len(slayers)-1)*every+1} teacher layers, the teacher has {len(tlayers)}")
+    if sname != tname: raise ValueError(
+        f"student layers live at {sname!r}, teacher layers at {tname!r}: not the same architecture")
+    every, n_s, n_t = every or max(len(tlayers) // len(slayers), 1), len(slayers), len(tlayers)
+    if (n_s-1)*every >= n_t:
+        raise ValueError(f"every={every} needs {(n_s-1)*every+1} teacher layers, it has {n_t}")
     tsd, pat, plan = teacher.state_dict(), re.compile(rf"^{re.escape(sname)}\.(\d+)\.(.*)$"), {}
     for k, v in student.state_dict().items():
         src = f"{sname}.{int(m[1])*every}.{m[2]}" if (m := pat.match(k)) else k
         if src not in tsd or tsd[src].shape != v.shape: raise ValueError(
-            f"cannot initialise the student from the teacher: student {k} {tuple(v.shape)} vs teacher {src} "
-            f"{tuple(tsd[src].shape) if src in tsd else 'missing'}; use the same architecture and width")
+            f"cannot initialise the student from the teacher: student {k} {tuple(v.shape)} vs "
+            f"teacher {src} {tuple(tsd[src].shape) if src in tsd else 'missing'}; "
+            "use the same architecture and width")
         plan[k] = src
     return plan
 
@@ -65,88 +69,98 @@ def _copy_plan(student:nn.Module, teacher:nn.Module, every:int|None) -> dict:
 def init_from_teacher(
     student:nn.Module, # modified in place
     teacher:nn.Module, # read only
-    every:int|None=None, # copy teacher layer i*every into student layer i; None: n_teacher // n_student
+    every:int|None=None, # teacher layer i*every into student layer i; None: n_teacher // n_student
 ) -> list[str]:
-    "Copy the teacher's embeddings, every k-th layer, final norm and head into the student; return the names."
+    "Copy the teacher's embeddings, every k-th layer, final norm and head into the student."
     plan, sd, tsd = _copy_plan(student, teacher, every), student.state_dict(), teacher.state_dict()
     for k, src in plan.items(): sd[k].copy_(tsd[src])
     return list(plan)
 
 # %% ../nbs/07_train.ipynb #6c673c55
-_DP = ("{} GPUs are visible to this one process (Kaggle 'T4 x2' in a notebook, say), so transformers would use "
-       "torch.nn.DataParallel, which splits the student's batch but not the teacher's and is slower than one GPU. "
-       "Either train on one GPU: os.environ['CUDA_VISIBLE_DEVICES'] = '0' before torch is imported (restart the "
-       "kernel); or use both with one process per GPU: `accelerate launch --num_processes 2 train.py` (or torchrun), "
-       "with the fp16_16gb_ddp preset. Nothing was trained.")
+_DP = ("{} GPUs are visible to this one process (Kaggle 'T4 x2' in a notebook, say), so "
+       "transformers would use torch.nn.DataParallel, which splits the student's batch but not the "
+       "teacher's and is slower than one GPU. Either train on one GPU: "
+       "os.environ['CUDA_VISIBLE_DEVICES'] = '0' before torch is imported (restart the kernel); "
+       "or use both with one process per GPU: `accelerate launch --num_processes 2 train.py` "
+       "(or torchrun), with the fp16_16gb_ddp preset. Nothing was trained.")
 
 def _check_machine(args:KDConfig):
-    "Refuse a GPU the torch build cannot run, DataParallel, and an output folder that cannot be written."
+    "Refuse a GPU the build cannot run, DataParallel, and an output folder that is not writable."
     if not (pf := gpu_preflight()).ok: raise RuntimeError(pf.message)
     if args.n_gpu > 1: raise RuntimeError(_DP.format(args.n_gpu))
     try:
         (d := Path(args.output_dir)).mkdir(parents=True, exist_ok=True)
         (probe := d/f'.write_probe_{os.getpid()}').write_text('ok'); probe.unlink()
-    except OSError as e: raise PermissionError(f"output_dir {str(d)!r} is not writable ({e.strerror or e}): "
-                                               "choose a writable folder (on Kaggle: /kaggle/working/...)") from None
+    except OSError as e: raise PermissionError(
+        f"output_dir {str(d)!r} is not writable ({e.strerror or e}): "
+        "choose a writable folder (on Kaggle: /kaggle/working/...)") from None
 
 # %% ../nbs/07_train.ipynb #f784b121
 def _resolve_curriculum(cur, temperature:float=1.0):
-    "The run's curriculum from a preset name, {component: weight or Schedule} or a Curriculum, checked."
+    "The run's curriculum from a preset, {component: weight or Schedule} or a Curriculum; checked."
     return C.as_curriculum(cur, list(COMPONENTS), temperature)
 
 # %% ../nbs/07_train.ipynb #2b74f027
 def _vocab(m:nn.Module) -> int: return m.get_output_embeddings().weight.shape[0]
 
 def _check_vocab(args:KDConfig, teacher, student):
-    "One vocabulary for teacher and student unless `cross_tokenizer`; the error says which knob to turn."
+    "One vocabulary for teacher and student unless `cross_tokenizer`; the error names the knob."
     if teacher is None or args.cross_tokenizer: return
     try: check_vocab(_vocab(student), _vocab(teacher))
     except ValueError as e: raise ValueError(
-        f"{e}\nIn a KDConfig: set cross_tokenizer=True and kd_topk > 0, and pass both tokenizers to distill(); with "
-        "one tokenizer and a padded embedding, resize the student's embeddings (student.resize_token_embeddings) "
-        "to the teacher's size.") from None
+        f"{e}\nIn a KDConfig: set cross_tokenizer=True and kd_topk > 0, and pass both tokenizers "
+        "to "
+        "distill(); with one tokenizer and a padded embedding, resize the student's embeddings "
+        "(student.resize_token_embeddings) to the teacher's size.") from None
 
 # %% ../nbs/07_train.ipynb #eff4e4ec
 def _check_xtok(args:KDConfig, names, plan:Plan, cached:set):
     "Refuse cross-tokenizer runs that lack what they need, naming it."
     topk = plan.kd_path in ('topk', 'cached') and (plan.vocab_map is not None or 'topk' in cached)
-    if args.cross_tokenizer and 'kd' in names and not topk:
-        raise ValueError("cross_tokenizer=True needs a vocab_map (align.VocabMap.from_tokenizers) and kd_topk > 0")
+    if args.cross_tokenizer and 'kd' in names and not topk: raise ValueError(
+        "cross_tokenizer=True needs a vocab_map (align.VocabMap.from_tokenizers) and kd_topk > 0")
     if args.cross_vocab_loss == 'hybrid' and plan.vocab_map is None: raise ValueError(
-        "cross_vocab_loss='hybrid' needs a vocab_map (align.VocabMap.from_tokenizers) for its exact-match KL part")
-    if args.cross_tokenizer and 'attention' in names: raise ValueError(
-        "the 'attention' component compares (L, L) maps position by position: it needs one tokenizer")
+        "cross_vocab_loss='hybrid' needs a vocab_map (align.VocabMap.from_tokenizers) for its "
+        "exact-match KL part")
+    if args.cross_tokenizer and 'attention' in names: raise ValueError("the 'attention' component "
+        "compares (L, L) maps position by position: it needs one tokenizer")
 
 # %% ../nbs/07_train.ipynb #6d6ee273
 def _check_models(args:KDConfig, teacher, student, names, plan:Plan, need:set, cached:set):
     "Refuse teacher/student/curriculum combinations that cannot run, naming the knob to turn."
     _check_vocab(args, teacher, student); _check_xtok(args, names, plan, cached)
     if teacher is None and (live := need - cached): raise ValueError(
-        f"no teacher, but the curriculum {names} needs the teacher's {sorted(live)}: pass the teacher model"
-        + (" (a teacher cache holds only per-position fields such as the top-k)" if cached
-           else ", or config.teacher_cache=<folder>"))
-    if (r := {'balance', 'router_attention'} & set(names)) and plan.router is None: raise ValueError(
-        f"components {sorted(r)} come from the knowledge router: set router_experts > 0 or pass router=")
-    if args.init_from_teacher and teacher is None: raise ValueError("init_from_teacher=True needs the teacher model")
+        f"no teacher, but the curriculum {names} needs the teacher's {sorted(live)}: pass the "
+        "teacher model" + (" (a teacher cache holds only per-position fields such as the top-k)"
+                           if cached else ", or config.teacher_cache=<folder>"))
+    if (r := {'balance', 'router_attention'} & set(names)) and plan.router is None:
+        raise ValueError(
+        f"components {sorted(r)} come from the knowledge router: set router_experts > 0 or pass "
+        "router=")
+    if args.init_from_teacher and teacher is None:
+        raise ValueError("init_from_teacher=True needs the teacher model")
 
 # %% ../nbs/07_train.ipynb #69a45ba0
 def _build_cache(args:KDConfig, teacher, dataset, collate, plan:Plan, fields:list, T:float):
-    "Build the teacher cache at `args.teacher_cache` with `fields` (rank 0 under DDP; the others then read it)."
-    if teacher is None or not args.kd_topk: raise ValueError("building the teacher cache needs the teacher and kd_topk > 0")
+    "Build the run's teacher cache with `fields` (rank 0 under DDP; the others then read it)."
+    if teacher is None or not args.kd_topk:
+        raise ValueError("building the teacher cache needs the teacher and kd_topk > 0")
     from accelerate import PartialState
-    path = Path(args.teacher_cache)
+    path, vm = Path(args.teacher_cache), plan.vocab_map if plan.maps_topk else None
     with PartialState().main_process_first():
-        if not (path/'meta.json').exists():
-            build_teacher_cache(teacher, dataset, path, args.kd_topk, T, args.per_device_train_batch_size, collate,
-                                plan.vocab_map if plan.maps_topk else None, tuple(fields))
+        if not (path/'meta.json').exists(): build_teacher_cache(
+            teacher, dataset, path, args.kd_topk, T, args.per_device_train_batch_size, collate, vm,
+            tuple(fields))
 
 # %% ../nbs/07_train.ipynb #50448b89
-def _open_cache(args:KDConfig, teacher, dataset, collate, plan:Plan, curriculum, fields:list) -> TeacherCache|None:
+def _open_cache(args:KDConfig, teacher, dataset, collate, plan:Plan, cur, fields:list):
     "Open (building it first if missing) and check the run's teacher cache, or None without one."
-    if not args.teacher_cache or not fields: return None   # (no component reads a cacheable field: no cache)
-    if (T := curriculum.temperature(0)) != curriculum.temperature(1):
-        raise ValueError("a teacher cache holds log-probs at one temperature; the curriculum's changes")
-    if not (Path(args.teacher_cache)/'meta.json').exists(): _build_cache(args, teacher, dataset, collate, plan, fields, T)
+    if not args.teacher_cache or not fields: return None   # (no component reads a cacheable field)
+    if (T := cur.temperature(0)) != cur.temperature(1):
+        raise ValueError("a teacher cache holds log-probs at one temperature; "
+                         "the curriculum's changes")
+    if not (Path(args.teacher_cache)/'meta.json').exists():
+        _build_cache(args, teacher, dataset, collate, plan, fields, T)
     cache = TeacherCache(args.teacher_cache)
     cache.check(dataset, fields, T, student_ids=plan.maps_topk)
     return cache
@@ -161,45 +175,43 @@ def _lora(student:nn.Module, args:KDConfig, peft_config=None) -> nn.Module:
                     {'rank': 'r', 'alpha': 'lora_alpha', 'dropout': 'lora_dropout'})
         peft_config = LoraConfig(**{'task_type': 'CAUSAL_LM', **args.lora})
     student = get_peft_model(student, peft_config)
-    if args.gradient_checkpointing: student.enable_input_require_grads()   # (frozen embeddings: keep a grad path)
+    if args.gradient_checkpointing: student.enable_input_require_grads()   # (frozen embeddings)
     return student
 
 # %% ../nbs/07_train.ipynb #ea6cc521
 def _prepare_student(student:nn.Module, teacher, args:KDConfig, peft_config=None) -> nn.Module:
     "The student to train: started from the teacher if asked, wrapped for LoRA when asked."
     if args.init_from_teacher and teacher is not None: init_from_teacher(student, teacher)
-    return student if peft_config is None and args.lora is None else _lora(student, args, peft_config)
+    lora = peft_config is not None or args.lora is not None
+    return _lora(student, args, peft_config) if lora else student
 
 # %% ../nbs/07_train.ipynb #3ba5db9b
-def _extra_modules(args:KDConfig, teacher, student, hidden:bool, projector=None, router=None) -> tuple:
-    "(projector, router, fit): the modules that learn beside the student, and whether the projector needs its fit."
+def _extra_modules(args:KDConfig, teacher, student, hidden:bool, projector=None, router=None):
+    "(projector, router, fit): the modules beside the student; whether to fit the projector."
     ds, dt = student.config.hidden_size, teacher.config.hidden_size if teacher is not None else None
-    if router is None and args.router_experts and teacher is not None: router = KnowledgeRouter(ds, dt, args.router_experts)
+    if router is None and args.router_experts and teacher is not None:
+        router = KnowledgeRouter(ds, dt, args.router_experts)
     if projector is None and router is None and teacher is not None and hidden and ds != dt:
         return Projector(ds, dt), router, True
     return projector, router, False
 
 # %% ../nbs/07_train.ipynb #e4a54a0d
 def _fit_projector(projector, student, teacher, dataset, collate, device, n:int=32):
-    "Start the projector from `calibrate.fit_projector` (ridge least squares) on the first `n` examples."
+    "Start the projector from `calibrate.fit_projector` (least squares) on the first `n` examples."
     batch = collate([dataset[i] for i in range(min(n, len(dataset)))])
-    fit_projector(projector, student, teacher, {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)})
-
-# %% ../nbs/07_train.ipynb #953c7bed
-def _teacher_dtype(setting:str, current:torch.dtype, device:torch.device) -> torch.dtype|None:
-    "The dtype to cast the teacher to (None: leave it). 'auto' on a GPU: fp32 and unsupported bf16 -> fp16."
-    if setting != 'auto': return {'fp16': torch.float16, 'bf16': torch.bfloat16, 'fp32': torch.float32}.get(setting)
-    if device.type != 'cuda': return None   # ('keep' above: None too)
-    no_bf16 = current == torch.bfloat16 and pick_dtype(torch.cuda.get_device_capability(device)) != torch.bfloat16
-    return torch.float16 if current == torch.float32 or no_bf16 else None   # (no_bf16: P100/T4)
+    batch = {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)}
+    fit_projector(projector, student, teacher, batch)
 
 # %% ../nbs/07_train.ipynb #d91ec40f
-_PLAN_KNOBS = ('cross_vocab_loss', 'temperature', 'divergence', 'chunk_size', 'kd_topk', 'hidden_kind',
-               'contrastive_temperature')   # `components.Plan` fields that are `KDConfig` knobs of the same name
+_PLAN_KNOBS = ('cross_vocab_loss', 'temperature', 'divergence', 'chunk_size', 'kd_topk',
+               'hidden_kind', 'contrastive_temperature')   # `components.Plan` fields that are knobs
 
 def _plan(args:KDConfig, kd_path:str, **modules) -> Plan:
-    "The run's `components.Plan`: the KD path, the config's knobs and `modules` (vocab_map, projector, router, head)."
+    "The run's `components.Plan`: the KD path, the config's knobs, `modules` (head, vocab_map...)."
     return Plan(kd_path=kd_path, **{k: getattr(args, k) for k in _PLAN_KNOBS}, **modules)
+
+# %% ../nbs/07_train.ipynb #57727f48
+def _indexed(dataset): return dataset.add_column('kd_index', list(range(len(dataset))))
 
 # %% ../nbs/07_train.ipynb #dec64846
 @dataclass
@@ -208,98 +220,115 @@ class _Run:
     args:KDConfig; teacher:nn.Module|None; student:nn.Module; curriculum:object; plan:Plan
     cache:TeacherCache|None; train:object; collate:object
 
-def _prepare(config, teacher, student, train_dataset=None, eval_dataset=None, data_collator=None, curriculum=None,
-             projector=None, router=None, vocab_map=None, peft_config=None) -> _Run:
-    "Check everything once, in order, and decide the run: config, machine, curriculum, models, KD path, cache."
+def _prepare(config, teacher, student, train_dataset=None, eval_dataset=None, data_collator=None,
+             curriculum=None, projector=None, router=None, vocab_map=None, peft_config=None):
+    "Check everything once, in order; decide the run (config, machine, curriculum, models, cache)."
     args = as_config(config)
-    if eval_dataset is None and _val(args.eval_strategy) != 'no': args = args.replace(eval_strategy='no')
+    if eval_dataset is None and _val(args.eval_strategy) != 'no':
+        args = args.replace(eval_strategy='no')
     _check_machine(args)
-    cur = _resolve_curriculum(curriculum if curriculum is not None else args.curriculum, args.temperature)
-    if teacher is not None: teacher.to(device=args.device, dtype=_teacher_dtype(args.teacher_dtype, module_dtype(teacher), args.device)).eval()
+    cur = args.curriculum if curriculum is None else curriculum
+    cur = _resolve_curriculum(cur, args.temperature)
+    if teacher is not None:
+        dt = teacher_dtype(args.teacher_dtype, module_dtype(teacher), args.device)
+        teacher.to(device=args.device, dtype=dt).eval()
     student = _prepare_student(student, teacher, args, peft_config)
-    path = pick_kd_path(args.kd_path, student, cur.names, bool(args.teacher_cache), args.kd_topk, args.chunk_size)
+    path = pick_kd_path(args.kd_path, student, cur.names, bool(args.teacher_cache), args.kd_topk,
+                        args.chunk_size)
     plan = _plan(args, path, vocab_map=vocab_map, head=student.get_output_embeddings())
-    need = needs(cur.names, plan)[1]   # the one `needs` of the set-up: what the curriculum reads from the teacher
-    projector, router, fit = _extra_modules(args, teacher, student, 'hidden' in need, projector, router)
-    plan, collate = replace(plan, projector=projector, router=router), data_collator or KDCollator(pad_id=0)
-    cache = _open_cache(args, teacher, train_dataset, collate, plan, cur, sorted(need & set(FIELDS)))
-    _check_models(args, teacher, student, cur.names, plan, need, set(cache.fields) if cache else set())
+    need = needs(cur.names, plan)[1]   # the set-up's one `needs`: what is read from the teacher
+    projector, router, fit = _extra_modules(args, teacher, student, 'hidden' in need, projector,
+                                            router)
+    plan = replace(plan, projector=projector, router=router)
+    collate = data_collator or KDCollator(pad_id=0)
+    fields = sorted(need & set(FIELDS))   # what a cache could give of it
+    cache = _open_cache(args, teacher, train_dataset, collate, plan, cur, fields)
+    cached = set(cache.fields) if cache else set()
+    _check_models(args, teacher, student, cur.names, plan, need, cached)
     if fit: _fit_projector(projector, student, teacher, train_dataset, collate, args.device)
-    if cache: train_dataset, collate = train_dataset.add_column('kd_index', list(range(len(train_dataset)))), IndexCollator(collate)
+    if cache: train_dataset, collate = _indexed(train_dataset), IndexCollator(collate)
     return _Run(args, teacher, student, cur, plan, cache, train_dataset, collate)
 
 # %% ../nbs/07_train.ipynb #70efbf27
 class _Window:
-    "The numbers of the micro-batches since the last log: per component (raw, weight, scale), totals, tokens."
-    def __init__(self): self.comp, self.total, self.tokens, self.t0 = defaultdict(list), [], 0, time.time()
+    "The micro-batches since the last log: per component (raw, weight, scale), totals, tokens."
+    def __init__(self):
+        self.comp, self.total, self.tokens, self.t0 = defaultdict(list), [], 0, time.time()
     def add(self, raw:dict, w:dict, scales:dict, total, n_tokens) -> set:
-        "Record a micro-batch (`w`: all weights; `raw`: the active ones); the non-finite ones (then nothing is kept)."
+        "Record a micro-batch (`w`: all weights; `raw`: active ones); the non-finite (none kept)."
         vals = [raw[k].detach().float() for k in raw] + [total.detach().float(), n_tokens.float()]
         *vals, tot, n = torch.stack(vals).tolist()
         if bad := {k for k, v in zip(raw, vals) if not math.isfinite(v)}: return bad
         got = dict(zip(raw, vals))
-        for k, wk in w.items(): self.comp[k].append((got.get(k, math.nan), wk, scales.get(k, 1.0)))   # inactive: NaN
+        for k, wk in w.items():   # (an inactive component: raw NaN)
+            self.comp[k].append((got.get(k, math.nan), wk, scales.get(k, 1.0)))
         self.total.append(tot); self.tokens += int(n)
         return set()
 
 # %% ../nbs/07_train.ipynb #4bf280cd
 @patch
 def logs(self:_Window, balanced:bool=False) -> dict:
-    "Means over the window: `loss`; per component `raw/` (where computed), `weight/`, `weighted/` (`scale/`)."
+    "Means over the window: `loss`; per component `raw/` (where computed), `weight/`, `weighted/`."
     out = {'loss': float(np.mean(self.total)) if self.total else float('nan'),
            'tokens_per_s': self.tokens / max(time.time() - self.t0, 1e-9)}
     for k, vs in self.comp.items():
         (r, w, s), on = np.array(vs).T, ~np.isnan(np.array(vs)[:, 0])
         out |= {f'raw/{k}': r[on].mean() if on.any() else math.nan, f'weight/{k}': w.mean(),
-                f'weighted/{k}': np.where(on, r*w*s, 0).mean()} | ({f'scale/{k}': s.mean()} if balanced else {})
+                f'weighted/{k}': np.where(on, r*w*s, 0).mean()}
+        if balanced: out[f'scale/{k}'] = s.mean()
     return out
 
 # %% ../nbs/07_train.ipynb #afc316c7
-_TAIL = ['grad_norm', 'loss_scale', 'tokens_per_s', 'skipped_steps', 'kd_path']   # after the components and LRs
+_TAIL = ['grad_norm', 'loss_scale', 'tokens_per_s', 'skipped_steps', 'kd_path']   # (after the LRs)
 
 def _history(log_history:list, kd_path:str) -> pd.DataFrame:
-    "The run's history from the engine's log history: one row per logged step and one per evaluation."
-    is_train, is_eval = lambda r: 'loss' in r and 'progress' in r, lambda r: any(k.startswith('eval_') for k in r)
-    train = lambda r: {k: v for k, v in r.items() if k not in ('learning_rate', 'epoch')} | {'kd_path': kd_path}
-    ev = lambda r: {'step': r['step'], **{'eval/' + k[5:]: v for k, v in r.items() if k.startswith('eval_')}}
-    df = pd.DataFrame([train(r) if is_train(r) else ev(r) for r in log_history if is_train(r) or is_eval(r)])
+    "The run's history from the engine's log history: a row per logged step and per evaluation."
+    is_train = lambda r: 'loss' in r and 'progress' in r
+    is_eval = lambda r: any(k.startswith('eval_') for k in r)
+    train = lambda r: {k: v for k, v in r.items() if k not in ('learning_rate', 'epoch')}
+    ev = lambda r: {'step': r['step']} | {f'eval/{k[5:]}': v for k, v in r.items()
+                                          if k.startswith('eval_')}
+    df = pd.DataFrame([train(r) | {'kd_path': kd_path} if is_train(r) else ev(r)
+                       for r in log_history if is_train(r) or is_eval(r)])
     comps = [c for c in COMPONENTS if f'raw/{c}' in df]
-    lead = ['step', 'progress', 'loss'] + [f'{k}/{c}' for c in comps for k in ('raw', 'weight', 'weighted')]
-    lrs = sorted((c for c in df if c.startswith('lr/')), key=lambda c: (not c.startswith('lr/student'), c))
+    lead = ['step', 'progress', 'loss'] + [f'{k}/{c}' for c in comps for k in ('raw', 'weight',
+                                                                                'weighted')]
+    lrs = sorted((c for c in df if c.startswith('lr/')), key=lambda c: (c[:10] != 'lr/student', c))
     order = [c for c in lead + lrs + _TAIL if c in df]
     return df[order + sorted(c for c in df if c not in order)]
 
 # %% ../nbs/07_train.ipynb #34e174f2
 @dataclass
 class _Guard:
-    "The guard's state, owned by the trainer's callback: the log window, this step's findings, the real LRs."
-    counters:dict # the trainer's `kd_state`: skipped_steps, nonfinite_run, nonfinite, best, bad_evals (checkpointed)
+    "The guard's state, owned by the trainer's callback: the log window, this step's findings, LRs."
+    counters:dict # the trainer's `kd_state` (checkpointed): skipped_steps, nonfinite_run, ...
     win:_Window=field(default_factory=_Window) # the micro-batches since the last log
     bad:set=field(default_factory=set) # components non-finite in this optimizer step
-    groups:list=field(default_factory=list) # parameter groups with a non-finite gradient in this step
+    groups:list=field(default_factory=list) # parameter groups with a non-finite gradient, this step
     active:set=field(default_factory=set) # components active in this step
-    active_run:set=field(default_factory=set) # components active over the current run of skipped steps
+    active_run:set=field(default_factory=set) # components active over the run of skipped steps
     lrs:dict=field(default_factory=dict) # each parameter group's LR at the last optimizer step
     stop_reason:str|None=None # 'early_stopping' or 'time_budget' when the callback stopped the run
 
 @patch
 def record(self:_Guard, raw:dict, weights:dict, scales:dict, total, n_tokens):
-    "One micro-batch: its numbers into the window, its non-finite and active components into this step."
+    "One micro-batch: its numbers into the window, its non-finite and active components noted."
     self.bad |= self.win.add(raw, weights, scales, total, n_tokens)
     self.active |= {n for n, w in weights.items() if w > 0}
 
 # %% ../nbs/07_train.ipynb #1c5f517f
 def _nonfinite_groups(param_groups) -> list[str]:
-    "Names of the optimizer groups with a non-finite gradient: one fused norm per group, one device-to-host copy."
+    "The optimizer groups with a non-finite gradient: a fused norm per group, one copy to the host."
     named = [(g.get('name', f'group{i}'), [p.grad for p in g['params'] if p.grad is not None])
              for i, g in enumerate(param_groups)]
     if not (named := [(n, gs) for n, gs in named if gs]): return []
-    norms = torch.stack([torch.nn.utils.get_total_norm(gs).to(named[0][1][0].device) for _, gs in named])
+    dev = named[0][1][0].device
+    norms = torch.stack([torch.nn.utils.get_total_norm(gs).to(dev) for _, gs in named])
     return [n for (n, _), ok in zip(named, torch.isfinite(norms).tolist()) if not ok]
 
 @patch
 def check_grads(self:_Guard, param_groups) -> bool:
-    "Before the optimizer step: the real LRs and the non-finite groups; whether the step is to be skipped."
+    "Before the optimizer step: the real LRs, the non-finite groups; whether to skip the step."
     self.lrs = {g.get('name', f'group{i}'): g['lr'] for i, g in enumerate(param_groups)}
     self.groups = _nonfinite_groups(param_groups)
     return bool(self.bad or self.groups)
@@ -307,7 +336,7 @@ def check_grads(self:_Guard, param_groups) -> bool:
 # %% ../nbs/07_train.ipynb #7c05ec82
 @patch
 def end_step(self:_Guard, step:int, scaler_skipped:bool=False) -> int:
-    "After the optimizer step: count it if skipped, start over if not; the current run of skipped steps."
+    "After the optimizer step: count it if skipped, else start over; the run of skipped steps."
     s = self.counters
     if self.bad or self.groups or scaler_skipped:
         s['skipped_steps'] += 1; s['nonfinite_run'] += 1
@@ -323,19 +352,21 @@ class NonFiniteError(RuntimeError):
 
 @patch
 def diagnosis(self:_Guard, scaler=None) -> str:
-    "Which components or groups went non-finite over the last run of skipped steps, and the fp16 loss scale."
+    "Which components or groups went non-finite over the last skipped steps; the fp16 loss scale."
     s = self.counters
     last = s['nonfinite'][-s['nonfinite_run']:]
     comps, groups = sorted({n for e in last for n in e[1]}), sorted({g for e in last for g in e[2]})
     what = (f"non-finite loss component(s): {', '.join(comps)}" if comps else
-            f"the gradients overflowed (parameter group(s) {groups or 'skipped by the fp16 scaler'}) while every "
-            f"active loss component ({', '.join(sorted(self.active_run))}) was finite")
-    scale = ('' if scaler is None else
-             f"; the fp16 loss scale has fallen to {scaler.get_scale():g} (it halves on each skipped step)")
-    return (f"{len(last)} consecutive optimizer steps (up to step {last[-1][0]}) were skipped: {what}{scale}. Nothing "
-            f"was applied to the weights on those steps ({s['skipped_steps']} skipped in all). Check the teacher's "
-            "outputs and that component's inputs; lower the learning rate or that component's weight; in fp16, "
-            "a collapsed scale means the loss overflows even unscaled.")
+            f"the gradients overflowed (parameter group(s) {groups or 'skipped by the fp16 scaler'}"
+            ")"
+            f" while every active loss component ({', '.join(sorted(self.active_run))}) was finite")
+    scale = '' if scaler is None else (f"; the fp16 loss scale has fallen to {scaler.get_scale():g}"
+                                       " (it halves on each skipped step)")
+    return (f"{len(last)} consecutive optimizer steps (up to step {last[-1][0]}) were skipped: "
+            f"{what}{scale}. Nothing was applied to the weights on those steps "
+            f"({s['skipped_steps']} skipped in all). Check the teacher's outputs and that "
+            "component's inputs; lower the learning rate or that component's weight; in fp16, a "
+            "collapsed scale means the loss overflows even unscaled.")
 
 # %% ../nbs/07_train.ipynb #c9c23ec1
 @patch
@@ -347,19 +378,21 @@ def flush(self:_Guard, balanced:bool=False) -> dict:
 
 # %% ../nbs/07_train.ipynb #de48f4e0
 class _KDCallback(TrainerCallback):
-    "The non-finite guard, real LRs, the projector/router's clipping, time budget, early stopping, one quiet bar."
+    "The non-finite guard, real LRs, extras' clipping, time budget, early stopping, one quiet bar."
     def __init__(self, tr): self.tr, self.bar, self.guard = tr, None, _Guard(tr.kd_state)
     def on_train_begin(self, args, state, control, **kw):
         self.t0, self.guard.win = time.time(), _Window()
         if args.progress_bar and state.is_local_process_zero:
             from tqdm.auto import tqdm
-            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc='distill', dynamic_ncols=True)
+            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc='distill',
+                            dynamic_ncols=True)
 
 # %% ../nbs/07_train.ipynb #e1e11d3a
 @patch
 def on_log(self:_KDCallback, args, state, control, logs=None, **kw):
     if self.bar is None or not logs or 'loss' not in logs: return
-    pf = {'loss': f"{logs['loss']:.3g}"} | ({'kd': f"{logs['raw/kd']:.3g}"} if 'raw/kd' in logs else {})
+    pf = {'loss': f"{logs['loss']:.3g}"}
+    if 'raw/kd' in logs: pf['kd'] = f"{logs['raw/kd']:.3g}"
     if lr := next(iter(self.guard.lrs.values()), None): pf['lr'] = f"{lr:.1e}"
     if n := self.guard.counters['skipped_steps']: pf['skip'] = n
     self.bar.set_postfix(pf, refresh=False)
@@ -369,21 +402,23 @@ def on_log(self:_KDCallback, args, state, control, logs=None, **kw):
 def on_pre_optimizer_step(self:_KDCallback, args, state, control, **kw):
     tr = self.tr
     skip = self.guard.check_grads(tr.optimizer.param_groups)
-    if args.max_grad_norm > 0 and len(tr.extras): torch.nn.utils.clip_grad_norm_(tr.extras.parameters(), args.max_grad_norm)
+    if args.max_grad_norm > 0 and len(tr.extras):
+        torch.nn.utils.clip_grad_norm_(tr.extras.parameters(), args.max_grad_norm)
     if skip and tr.accelerator.scaler is None:
         for p in (p for g in tr.optimizer.param_groups for p in g['params']): p.grad = None
 
 @patch
-def on_optimizer_step(self:_KDCallback, args, state, control, **kw): self.tr.extras.zero_grad(set_to_none=True)
+def on_optimizer_step(self:_KDCallback, args, state, control, **kw):
+    self.tr.extras.zero_grad(set_to_none=True)
 
 # %% ../nbs/07_train.ipynb #7b90f410
 @patch
 def on_step_end(self:_KDCallback, args, state, control, **kw):
-    acc = self.tr.accelerator
-    if self.guard.end_step(state.global_step, acc.optimizer_step_was_skipped) >= args.max_nonfinite_steps:
-        raise NonFiniteError(self.guard.diagnosis(acc.scaler))
+    acc, g = self.tr.accelerator, self.guard
+    if g.end_step(state.global_step, acc.optimizer_step_was_skipped) >= args.max_nonfinite_steps:
+        raise NonFiniteError(g.diagnosis(acc.scaler))
     if args.time_budget_hours is not None and time.time() - self.t0 > args.time_budget_hours*3600:
-        self.guard.stop_reason, control.should_save, control.should_training_stop = 'time_budget', True, True
+        g.stop_reason, control.should_save, control.should_training_stop = 'time_budget', True, True
     if self.bar is not None: self.bar.update(state.global_step - self.bar.n)
 
 # %% ../nbs/07_train.ipynb #759a809f
@@ -399,11 +434,12 @@ def on_evaluate(self:_KDCallback, args, state, control, metrics=None, **kw):
 @patch
 def on_train_end(self:_KDCallback, args, state, control, **kw):
     if self.bar is not None: self.bar.close(); self.bar = None
-    if args.load_best_model_at_end and state.best_model_checkpoint: load_extras(self.tr.extras, state.best_model_checkpoint)
+    if args.load_best_model_at_end and state.best_model_checkpoint:
+        load_extras(self.tr.extras, state.best_model_checkpoint)
 
 # %% ../nbs/07_train.ipynb #2baccaa0
 class _LiveCallback(TrainerCallback):
-    "Drive a live chart (`.update(history, force=False)`, e.g. `viz.LiveLossChart`) from the trainer's history."
+    "Drive a live chart (`.update(history, force=False)`, `viz.LiveLossChart`) from the history."
     def __init__(self, trainer, chart): self.trainer, self.chart = trainer, chart
     def on_log(self, args, state, control, **kw):
         if state.is_world_process_zero: self.chart.update(self.trainer.history)
@@ -412,86 +448,95 @@ class _LiveCallback(TrainerCallback):
 
 # %% ../nbs/07_train.ipynb #22ab3980
 def _split_callbacks(callbacks) -> tuple[list, list]:
-    "Engine callbacks (TrainerCallback classes or instances) and live charts (objects with `.update(history)`)."
+    "Engine callbacks (TrainerCallback classes or instances) and live charts (with `.update`)."
     engine, charts = [], []
     for c in callbacks:
-        if isinstance(c, TrainerCallback) or (isinstance(c, type) and issubclass(c, TrainerCallback)): engine.append(c)
+        if isinstance(c, TrainerCallback) or isinstance(c, type) and issubclass(c, TrainerCallback):
+            engine.append(c)
         elif callable(getattr(c, 'update', None)): charts.append(c)
-        else: raise TypeError(f"callback {c!r} is neither a transformers.TrainerCallback nor a live chart with .update(history)")
+        else: raise TypeError(f"callback {c!r} is neither a transformers.TrainerCallback "
+                              "nor a live chart with .update(history)")
     return engine, charts
 
 # %% ../nbs/07_train.ipynb #3ee8fe23
+def _extras(plan:Plan, device) -> nn.ModuleDict:
+    "The modules that learn beside the student (the plan's projector and router), on `device`."
+    mods = {k: getattr(plan, k) for k in ('projector', 'router')}
+    return nn.ModuleDict({k: m for k, m in mods.items() if m is not None}).to(device)
+
+def _path_label(plan:Plan, args:KDConfig) -> str:
+    "The KD path as logged: across tokenizers with the cross-vocabulary loss, e.g. 'topk+uld'."
+    return f"{plan.kd_path}+{plan.cross_vocab_loss}" if args.cross_tokenizer else plan.kd_path
+
+def _kd_state(balancer) -> dict:
+    "The distillation's counters, checkpointed as `kd_state.json` (with the balancer's means)."
+    s = dict(skipped_steps=0, nonfinite_run=0, nonfinite=[], best=None, bad_evals=0)
+    return s | ({'balancer': dict(ema=balancer.ema, n=balancer.n)} if balancer else {})
+
 class KDTrainer(Trainer):
-    "A `transformers.Trainer` whose model is the student, distilling a frozen `teacher` under a curriculum."
-    loss_is_scaled_for_ga = False   # a mean over tokens: the engine divides it over accumulated micro-batches
+    "A `transformers.Trainer` whose model is the student, distilling a frozen `teacher`."
+    loss_is_scaled_for_ga = False   # a mean over tokens: the engine divides it over micro-batches
     def __init__(self,
-                 config:KDConfig|dict|str, # the run's knobs (`core.as_config`)
-                 teacher:nn.Module|None, # the frozen teacher; None with a teacher cache, or when none is needed
-                 student:nn.Module, # the student LM, trained in place (wrapped for LoRA)
-                 train_dataset=None, # tokenized examples (`data.build_kd_dataset`)
-                 eval_dataset=None, # held-out examples: evaluation, early stopping, the best checkpoint
-                 data_collator=None, # features -> batch; default `data.KDCollator(pad_id=0)`
-                 curriculum=None, # a Curriculum, a preset name or {component: weight}; default `config.curriculum`
-                 projector:nn.Module|None=None, # student -> teacher width (default: made and fitted across widths)
-                 router:nn.Module|None=None, # a knowledge router (default: made when `config.router_experts` > 0)
-                 vocab_map=None, # `align.VocabMap` (cross-tokenizer runs)
-                 callbacks=(), # TrainerCallbacks, or live charts with `.update(history)` (`viz.LiveLossChart`)
-                 processing_class=None, # the student's tokenizer: saved with each checkpoint and the final student
-                 peft_config=None, # a peft config for the student (else `config.lora`)
-                ):
-        r = _prepare(config, teacher, student, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                     data_collator=data_collator, curriculum=curriculum, projector=projector, router=router,
-                     vocab_map=vocab_map, peft_config=peft_config)
-        self.teacher, self.curriculum, self.plan, self.cache = r.teacher, r.curriculum, r.plan, r.cache
+        config:KDConfig|dict|str, # the run's knobs (`core.as_config`)
+        teacher:nn.Module|None, # the frozen teacher; None with a teacher cache or if none is needed
+        student:nn.Module, # the student LM, trained in place (wrapped for LoRA)
+        train_dataset=None, # tokenized examples (`data.build_kd_dataset`)
+        eval_dataset=None, # held-out examples: evaluation, early stopping, the best checkpoint
+        data_collator=None, # features -> batch; default `data.KDCollator(pad_id=0)`
+        curriculum=None, # a Curriculum, a preset name or {component: weight}; `config.curriculum`
+        projector:nn.Module|None=None, # student -> teacher width (default: made across widths)
+        router:nn.Module|None=None, # a knowledge router (default: made when `router_experts` > 0)
+        vocab_map=None, # `align.VocabMap` (cross-tokenizer runs)
+        callbacks=(), # TrainerCallbacks, or live charts with `.update(history)` (`LiveLossChart`)
+        processing_class=None, # the student's tokenizer: saved with each checkpoint and the student
+        peft_config=None, # a peft config for the student (else `config.lora`)
+    ):
+        r = _prepare(config, teacher, student, train_dataset=train_dataset,
+                     eval_dataset=eval_dataset, data_collator=data_collator, curriculum=curriculum,
+                     projector=projector, router=router, vocab_map=vocab_map,
+                     peft_config=peft_config)
+        self.teacher, self.curriculum, self.plan = r.teacher, r.curriculum, r.plan
+        self.cache = r.cache
         engine_cbs, charts = _split_callbacks(callbacks)
-        super().__init__(model=r.student, args=r.args, data_collator=r.collate, train_dataset=r.train,
-                         eval_dataset=eval_dataset, processing_class=processing_class, callbacks=engine_cbs)
-        self.remove_callback(PrinterCallback); self.remove_callback(ProgressCallback)   # no line per log
-        self.extras = nn.ModuleDict({k: m for k, m in (('projector', r.plan.projector), ('router', r.plan.router))
-                                     if m is not None}).to(r.args.device)
+        super().__init__(model=r.student, args=r.args, data_collator=r.collate,
+                         train_dataset=r.train, eval_dataset=eval_dataset,
+                         processing_class=processing_class, callbacks=engine_cbs)
+        for c in (PrinterCallback, ProgressCallback): self.remove_callback(c)   # no line per log
+        self.extras = _extras(r.plan, r.args.device)
         self.balancer = C.AdaptiveBalancer() if r.args.balance == 'adaptive' else None
-        self.kd_state = dict(skipped_steps=0, nonfinite_run=0, nonfinite=[], best=None, bad_evals=0)
-        if self.balancer: self.kd_state['balancer'] = dict(ema=self.balancer.ema, n=self.balancer.n)   # (checkpointed)
+        self.kd_state, self._staging = _kd_state(self.balancer), None
         cb = _KDCallback(self)
-        self._guard, self._staging = cb.guard, None   # the guard's state is the callback's; the trainer reports to it
+        self._guard = cb.guard   # the guard's state: the callback's; compute_loss and log use it
         for c in [cb, *(_LiveCallback(self, c) for c in charts)]: self.add_callback(c)
 
-# %% ../nbs/07_train.ipynb #956e093f
-@patch(as_prop=True)
-def kd_path(self:KDTrainer) -> str: return self.plan.kd_path   # 'full', 'chunked', 'topk', 'fused' or 'cached'
-
-@patch(as_prop=True)
-def kd_path_label(self:KDTrainer) -> str:
-    return f"{self.plan.kd_path}+{self.plan.cross_vocab_loss}" if self.args.cross_tokenizer else self.plan.kd_path
-
-@patch
-def progress(self:KDTrainer) -> float: return min(self.state.global_step / max(self.state.max_steps, 1), 1.0)
-
-@patch(as_prop=True)
-def history(self:KDTrainer) -> pd.DataFrame: return _history(self.state.log_history, self.kd_path_label)
-
-@patch(as_prop=True)
-def stop_reason(self:KDTrainer) -> str|None: return self._guard.stop_reason   # 'early_stopping', 'time_budget'
+    kd_path = property(lambda self: self.plan.kd_path)   # 'full', 'chunked', 'topk', 'fused', ...
+    kd_path_label = property(lambda self: _path_label(self.plan, self.args))   # as logged
+    def progress(self) -> float:   # step / max_steps
+        return min(self.state.global_step / max(self.state.max_steps, 1), 1.0)
+    history = property(lambda self: _history(self.state.log_history, self.kd_path_label))
+    stop_reason = property(lambda self: self._guard.stop_reason)   # 'early_stopping', 'time_budget
 
 # %% ../nbs/07_train.ipynb #ea2cf89c
 @patch
 def _teacher(self:KDTrainer, inputs, idx, need:set, plan) -> dict:
-    "What the active components need from the teacher: cache fields from the cache, the rest from one live pass."
-    cached = {n: self.cache.read(n, idx, inputs['input_ids'].device)
-              for n in need if self.cache is not None and n in self.cache.fields}
-    return cached | (teacher_outputs(self.teacher, inputs, need - set(cached), plan) if need - set(cached) else {})
+    "What the active components need from the teacher: cached fields, the rest from one live pass."
+    c, dev = self.cache, inputs['input_ids'].device
+    cached = {n: c.read(n, idx, dev) for n in need if c is not None and n in c.fields}
+    live = need - set(cached)
+    return cached | (teacher_outputs(self.teacher, inputs, live, plan) if live else {})
 
 # %% ../nbs/07_train.ipynb #6e359334
 @patch
 def compute_loss(self:KDTrainer, model, inputs, return_outputs=False, num_items_in_batch=None):
-    "This step's active components from only the passes they need; total = Σ weight·raw (·scale when balanced)."
+    "This step's active components from only the passes they need; total = Σ weight·raw (·scale)."
     p, idx = self.progress(), inputs.pop('kd_index', None)
     wall = self.curriculum.weights(p); w = {n: v for n, v in wall.items() if v > 0}
     plan = replace(self.plan, temperature=float(self.curriculum.temperature(p)))
     s_need, t_need = needs(w, plan)
-    step = Step(inputs, plan, student_pass(model, inputs, s_need), self._teacher(inputs, idx, t_need, plan))
+    teacher = self._teacher(inputs, idx, t_need, plan)
+    step = Step(inputs, plan, student_pass(model, inputs, s_need), teacher)
     raw = {n: component(n, plan).fn(step) for n in w}
-    zero = torch.zeros((), device=inputs['input_ids'].device, requires_grad=not w)   # (none active: no change)
+    zero = torch.zeros((), device=inputs['input_ids'].device, requires_grad=not w)   # (none active)
     total = self.balancer(raw, w) if self.balancer and w else sum((w[n]*raw[n] for n in w), zero)
     scales = self.balancer.scales() if self.balancer else {}
     self._guard.record(raw, wall, scales, total, inputs['attention_mask'].sum())
@@ -500,10 +545,11 @@ def compute_loss(self:KDTrainer, model, inputs, return_outputs=False, num_items_
 # %% ../nbs/07_train.ipynb #7476a1c2
 @patch
 def create_optimizer(self:KDTrainer, model=None):
-    "The engine's optimizer (`optim`) over named groups: student, projector/router at `lr_multipliers`."
+    "The engine's optimizer (`optim`) over named groups: student, extras at `lr_multipliers`."
     if self.optimizer is None:
         a = self.args
-        groups = param_groups({'student': self.model, **self.extras}, a.learning_rate, a.lr_multipliers, a.weight_decay)
+        modules = {'student': self.model, **self.extras}
+        groups = param_groups(modules, a.learning_rate, a.lr_multipliers, a.weight_decay)
         cls, kw = self.get_optimizer_cls_and_kwargs(a, self.model)
         self.optimizer = cls(groups, **kw)
     return self.optimizer
@@ -512,129 +558,144 @@ def create_optimizer(self:KDTrainer, model=None):
 @patch
 def training_step(self:KDTrainer, model, inputs, num_items_in_batch=None):
     "The engine's step; under DDP the projector/router gradients are averaged across processes."
-    loss = Trainer.training_step(self, model, inputs, num_items_in_batch)
-    if self.accelerator.num_processes > 1 and self.accelerator.sync_gradients:
-        for p in (p for p in self.extras.parameters() if p.grad is not None): p.grad = self.accelerator.reduce(p.grad, 'mean')
+    loss, acc = Trainer.training_step(self, model, inputs, num_items_in_batch), self.accelerator
+    if acc.num_processes > 1 and acc.sync_gradients:
+        for p in (p for p in self.extras.parameters() if p.grad is not None):
+            p.grad = acc.reduce(p.grad, 'mean')
     return loss
 
 # %% ../nbs/07_train.ipynb #9aabf955
 @patch
 def log(self:KDTrainer, logs:dict, start_time=None):
-    "Add the distillation breakdown to the engine's train logs (then `report_to`, callbacks, `log_history`)."
+    "Add the distillation breakdown to the engine's train logs (then `report_to`, callbacks)."
     if 'loss' in logs and not any(k.startswith('eval_') for k in logs):
         sc = self.accelerator.scaler
-        logs |= self._guard.flush(self.balancer is not None) | dict(progress=self.progress(),
-            loss_scale=float(sc.get_scale()) if sc is not None else 1.0, skipped_steps=self.kd_state['skipped_steps'])
+        logs |= self._guard.flush(self.balancer is not None) | dict(
+            progress=self.progress(), loss_scale=1.0 if sc is None else float(sc.get_scale()),
+            skipped_steps=self.kd_state['skipped_steps'])
     Trainer.log(self, logs, start_time)
 
 # %% ../nbs/07_train.ipynb #45a6fdc6
 def _reduce_metrics(res:dict, accelerator) -> dict:
-    "DDP: each rank evaluated its shard; combine token-weighted (perplexities from the combined log-perplexity)."
+    "DDP: each rank evaluated its shard; combine token-weighted (perplexities from log-perplexity)."
     if accelerator.num_processes == 1: return res
     keys = [k for k in res if k != 'n_tokens']; n = float(res.get('n_tokens', 1))
-    t = torch.tensor([float(res[k])*n for k in keys] + [n], dtype=torch.float64, device=accelerator.device)
-    v = accelerator.reduce(t, 'sum')
+    t = torch.tensor([float(res[k])*n for k in keys] + [n], dtype=torch.float64)
+    v = accelerator.reduce(t.to(accelerator.device), 'sum')
     out = {k: float(x) / float(v[-1]) for k, x in zip(keys, v[:-1])} | {'n_tokens': float(v[-1])}
-    return out | {k: math.exp(out[k[:-4] + '_log_ppl']) for k in keys if k.endswith('_ppl') and k[:-4] + '_log_ppl' in out}
+    logp = lambda k: k[:-4] + '_log_ppl'   # 'student_ppl' -> 'student_log_ppl'
+    return out | {k: math.exp(out[logp(k)]) for k in keys if k.endswith('_ppl') and logp(k) in out}
 
 # %% ../nbs/07_train.ipynb #7d4c32f8
+def _evaluator(tr) -> Evaluator:
+    "The evaluator of a trainer's student, against its teacher, at the curriculum's final weights."
+    return Evaluator(tr.accelerator.unwrap_model(tr.model), teacher=tr.teacher,
+                     vocab_map=tr.plan.vocab_map, topk=5, weights=tr.curriculum.weights(1.0),
+                     chunk_size=tr.args.chunk_size or 1024, progress=False)
+
 @patch
 def evaluate(self:KDTrainer, eval_dataset=None, ignore_keys=None, metric_key_prefix='eval') -> dict:
-    "Schedule-invariant metrics of the student: perplexity, bits-per-byte, KL and agreement to the teacher."
+    "Schedule-invariant metrics of the student: perplexity, bits per byte, KL, agreement."
     from itertools import islice
     batches = islice(iter(self.get_eval_dataloader(eval_dataset)), self.args.eval_batches)
-    res = Evaluator(self.accelerator.unwrap_model(self.model), teacher=self.teacher, vocab_map=self.plan.vocab_map,
-                    topk=5, weights=self.curriculum.weights(1.0), chunk_size=self.args.chunk_size or 1024,
-                    progress=False).evaluate(batches)
-    metrics = {f'{metric_key_prefix}_{k}': float(v) for k, v in _reduce_metrics(dict(res), self.accelerator).items()}
+    res = _reduce_metrics(dict(_evaluator(self).evaluate(batches)), self.accelerator)
+    metrics = {f'{metric_key_prefix}_{k}': float(v) for k, v in res.items()}
     self.log(dict(metrics))
     self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
     return metrics
 
 # %% ../nbs/07_train.ipynb #32a08099
-@contextlib.contextmanager
-def _no_hf_bars():
-    "transformers' progress bars off (no 'Writing model shards' bar at each save), restored after."
-    from transformers.utils import logging as hf_logging
-    on = hf_logging.is_progress_bar_enabled(); hf_logging.disable_progress_bar()
-    try: yield
-    finally:
-        if on: hf_logging.enable_progress_bar()
-
 @patch
 def save_model(self:KDTrainer, output_dir=None, _internal_call=False):
-    "The engine saves the student (weights, or a LoRA adapter) and its tokenizer; the projector/router go beside it."
-    with _no_hf_bars(): Trainer.save_model(self, output_dir, _internal_call)
+    "The engine saves the student (weights or LoRA adapter) and tokenizer; the extras go beside."
+    with quiet_saves(): Trainer.save_model(self, output_dir, _internal_call)
     if self.args.should_save: save_extras(self.extras, output_dir or self.args.output_dir)
 
 # %% ../nbs/07_train.ipynb #496ee035
 @patch
 def train(self:KDTrainer, resume_from_checkpoint=None, **kw):
-    "The engine's `train`; resuming also brings back the projector/router and the distillation state."
+    "The engine's `train`; a resumed run gets its projector/router and distillation state back."
     if ckpt := resume_from(self.args.output_dir, resume_from_checkpoint): self._load_kd(ckpt)
     return Trainer.train(self, resume_from_checkpoint=ckpt, **kw)
 
 @patch
 def _load_kd(self:KDTrainer, ckpt, state:bool=True):
-    "The projector/router weights and (with `state`) the distillation counters from checkpoint folder `ckpt`."
+    "The projector/router weights and (with `state`) the distillation counters from `ckpt`."
     load_extras(self.extras, ckpt)
     if state: self.kd_state.update(read_kd_state(ckpt, self.kd_state))
-    if state and self.balancer: self.balancer.ema, self.balancer.n = (self.kd_state['balancer'][k] for k in ('ema', 'n'))
+    if state and self.balancer: self.balancer.ema, self.balancer.n = _means(self.kd_state)
 
 # %% ../nbs/07_train.ipynb #66b3eb7f
+def _best_checkpoint(st, run_dir:Path) -> str|None:
+    "The best checkpoint where it lies once the staged save is in place (the engine looked there)."
+    best, step = run_dir/f'checkpoint-{st.best_global_step}', st.best_global_step
+    if step and (best.exists() or step == st.global_step): return str(best)
+    return st.best_model_checkpoint
+
+def _means(kd_state:dict) -> tuple: return kd_state['balancer']['ema'], kd_state['balancer']['n']
+
+def _finish_save(tr, stage:Path, run_dir:Path, name:str):
+    "Add the trainer's counters and state to the staged checkpoint `name`; rename it into place."
+    extra = dict(stop_reason=tr.stop_reason, kd_path=tr.kd_path_label)
+    write_kd_state(stage/name, tr.kd_state | extra)
+    tr.state.save_to_json(str(stage/name/'trainer_state.json'))
+    promote(stage, run_dir, name, tr.args.save_total_limit, tr.state.best_model_checkpoint)
+
 @patch
-def _get_output_dir(self:KDTrainer, trial): return self._staging or Trainer._get_output_dir(self, trial)
+def _get_output_dir(self:KDTrainer, trial):
+    return self._staging or Trainer._get_output_dir(self, trial)
 
 @patch
 def _save_checkpoint(self:KDTrainer, model, trial):
-    "Write the checkpoint into a staging folder, then rename it into place: a kill mid-save leaves the last one."
-    run_dir, name, st = Path(Trainer._get_output_dir(self, trial)), f'checkpoint-{self.state.global_step}', self.state
+    "Write the checkpoint into a staging folder, then rename it into place: a kill spares the last."
+    run_dir, st = Path(Trainer._get_output_dir(self, trial)), self.state
+    name = f'checkpoint-{st.global_step}'
     stage = staging(run_dir, fresh=self.args.should_save)
     self.accelerator.wait_for_everyone()
     self._staging = str(stage)
     try: Trainer._save_checkpoint(self, model, trial)
     finally: self._staging = None
     self.accelerator.wait_for_everyone()   # (DDP: every rank's RNG state is in the staging folder)
-    best = run_dir/f'checkpoint-{st.best_global_step}'   # (the engine looked for it in the staging folder)
-    if st.best_global_step and (best.exists() or st.best_global_step == st.global_step): st.best_model_checkpoint = str(best)
-    if self.args.should_save:
-        write_kd_state(stage/name, {**self.kd_state, 'stop_reason': self.stop_reason, 'kd_path': self.kd_path_label})
-        st.save_to_json(str(stage/name/'trainer_state.json'))
-        promote(stage, run_dir, name, self.args.save_total_limit, st.best_model_checkpoint)
-    self.accelerator.wait_for_everyone()   # (DDP: the other ranks go on once the checkpoint is in place)
+    st.best_model_checkpoint = _best_checkpoint(st, run_dir)
+    if self.args.should_save: _finish_save(self, stage, run_dir, name)
+    self.accelerator.wait_for_everyone()   # (DDP: the other ranks go on once it is in place)
 
 # %% ../nbs/07_train.ipynb #8942c9de
 def model_card(tr:KDTrainer, # a trainer, after its run
                ev:pd.Series|None=None, # the final evaluation
                train_name:str|None=None, # what the training data is called
               ) -> str:
-    "The student's model card (`card.model_card`) with a trainer's config, curriculum, models, data and steps."
-    return card.model_card(tr.args, tr.curriculum, tr.accelerator.unwrap_model(tr.model), describe_teacher(tr.teacher, tr.cache),
-                           describe_data(tr.train_dataset), tr.kd_path_label, tr.state.global_step,
-                           len(tr.eval_dataset or []), ev, train_name)
+    "The student's model card (`card.model_card`) from a trainer's config, curriculum, models."
+    return card.model_card(tr.args, tr.curriculum, tr.accelerator.unwrap_model(tr.model),
+                           describe_teacher(tr.teacher, tr.cache), describe_data(tr.train_dataset),
+                           tr.kd_path_label, tr.state.global_step, len(tr.eval_dataset or []), ev,
+                           train_name)
 
 # %% ../nbs/07_train.ipynb #e0c5f5e5
 @patch
 def create_model_card(self:KDTrainer, eval:pd.Series|None=None, train_name:str|None=None, **kw):
     "Write the student's model card (`model_card`) as README.md in `output_dir/student`."
-    if self.is_world_process_zero(): write_card(Path(self.args.output_dir)/'student', model_card(self, eval, train_name))
+    if self.is_world_process_zero():
+        write_card(Path(self.args.output_dir)/'student', model_card(self, eval, train_name))
 
 # %% ../nbs/07_train.ipynb #dd910936
 @patch
-def push_to_hub(self:KDTrainer, commit_message:str='End of distillation', blocking:bool=True, token=None,
-                revision=None, private=None, **kw):
-    "Upload `output_dir/student` (model or adapter, tokenizer, model card) to the hub repo `hub_model_id`."
+def push_to_hub(self:KDTrainer, commit_message:str='End of distillation', blocking:bool=True,
+                token=None, revision=None, private=None, **kw):
+    "Upload `output_dir/student` (model or adapter, tokenizer, card) to `hub_model_id`."
     if self.hub_model_id is None: self.init_hf_repo(token=token, private=private)
-    d = Path(self.args.output_dir)/'student'
-    if not (d/'README.md').exists(): self.save_model(str(d), _internal_call=True); self.create_model_card(**kw)
-    if self.is_world_process_zero(): return upload_student(d, self.hub_model_id, commit_message, token or self.args.hub_token,
-                                                           blocking, revision or self.args.hub_revision)
+    d, a = Path(self.args.output_dir)/'student', self.args
+    if not (d/'README.md').exists():
+        self.save_model(str(d), _internal_call=True); self.create_model_card(**kw)
+    if self.is_world_process_zero(): return upload_student(
+        d, self.hub_model_id, commit_message, token or a.hub_token, blocking,
+        revision or a.hub_revision)
 
 # %% ../nbs/07_train.ipynb #f77777b5
 @dataclass
 class DistillResult:
     "What a distillation run returns."
-    student:nn.Module # the trained student (the best checkpoint when evaluation ran; a PeftModel for LoRA)
+    student:nn.Module # the trained student (the best one if evaluated; a PeftModel for LoRA)
     history:pd.DataFrame # one row per logged step and per evaluation
     eval:pd.Series|None # the final evaluation of the returned student
     trainer:KDTrainer # the engine, for inspection or more training
@@ -642,18 +703,21 @@ class DistillResult:
     best_checkpoint:str|None # the checkpoint the returned student comes from
     stop_reason:str # 'max_steps', 'early_stopping' or 'time_budget'
     def __repr__(self):
-        ev = '' if self.eval is None else f", eval student_ppl={self.eval.get('student_ppl', float('nan')):.3f}"
-        return f"DistillResult({len(self.history)} history rows, stopped: {self.stop_reason}{ev}, in {self.output_dir})"
+        ppl = math.nan if self.eval is None else self.eval.get('student_ppl', math.nan)
+        ev = '' if self.eval is None else f", eval student_ppl={ppl:.3f}"
+        return (f"DistillResult({len(self.history)} history rows, stopped: {self.stop_reason}{ev}, "
+                f"in {self.output_dir})")
 
 # %% ../nbs/07_train.ipynb #43cf9bdc
 def _as_dataset(data, student_tok, teacher_tok, cfg, packing=False):
-    "A tokenized dataset from texts, a file, a `datasets.Dataset` with `text`, a tokenized one, or a stream."
+    "A tokenized dataset from texts, a file, a `Dataset` with `text`, a tokenized one, or a stream."
     if data is None: return None
-    if isinstance(data, torch.utils.data.IterableDataset): return data   # e.g. random windows of a packed stream
+    if isinstance(data, torch.utils.data.IterableDataset): return data   # (random windows)
     if hasattr(data, 'column_names') and 'input_ids' in data.column_names: return data
     if student_tok is None:
-        raise ValueError("texts need a student_tokenizer (or pass an already tokenized dataset with input_ids)")
-    return build_kd_dataset(load_texts(data), student_tok, teacher_tok, max_length=cfg.max_length, packing=packing)
+        raise ValueError("texts need a student_tokenizer (or pass a tokenized dataset: input_ids)")
+    return build_kd_dataset(load_texts(data), student_tok, teacher_tok, max_length=cfg.max_length,
+                            packing=packing)
 
 # %% ../nbs/07_train.ipynb #ed37fb8c
 def _collator(student_tok, teacher_tok) -> KDCollator:
@@ -667,37 +731,39 @@ def distill(
     teacher:nn.Module|None, # the teacher LM (None: from config.teacher_cache, or an LM-only run)
     student:nn.Module, # the student LM, trained in place
     train, # texts, a text file, a `datasets.Dataset` with `text`, or a tokenized dataset
-    eval=None, # held-out data in the same forms (evaluation, early stopping and the best checkpoint)
+    eval=None, # held-out data in the same forms (evaluation, early stopping, the best checkpoint)
     student_tokenizer=None, # needed for texts; saved with the student
     teacher_tokenizer=None, # needed when the tokenizers differ (config.cross_tokenizer=True)
     curriculum=None, # a Curriculum, preset name or {component: weight}; default config.curriculum
-    callbacks=(), # TrainerCallbacks, or live charts with `.update(history)` (e.g. `viz.LiveLossChart`)
-    resume:bool|str=False, # True: continue from the newest complete checkpoint in output_dir; or a checkpoint
-    projector:nn.Module|None=None, # a projector for feature losses (default: made when widths differ)
+    callbacks=(), # TrainerCallbacks, or live charts with `.update(history)` (`viz.LiveLossChart`)
+    resume:bool|str=False, # True: go on from the newest complete checkpoint in output_dir; or one
+    projector:nn.Module|None=None, # a projector for feature losses (default: made across widths)
     router:nn.Module|None=None, # a knowledge router
     data_collator=None, # default: data.KDCollator with the tokenizers' pad ids
     peft_config=None, # a peft config for a LoRA (or other adapter) student; or set config.lora
-    overwrite:bool=False, # delete output_dir's previous run (checkpoints, student/, history.csv) after every check
+    overwrite:bool=False, # delete output_dir's previous run (checkpoints, student/, history.csv)
 ) -> DistillResult:
-    "Distill `teacher` into `student` on `train`, every check before the first step; the student, history, eval."
+    "Distill `teacher` into `student` on `train`, every check before the first step."
     cfg = as_config(config)
-    ckpt = resume_point(cfg.output_dir, resume, overwrite)   # a folder holding a run needs resume or overwrite
+    ckpt = resume_point(cfg.output_dir, resume, overwrite)   # (a held run: resume or overwrite)
     if cfg.cross_tokenizer and (student_tokenizer is None or teacher_tokenizer is None):
         raise ValueError("cross_tokenizer=True needs student_tokenizer and teacher_tokenizer")
     xtok = teacher_tokenizer if cfg.cross_tokenizer else None
-    tr = KDTrainer(cfg, teacher, student, train_dataset=_as_dataset(train, student_tokenizer, xtok, cfg, cfg.packing),
-                   eval_dataset=(eval_ds := _as_dataset(eval, student_tokenizer, xtok, cfg)),
-                   data_collator=data_collator or _collator(student_tokenizer, xtok), curriculum=curriculum,
-                   projector=projector, router=router, callbacks=callbacks, processing_class=student_tokenizer,
-                   vocab_map=VocabMap.from_tokenizers(teacher_tokenizer, student_tokenizer) if xtok else None,
-                   peft_config=peft_config)
-    if overwrite and tr.args.should_save: clear_run(tr.args.output_dir)   # every check passed: only now
+    vocab_map = VocabMap.from_tokenizers(teacher_tokenizer, student_tokenizer) if xtok else None
+    train_ds = _as_dataset(train, student_tokenizer, xtok, cfg, cfg.packing)
+    eval_ds = _as_dataset(eval, student_tokenizer, xtok, cfg)
+    tr = KDTrainer(cfg, teacher, student, train_dataset=train_ds, eval_dataset=eval_ds,
+                   data_collator=data_collator or _collator(student_tokenizer, xtok),
+                   curriculum=curriculum, projector=projector, router=router, vocab_map=vocab_map,
+                   callbacks=callbacks, processing_class=student_tokenizer, peft_config=peft_config)
+    if overwrite and tr.args.should_save: clear_run(tr.args.output_dir)   # every check passed: now
     tr.train(resume_from_checkpoint=ckpt)
-    ev = pd.Series(tr.evaluate(metric_key_prefix='final')).rename(lambda k: k[6:]) if eval_ds is not None else None
+    ev = None if eval_ds is None else pd.Series(tr.evaluate(metric_key_prefix='final'))
+    ev = ev if ev is None else ev.rename(lambda k: k[len('final_'):])
     out, hist = Path(tr.args.output_dir), tr.history
     tr.save_model(str(out/'student'), _internal_call=True)
     tr.create_model_card(ev, str(train) if isinstance(train, (str, Path)) else None)
     if tr.args.should_save: hist.to_csv(out/'history.csv', index=False)
     if tr.args.push_to_hub: tr.push_to_hub()
-    stop = tr.stop_reason or 'max_steps'
-    return DistillResult(tr.accelerator.unwrap_model(tr.model), hist, ev, tr, str(out), tr.state.best_model_checkpoint, stop)
+    return DistillResult(tr.accelerator.unwrap_model(tr.model), hist, ev, tr, str(out),
+                         tr.state.best_model_checkpoint, tr.stop_reason or 'max_steps')
