@@ -19,35 +19,39 @@ def describe_model(m) -> str:
     return getattr(getattr(m, 'config', None), '_name_or_path', '') or type(m).__name__
 
 def describe_teacher(teacher, # the teacher model, or None
-                     cache=None, # the run's `cache.TeacherCache` (when the teacher is not loaded), or None
+                     cache=None, # the run's `cache.TeacherCache` (no teacher loaded), or None
                     ) -> str:
-    "The teacher as the card names it: its model, the cache's record of it, or 'none' (an LM-only run)."
+    "The teacher as the card names it: its model, the cache's record of it, or 'none' (LM only)."
     if teacher is not None: return describe_model(teacher)
     return f"{cache.meta['teacher']} (from the teacher cache {cache.path})" if cache else 'none'
 
 # %% ../nbs/07d_card.ipynb #25cf8fa0
 def describe_data(ds) -> str:
     "The training data in numbers: examples and tokens of a dataset, or what kind of stream it is."
-    if hasattr(ds, 'column_names'): return f"{len(ds)} examples, {sum(map(len, ds['input_ids']))} tokens"
-    return f"a stream of examples ({type(ds).__name__})" if ds is not None else "none"   # a stream has no length
+    if hasattr(ds, 'column_names'):
+        return f"{len(ds)} examples, {sum(map(len, ds['input_ids']))} tokens"
+    if ds is None: return "none"
+    return f"a stream of examples ({type(ds).__name__})"   # (a stream has no length)
 
 # %% ../nbs/07d_card.ipynb #48e02f06
 def _recipe(args:KDConfig, curriculum, kd_path:str, steps:int) -> dict:
     "The recipe's rows, {knob: value as text}."
     w = lambda n: ', '.join(f'{curriculum.weights(p)[n]:g}' for p in (0, .5, 1))
     a = args
-    return {'curriculum (weights at 0, 50%, 100%)': '; '.join(f"{n}: {w(n)}" for n in curriculum.names),
-            'temperature': f'{curriculum.temperature(0):g}', 'divergence': a.divergence, 'KD path': kd_path,
-            'steps': f'{steps} of {a.max_steps}',
-            'batch': f'{a.per_device_train_batch_size} x {a.gradient_accumulation_steps} x {a.world_size}',
-            'learning rate': f'{a.learning_rate:g}, {_val(a.lr_scheduler_type)}, warmup {a.warmup_steps:g}',
-            'precision': a.precision, 'LoRA': json.dumps(a.lora) if a.lora else 'no'}
+    lr = f'{a.learning_rate:g}, {_val(a.lr_scheduler_type)}, warmup {a.warmup_steps:g}'
+    batch = f'{a.per_device_train_batch_size} x {a.gradient_accumulation_steps} x {a.world_size}'
+    weights = '; '.join(f"{n}: {w(n)}" for n in curriculum.names)
+    return {'curriculum (weights at 0, 50%, 100%)': weights,
+            'temperature': f'{curriculum.temperature(0):g}', 'divergence': a.divergence,
+            'KD path': kd_path, 'steps': f'{steps} of {a.max_steps}', 'batch': batch,
+            'learning rate': lr, 'precision': a.precision, 'LoRA': json.dumps(a.lora) if a.lora else 'no'}
 
 # %% ../nbs/07d_card.ipynb #e7858232
 def _results(ev:pd.Series|None) -> str:
     "The results table's rows in markdown, from the final evaluation `ev` ('' without one)."
     if ev is None: return ''
-    rows = [(k, ev.get(f'student_{k}', ev.get(k)), ev.get(f'teacher_{k}')) for k in ('ppl', 'bpb', 'kl', 'top1_agree')]
+    rows = [(k, ev.get(f'student_{k}', ev.get(k)), ev.get(f'teacher_{k}'))
+            for k in ('ppl', 'bpb', 'kl', 'top1_agree')]
     cell = lambda t: '' if t is None or t != t else f'{t:.4g}'   # (t != t: NaN)
     return '\n'.join(f"| {k} | {s:.4g} | {cell(t)} |" for k, s, t in rows if s is not None)
 
@@ -64,15 +68,22 @@ def model_card(
     ev:pd.Series|None=None, # the final evaluation (`evaluate.Evaluator`'s metrics)
     train_name:str|None=None, # what the training data is called (a file name)
 ) -> str:
-    "The student's model card: teacher, data, recipe and results, in markdown with the hub's YAML header."
+    "The student's model card: teacher, data, recipe, results, in markdown with the hub's header."
     n_params, res = sum(p.numel() for p in student.parameters()) / 1e6, _results(ev)
-    recipe = '\n'.join(f'| {k} | {v} |' for k, v in _recipe(args, curriculum, kd_path, steps).items())
-    return (f"---\nlibrary_name: {'peft' if args.lora else 'transformers'}\ntags: [kd_toolkit, knowledge-distillation]"
-            f"\n---\n\n# {Path(args.output_dir).name}\n\nA {type(student).__name__} student ({n_params:.2f}M parameters) "
-            f"distilled with kd_toolkit.\n\n## Teacher\n\n{teacher}\n\n## Data\n\n{train_name or 'training set'}: "
-            f"{data} (max_length {args.max_length}); held out: {n_heldout} examples.\n\n## Recipe\n\n"
-            f"| knob | value |\n|---|---|\n{recipe}\n\n## Results\n\n"
-            + (f"| metric | student | teacher |\n|---|---|---|\n{res}\n" if res else "No evaluation was run.\n"))
+    lib = 'peft' if args.lora else 'transformers'
+    recipe = [f'| {k} | {v} |' for k, v in _recipe(args, curriculum, kd_path, steps).items()]
+    table = ['| metric | student | teacher |', '|---|---|---|', res]
+    sections = [
+        ['---', f'library_name: {lib}', 'tags: [kd_toolkit, knowledge-distillation]', '---'],
+        [f'# {Path(args.output_dir).name}'],
+        [f"A {type(student).__name__} student ({n_params:.2f}M parameters) "
+         "distilled with kd_toolkit."],
+        ['## Teacher'], [teacher], ['## Data'],
+        [f"{train_name or 'training set'}: {data} (max_length {args.max_length}); "
+         f"held out: {n_heldout} examples."],
+        ['## Recipe'], ['| knob | value |', '|---|---|', *recipe],
+        ['## Results'], table if res else ['No evaluation was run.']]
+    return '\n\n'.join('\n'.join(s) for s in sections) + '\n'
 
 # %% ../nbs/07d_card.ipynb #71b0b209
 def write_card(folder:str|Path, # the student's folder (made if missing)
@@ -93,5 +104,6 @@ def upload_student(folder:str|Path, # the student's folder
                   ):
     "Upload the student's folder (model or adapter, tokenizer, card) to the hub repo `repo_id`."
     from huggingface_hub import HfApi
-    return HfApi().upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message,
-                                 token=token, run_as_future=not blocking, revision=revision)
+    return HfApi().upload_folder(repo_id=repo_id, folder_path=str(folder), token=token,
+                                 commit_message=commit_message, run_as_future=not blocking,
+                                 revision=revision)

@@ -16,14 +16,15 @@ __all__ = ['KD_MODULES', 'KD_STATE', 'STAGING', 'save_extras', 'load_extras', 'w
            'staging', 'promote']
 
 # %% ../nbs/07c_checkpoint.ipynb #f757d694
-KD_MODULES, KD_STATE = 'kd_modules.pt', 'kd_state.json'   # what distillation adds to a checkpoint folder
+KD_MODULES, KD_STATE = 'kd_modules.pt', 'kd_state.json'   # what distillation adds to a checkpoint
 
-def save_extras(extras:nn.ModuleDict, # the modules beside the student (projector, router); none: nothing is written
+def save_extras(extras:nn.ModuleDict, # the modules beside the student (projector, router), or none
                 folder:str|Path, # a checkpoint or student folder
                ):
-    "Save the projector/router weights as `kd_modules.pt` in `folder` (nothing when there are none)."
+    "Save the projector/router weights as `kd_modules.pt` in `folder` (nothing without any)."
     if len(extras): torch.save(extras.state_dict(), Path(folder)/KD_MODULES)
 
+# %% ../nbs/07c_checkpoint.ipynb #2e1a0534
 def load_extras(extras:nn.ModuleDict, ckpt:str|Path):
     "Load the projector/router weights from checkpoint folder `ckpt`, where it holds them."
     if len(extras) and (Path(ckpt)/KD_MODULES).exists():
@@ -47,7 +48,8 @@ def _safetensors_damage(f:Path) -> str|None:
         n = int.from_bytes(fh.read(8), 'little')
         if 8 + n > size: return f"truncated ({size:,} bytes, shorter than its header)"
         head = json.loads(fh.read(n))
-    want = 8 + n + max((v['data_offsets'][1] for k, v in head.items() if k != '__metadata__'), default=0)
+    ends = [v['data_offsets'][1] for k, v in head.items() if k != '__metadata__']
+    want = 8 + n + max(ends, default=0)
     return None if size == want else f"truncated ({size:,} of {want:,} bytes)"
 
 # %% ../nbs/07c_checkpoint.ipynb #b4c3bf58
@@ -58,39 +60,42 @@ def _truncated(f:Path) -> str|None:
         if f.suffix in ('.pt', '.pth', '.bin'): zipfile.ZipFile(f).close()
         elif f.suffix == '.json': json.loads(f.read_bytes())
     except (ValueError, KeyError, TypeError, zipfile.BadZipFile):
-        return f"truncated or corrupt ({f.stat().st_size:,} bytes; not a complete {f.suffix[1:]} file)"
+        return f"truncated or corrupt ({f.stat().st_size:,} bytes; not a whole {f.suffix[1:]} file)"
     return None
 
 # %% ../nbs/07c_checkpoint.ipynb #4a7c17de
-_NEEDED = ('trainer_state.json', 'optimizer.pt', 'scheduler.pt')   # what the engine needs besides the weights
-_WEIGHTS = ('model.safetensors', 'model.safetensors.index.json', 'adapter_model.safetensors', 'pytorch_model.bin')
+_NEEDED = ('trainer_state.json', 'optimizer.pt', 'scheduler.pt')   # the engine's, and the weights
+_WEIGHTS = ('model.safetensors', 'model.safetensors.index.json', 'adapter_model.safetensors',
+            'pytorch_model.bin')   # the weights, in any of their forms
 
 def checkpoint_damage(ckpt:str|Path, # a checkpoint folder (`output_dir/checkpoint-N`)
                      ) -> str|None:
-    "What makes `ckpt` unfit to resume from (a file missing or truncated), or None; reads no weights."
+    "What makes `ckpt` unfit to resume from (a file missing or cut short) or None; no weight is read."
     ckpt = Path(ckpt)
     if not ckpt.is_dir(): return "not a checkpoint folder"
     missing = [n for n in _NEEDED if not (ckpt/n).is_file()]
     if not any((ckpt/w).is_file() for w in _WEIGHTS): missing.append('model.safetensors')
     if missing: return f"{', '.join(missing)} missing"
-    return next((f"{f.name} is {why}" for f in sorted(ckpt.iterdir()) if f.is_file() and (why := _truncated(f))), None)
+    damage = ((f, _truncated(f)) for f in sorted(ckpt.iterdir()) if f.is_file())
+    return next((f"{f.name} is {why}" for f, why in damage if why), None)
 
 # %% ../nbs/07c_checkpoint.ipynb #3df09a53
 def _checkpoint_dirs(d) -> list[Path]:
     "The `checkpoint-N` folders in `d`, newest first."
-    found = [p for p in Path(d).glob('checkpoint-*') if re.fullmatch(r'checkpoint-\d+', p.name) and p.is_dir()]
+    found = [p for p in Path(d).glob('checkpoint-*')
+             if re.fullmatch(r'checkpoint-\d+', p.name) and p.is_dir()]
     return sorted(found, key=lambda p: -int(p.name.split('-')[1]))
 
 # %% ../nbs/07c_checkpoint.ipynb #be0f690f
 def last_complete_checkpoint(output_dir:str|Path, # a run's output folder
                             ) -> str|None:
-    "The newest complete checkpoint in `output_dir` (None: none at all); newer damaged ones are skipped, warned."
+    "The newest complete checkpoint in `output_dir` (None: none); skips newer damaged ones, warning."
     damaged = []
     for p in _checkpoint_dirs(output_dir):
         if (why := checkpoint_damage(p)) is None:
             for q, w in damaged:
-                warnings.warn(f"checkpoint {q} is damaged ({w}): resuming from {p.name}, the newest complete one",
-                              stacklevel=2)
+                warnings.warn(f"checkpoint {q} is damaged ({w}): resuming from {p.name}, "
+                              "the newest complete one", stacklevel=2)
             return str(p)
         damaged.append((p, why))
     if damaged: raise ValueError(f"no complete checkpoint in {output_dir} to resume from: "
@@ -99,7 +104,7 @@ def last_complete_checkpoint(output_dir:str|Path, # a run's output folder
 
 # %% ../nbs/07c_checkpoint.ipynb #2b7bc1d4
 def resume_from(output_dir:str|Path, # the run's output folder
-                resume:bool|str|Path|None=None, # True: its newest complete checkpoint; or a checkpoint folder
+                resume:bool|str|Path|None=None, # True: its newest complete checkpoint; or a folder
                ) -> str|None:
     "The checkpoint that `resume` names for a run in `output_dir`, checked; None: a fresh start."
     if not resume: return None
@@ -111,8 +116,8 @@ def resume_from(output_dir:str|Path, # the run's output folder
                      "start a new run without it")
 
 # %% ../nbs/07c_checkpoint.ipynb #04bc1ac7
-_RUN_FILES = re.compile(r'checkpoint-\d+|student|history\.csv')   # what a run leaves in its output_dir
-_SCRAPS = re.compile(r'\.staging|\.old-checkpoint-\d+')           # and what a killed save may leave behind
+_RUN_FILES = re.compile(r'checkpoint-\d+|student|history\.csv')   # what a run leaves in its folder
+_SCRAPS = re.compile(r'\.staging|\.old-checkpoint-\d+')           # and what a killed save may leave
 
 def _held_run(d:Path) -> list[str]:
     "What a previous run left in folder `d`."
@@ -121,25 +126,26 @@ def _held_run(d:Path) -> list[str]:
 # %% ../nbs/07c_checkpoint.ipynb #69a75231
 def clear_run(output_dir:str|Path, # a run's output folder
              ):
-    "Delete a previous run's files from `output_dir` (checkpoints, student/, history.csv); anything else stays."
+    "Delete a previous run's files from `output_dir` (checkpoints, student/, history.csv) only."
     d = Path(output_dir)
     for p in [d/n for n in _held_run(d)] + [p for p in d.glob('.*') if _SCRAPS.fullmatch(p.name)]:
         shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 # %% ../nbs/07c_checkpoint.ipynb #617524ea
 def resume_point(output_dir:str|Path, # the run's output folder
-                 resume:bool|str|Path=False, # True: its newest complete checkpoint; or a checkpoint folder
-                 overwrite:bool=False, # the folder's previous run is to be deleted (`distill`, after its checks)
+                 resume:bool|str|Path=False, # True: its newest complete checkpoint; or a folder
+                 overwrite:bool=False, # its previous run is to be deleted (`distill`: after checks)
                 ) -> str|None:
-    "The checkpoint a run into `output_dir` continues from (None: fresh); a folder holding a run needs an option."
+    "The checkpoint a run into `output_dir` continues from (None: fresh); refuses a held run."
     d = Path(output_dir)
     if resume and overwrite: raise ValueError(
-        f"resume and overwrite exclude each other: resume continues the run in {d}, overwrite deletes it")
+        f"resume and overwrite exclude each other: resume continues the run in {d}, "
+        "overwrite deletes it")
     if resume: return resume_from(d, resume)
-    if (held := _held_run(d)) and not overwrite:
-        raise ValueError(f"output_dir {d} already holds a run ({', '.join(held[:4] + ['...'] * (len(held) > 4))}): "
-                         "continue it with resume=True (--resume), replace it with overwrite=True (--overwrite), "
-                         "or choose another output_dir")
+    if (held := _held_run(d)) and not overwrite: raise ValueError(
+        f"output_dir {d} already holds a run ({', '.join(held[:4] + ['...'] * (len(held) > 4))}): "
+        "continue it with resume=True (--resume), replace it with overwrite=True (--overwrite), "
+        "or choose another output_dir")
     return None
 
 # %% ../nbs/07c_checkpoint.ipynb #7c3c0b78
@@ -156,7 +162,7 @@ def quiet_saves():
 STAGING = '.staging'   # where a checkpoint is written before it is renamed into place
 
 def staging(run_dir:str|Path, # the run's output folder
-            fresh:bool=True, # empty it first (the process that saves; under DDP the others only need the path)
+            fresh:bool=True, # empty it first (the saving process; under DDP others need the path)
            ) -> Path:
     "The staging folder of `run_dir`, emptied and made when `fresh`."
     stage = Path(run_dir)/STAGING
@@ -170,10 +176,11 @@ def promote(stage:Path, # the staging folder, holding the finished `name`
             save_total_limit:int|None=None, # checkpoints to keep (the engine's rotation; None: all)
             best:str|None=None, # the best checkpoint, always kept
            ) -> Path:
-    "Rename the finished checkpoint `stage/name` into `run_dir`, replacing one of that name; rotate the rest."
+    "Rename the finished `stage/name` into `run_dir`, replacing one of that name; rotate the rest."
     tmp, final, trash = stage/name, Path(run_dir)/name, Path(run_dir)/f'.old-{name}'
     if final.exists(): shutil.rmtree(trash, ignore_errors=True); os.replace(final, trash)
-    os.replace(tmp, final); shutil.rmtree(trash, ignore_errors=True); shutil.rmtree(stage, ignore_errors=True)
-    rotate_checkpoints(output_dir=str(run_dir), save_total_limit=save_total_limit, best_model_checkpoint=best,
-                       use_mtime=False)
+    os.replace(tmp, final)
+    for d in (trash, stage): shutil.rmtree(d, ignore_errors=True)
+    rotate_checkpoints(output_dir=str(run_dir), save_total_limit=save_total_limit,
+                       best_model_checkpoint=best, use_mtime=False)
     return final

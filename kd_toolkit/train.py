@@ -84,6 +84,7 @@ _DP = ("{} GPUs are visible to this one process (Kaggle 'T4 x2' in a notebook, s
        "or use both with one process per GPU: `accelerate launch --num_processes 2 train.py` "
        "(or torchrun), with the fp16_16gb_ddp preset. Nothing was trained.")
 
+# %% ../nbs/07_train.ipynb #183ffe34
 def _check_machine(args:KDConfig):
     "Refuse a GPU the build cannot run, DataParallel, and an output folder that is not writable."
     if not (pf := gpu_preflight()).ok: raise RuntimeError(pf.message)
@@ -103,6 +104,7 @@ def _resolve_curriculum(cur, temperature:float=1.0):
 # %% ../nbs/07_train.ipynb #2b74f027
 def _vocab(m:nn.Module) -> int: return m.get_output_embeddings().weight.shape[0]
 
+# %% ../nbs/07_train.ipynb #2ffdb634
 def _check_vocab(args:KDConfig, teacher, student):
     "One vocabulary for teacher and student unless `cross_tokenizer`; the error names the knob."
     if teacher is None or args.cross_tokenizer: return
@@ -220,6 +222,7 @@ class _Run:
     args:KDConfig; teacher:nn.Module|None; student:nn.Module; curriculum:object; plan:Plan
     cache:TeacherCache|None; train:object; collate:object
 
+# %% ../nbs/07_train.ipynb #0df0982d
 def _prepare(config, teacher, student, train_dataset=None, eval_dataset=None, data_collator=None,
              curriculum=None, projector=None, router=None, vocab_map=None, peft_config=None):
     "Check everything once, in order; decide the run (config, machine, curriculum, models, cache)."
@@ -279,8 +282,6 @@ def logs(self:_Window, balanced:bool=False) -> dict:
     return out
 
 # %% ../nbs/07_train.ipynb #afc316c7
-_TAIL = ['grad_norm', 'loss_scale', 'tokens_per_s', 'skipped_steps', 'kd_path']   # (after the LRs)
-
 def _history(log_history:list, kd_path:str) -> pd.DataFrame:
     "The run's history from the engine's log history: a row per logged step and per evaluation."
     is_train = lambda r: 'loss' in r and 'progress' in r
@@ -294,7 +295,8 @@ def _history(log_history:list, kd_path:str) -> pd.DataFrame:
     lead = ['step', 'progress', 'loss'] + [f'{k}/{c}' for c in comps for k in ('raw', 'weight',
                                                                                 'weighted')]
     lrs = sorted((c for c in df if c.startswith('lr/')), key=lambda c: (c[:10] != 'lr/student', c))
-    order = [c for c in lead + lrs + _TAIL if c in df]
+    tail = ['grad_norm', 'loss_scale', 'tokens_per_s', 'skipped_steps', 'kd_path']
+    order = [c for c in lead + lrs + tail if c in df]
     return df[order + sorted(c for c in df if c not in order)]
 
 # %% ../nbs/07_train.ipynb #34e174f2
@@ -310,6 +312,7 @@ class _Guard:
     lrs:dict=field(default_factory=dict) # each parameter group's LR at the last optimizer step
     stop_reason:str|None=None # 'early_stopping' or 'time_budget' when the callback stopped the run
 
+# %% ../nbs/07_train.ipynb #ea1db900
 @patch
 def record(self:_Guard, raw:dict, weights:dict, scales:dict, total, n_tokens):
     "One micro-batch: its numbers into the window, its non-finite and active components noted."
@@ -326,6 +329,7 @@ def _nonfinite_groups(param_groups) -> list[str]:
     norms = torch.stack([torch.nn.utils.get_total_norm(gs).to(dev) for _, gs in named])
     return [n for (n, _), ok in zip(named, torch.isfinite(norms).tolist()) if not ok]
 
+# %% ../nbs/07_train.ipynb #dfde3da9
 @patch
 def check_grads(self:_Guard, param_groups) -> bool:
     "Before the optimizer step: the real LRs, the non-finite groups; whether to skip the step."
@@ -350,6 +354,7 @@ def end_step(self:_Guard, step:int, scaler_skipped:bool=False) -> int:
 class NonFiniteError(RuntimeError):
     "Training stopped: too many consecutive steps had a non-finite loss or gradient."
 
+# %% ../nbs/07_train.ipynb #6efaba99
 @patch
 def diagnosis(self:_Guard, scaler=None) -> str:
     "Which components or groups went non-finite over the last skipped steps; the fp16 loss scale."
@@ -407,6 +412,7 @@ def on_pre_optimizer_step(self:_KDCallback, args, state, control, **kw):
     if skip and tr.accelerator.scaler is None:
         for p in (p for g in tr.optimizer.param_groups for p in g['params']): p.grad = None
 
+# %% ../nbs/07_train.ipynb #be925954
 @patch
 def on_optimizer_step(self:_KDCallback, args, state, control, **kw):
     self.tr.extras.zero_grad(set_to_none=True)
@@ -431,6 +437,7 @@ def on_evaluate(self:_KDCallback, args, state, control, metrics=None, **kw):
     if s['bad_evals'] >= args.early_stopping_patience:
         self.guard.stop_reason, control.should_training_stop = 'early_stopping', True
 
+# %% ../nbs/07_train.ipynb #6dff0b87
 @patch
 def on_train_end(self:_KDCallback, args, state, control, **kw):
     if self.bar is not None: self.bar.close(); self.bar = None
@@ -464,15 +471,18 @@ def _extras(plan:Plan, device) -> nn.ModuleDict:
     mods = {k: getattr(plan, k) for k in ('projector', 'router')}
     return nn.ModuleDict({k: m for k, m in mods.items() if m is not None}).to(device)
 
+# %% ../nbs/07_train.ipynb #b14af807
 def _path_label(plan:Plan, args:KDConfig) -> str:
     "The KD path as logged: across tokenizers with the cross-vocabulary loss, e.g. 'topk+uld'."
     return f"{plan.kd_path}+{plan.cross_vocab_loss}" if args.cross_tokenizer else plan.kd_path
 
+# %% ../nbs/07_train.ipynb #740154ad
 def _kd_state(balancer) -> dict:
     "The distillation's counters, checkpointed as `kd_state.json` (with the balancer's means)."
     s = dict(skipped_steps=0, nonfinite_run=0, nonfinite=[], best=None, bad_evals=0)
     return s | ({'balancer': dict(ema=balancer.ema, n=balancer.n)} if balancer else {})
 
+# %% ../nbs/07_train.ipynb #725b6c8d
 class KDTrainer(Trainer):
     "A `transformers.Trainer` whose model is the student, distilling a frozen `teacher`."
     loss_is_scaled_for_ga = False   # a mean over tokens: the engine divides it over micro-batches
@@ -593,6 +603,7 @@ def _evaluator(tr) -> Evaluator:
                      vocab_map=tr.plan.vocab_map, topk=5, weights=tr.curriculum.weights(1.0),
                      chunk_size=tr.args.chunk_size or 1024, progress=False)
 
+# %% ../nbs/07_train.ipynb #2becc795
 @patch
 def evaluate(self:KDTrainer, eval_dataset=None, ignore_keys=None, metric_key_prefix='eval') -> dict:
     "Schedule-invariant metrics of the student: perplexity, bits per byte, KL, agreement."
@@ -618,6 +629,7 @@ def train(self:KDTrainer, resume_from_checkpoint=None, **kw):
     if ckpt := resume_from(self.args.output_dir, resume_from_checkpoint): self._load_kd(ckpt)
     return Trainer.train(self, resume_from_checkpoint=ckpt, **kw)
 
+# %% ../nbs/07_train.ipynb #4d6be784
 @patch
 def _load_kd(self:KDTrainer, ckpt, state:bool=True):
     "The projector/router weights and (with `state`) the distillation counters from `ckpt`."
@@ -632,8 +644,10 @@ def _best_checkpoint(st, run_dir:Path) -> str|None:
     if step and (best.exists() or step == st.global_step): return str(best)
     return st.best_model_checkpoint
 
+# %% ../nbs/07_train.ipynb #514666bf
 def _means(kd_state:dict) -> tuple: return kd_state['balancer']['ema'], kd_state['balancer']['n']
 
+# %% ../nbs/07_train.ipynb #ae61e4b6
 def _finish_save(tr, stage:Path, run_dir:Path, name:str):
     "Add the trainer's counters and state to the staged checkpoint `name`; rename it into place."
     extra = dict(stop_reason=tr.stop_reason, kd_path=tr.kd_path_label)
@@ -641,6 +655,7 @@ def _finish_save(tr, stage:Path, run_dir:Path, name:str):
     tr.state.save_to_json(str(stage/name/'trainer_state.json'))
     promote(stage, run_dir, name, tr.args.save_total_limit, tr.state.best_model_checkpoint)
 
+# %% ../nbs/07_train.ipynb #38b3e3d9
 @patch
 def _get_output_dir(self:KDTrainer, trial):
     return self._staging or Trainer._get_output_dir(self, trial)
