@@ -60,7 +60,8 @@ def _truncated(f:Path) -> str|None:
         if f.suffix in ('.pt', '.pth', '.bin'): zipfile.ZipFile(f).close()
         elif f.suffix == '.json': json.loads(f.read_bytes())
     except (ValueError, KeyError, TypeError, zipfile.BadZipFile):
-        return f"truncated or corrupt ({f.stat().st_size:,} bytes; not a whole {f.suffix[1:]} file)"
+        return (f"truncated or corrupt ({f.stat().st_size:,} bytes; "
+                f"not a complete {f.suffix[1:]} file)")
     return None
 
 # %% ../nbs/07c_checkpoint.ipynb #4a7c17de

@@ -130,17 +130,18 @@ _P100_FIX = ("Fix: install a torch build that still ships sm_60 kernels (the CUD
 def _refusal(name:str, cap:tuple, arch_list:list) -> str:
     "Why a build with `arch_list` cannot run on GPU `name` of capability `cap`, and the fix."
     sm = f"sm_{cap[0]}{cap[1]}"
-    fix = _P100_FIX if cap[0] == 6 else (f"Fix: install a torch build whose arch list includes {sm} "
+    fix = _P100_FIX if cap[0] == 6 else (
+        f"Fix: install a torch build whose arch list includes {sm} "
         "(see https://pytorch.org/get-started/locally/), then restart the kernel; "
         "or choose another GPU.")
-    return (f"{name} has compute capability {cap[0]}.{cap[1]} ({sm}), but this torch {torch.__version__} "
-            f"build only has kernels for {' '.join(arch_list) or 'no CUDA arch'}. "
+    return (f"{name} has compute capability {cap[0]}.{cap[1]} ({sm}), but this torch "
+            f"{torch.__version__} build only has kernels for {' '.join(arch_list) or 'no CUDA arch'}. "
             f"Every CUDA operation would fail with 'no kernel image is available'.\n{fix}")
 
 # %% ../nbs/00_core.ipynb #450643bf
 def gpu_preflight(
     capability:tuple[int,int]|None=None, # override: the GPU's (major, minor); default: device 0's
-    arch_list:list[str]|None=None, # override: the build's archs; default: `torch.cuda.get_arch_list()`
+    arch_list:list[str]|None=None, # override: the build's archs (default: torch's own)
     name:str|None=None, # override: the GPU's name
     cuda_available:bool|None=None, # override: whether CUDA is available
     prefer_bf16:bool=True, # passed to `pick_dtype`
@@ -155,7 +156,8 @@ def gpu_preflight(
     if arch_list is None: arch_list = torch.cuda.get_arch_list()
     cap, archs = tuple(capability), list(arch_list)
     dtype = pick_dtype(cap, prefer_bf16)
-    if not _has_kernels(cap, archs): return Preflight(False, name, cap, archs, dtype, _refusal(name, cap, archs))
+    if not _has_kernels(cap, archs):
+        return Preflight(False, name, cap, archs, dtype, _refusal(name, cap, archs))
     return Preflight(True, name, cap, archs, dtype, f"{name} (compute capability {cap[0]}.{cap[1]}, "
                      f"sm_{cap[0]}{cap[1]}) is supported by this torch {torch.__version__} build; "
                      f"training dtype: {str(dtype)[6:]}.")
@@ -251,10 +253,11 @@ def _describe(hint) -> str:
 
 # %% ../nbs/00_core.ipynb #d02c5e39
 DIVERGENCES = ('fkl', 'rkl', 'jsd', 'skl', 'srkl', 'tvd')   # `losses.kd_loss(divergence=...)`
-CROSS_VOCAB_LOSSES = ('map', 'uld', 'hybrid', 'chunk')        # the forms of `kd` across vocabularies
-CURRICULUM_PRESETS = ('kd_lm', 'seed')                        # `curriculum.preset`: `<name>_curriculum`
+CROSS_VOCAB_LOSSES = ('map', 'uld', 'hybrid', 'chunk')        # the forms of `kd` across vocabs
+CURRICULUM_PRESETS = ('kd_lm', 'seed')                        # built by `curriculum.preset`
 _CHOICES = dict(precision=('auto', 'fp16', 'bf16', 'fp32'), balance=('none', 'adaptive'),
-                teacher_dtype=('auto', 'fp16', 'bf16', 'fp32', 'keep'), hidden_kind=('nmse', 'cosine'),
+                teacher_dtype=('auto', 'fp16', 'bf16', 'fp32', 'keep'),
+                hidden_kind=('nmse', 'cosine'),
                 kd_path=('auto', 'full', 'chunked', 'topk', 'fused', 'cached'),
                 divergence=DIVERGENCES, cross_vocab_loss=CROSS_VOCAB_LOSSES)
 
@@ -262,7 +265,8 @@ _CHOICES = dict(precision=('auto', 'fp16', 'bf16', 'fp32'), balance=('none', 'ad
 def _choices(name, hint) -> tuple|None:
     "The allowed values of knob `name`: from `_CHOICES`, or the values of an enum in its annotation."
     if name in _CHOICES: return _CHOICES[name]
-    enums = [a for a in typing.get_args(hint) or (hint,) if isinstance(a, type) and issubclass(a, Enum)]
+    is_enum = lambda a: isinstance(a, type) and issubclass(a, Enum)
+    enums = [a for a in typing.get_args(hint) or (hint,) if is_enum(a)]
     return tuple(e.value for e in enums[0]) if enums else None
 
 # %% ../nbs/00_core.ipynb #6f7b82e4
@@ -291,7 +295,8 @@ def _check_range(name, v):
     "Refuse a number `v` of knob `name` outside its range in `_RANGES`, or not finite."
     if name not in _RANGES or v is None or isinstance(v, str): return   # (a string here: a Literal)
     lo, hi, strict = _RANGES[name]
-    if math.isnan(v) or math.isinf(v) or (v <= lo if strict else v < lo) or (hi is not None and v > hi):
+    low = v <= lo if strict else v < lo
+    if math.isnan(v) or math.isinf(v) or low or (hi is not None and v > hi):
         raise ConfigError(f"KDConfig.{name}={v!r}: must be {'>' if strict else '>='} {lo}"
                           + (f" and <= {hi}" if hi is not None else '') + ", and finite")
 
@@ -326,7 +331,8 @@ def _resolve_precision(c, cap):
     auto = {torch.float16: 'fp16', torch.bfloat16: 'bf16'}.get(pick_dtype(cap), 'fp32')
     p = c.precision if c.precision != 'auto' else flag or auto
     if p == 'fp16' and cap is None: raise ConfigError(
-        "precision='fp16' needs a CUDA GPU (fp16 autocast and loss scaling); on CPU use precision='fp32' or 'auto'")
+        "precision='fp16' needs a CUDA GPU (fp16 autocast and loss scaling); "
+        "on CPU use precision='fp32' or 'auto'")
     if p == 'bf16' and cap is not None and tuple(cap) < (8, 0): raise ConfigError(
         f"precision='bf16' needs compute capability 8.0+ (this GPU: {cap[0]}.{cap[1]}, no bf16 units); "
         "use 'fp16' or 'auto'")
@@ -369,9 +375,11 @@ def _check_schedule(c):
                                         f"(max_steps={c.max_steps}): lower it, e.g. warmup_steps=0")
     if sched == 'constant' and n_warm: raise ConfigError(
         f"lr_scheduler_type='constant' has no warmup (warmup_steps={w}): use 'constant_with_warmup'")
-    decay = (c.lr_scheduler_kwargs or {}).get('num_decay_steps', 0) if sched == 'warmup_stable_decay' else 0
-    if n_warm + decay > c.max_steps: raise ConfigError(f"warmup_stable_decay: warmup ({n_warm}) + "
-                                                       f"num_decay_steps ({decay}) > max_steps={c.max_steps}")
+    wsd = sched == 'warmup_stable_decay'
+    decay = (c.lr_scheduler_kwargs or {}).get('num_decay_steps', 0) if wsd else 0
+    if n_warm + decay > c.max_steps: raise ConfigError(
+        f"warmup_stable_decay: warmup ({n_warm}) + num_decay_steps ({decay}) "
+        f"> max_steps={c.max_steps}")
 
 # %% ../nbs/00_core.ipynb #8c545f77
 def _check_curriculum(cur):
@@ -410,7 +418,8 @@ def _check_extras(c):
         raise ConfigError(f"lr_multipliers {bad}: keys are 'student', 'projector', 'router', "
                           "values numbers > 0")
     if c.lora is not None and importlib.util.find_spec('peft') is None: raise ConfigError(
-        "lora=... trains a LoRA student with the peft library, which is not installed: pip install 'kd_toolkit[peft]'")
+        "lora=... trains a LoRA student with the peft library, which is not installed: "
+        "pip install 'kd_toolkit[peft]'")
 
 # %% ../nbs/00_core.ipynb #54289eda
 @dataclass
@@ -420,7 +429,8 @@ class KDConfig(TrainingArguments, DistillArguments):
     seed:int=0 # seeds torch, numpy, python and the data order
     max_steps:int=1000 # optimizer steps; the curriculum's progress is step / max_steps
     learning_rate:float=5e-4 # peak student LR (projector and router: times lr_multipliers)
-    # 'constant', 'constant_with_warmup', 'linear', 'cosine', 'warmup_stable_decay' (decays over the last 20%), ...
+    # 'constant', 'constant_with_warmup', 'linear', 'cosine', 'warmup_stable_decay' (a decay over
+    # the last 20%), ...
     lr_scheduler_type:SchedulerType|str='warmup_stable_decay'
     warmup_steps:float=0 # an int: steps; a float below 1: share of max_steps (none for 'constant')
     weight_decay:float=0.3 # AdamW decoupled decay (never on norms and biases)
@@ -450,7 +460,8 @@ class KDConfig(TrainingArguments, DistillArguments):
         for f in dataclasses.fields(self): _check_value(f.name, getattr(self, f.name), hints[f.name])
         _resolve_precision(self, _capability())
         _resolve_cadence(self, given := frozenset(self._given)); _resolve_warmup(self, given)
-        _check_schedule(self); _check_curriculum(self.curriculum); _check_together(self); _check_extras(self)
+        _check_schedule(self); _check_curriculum(self.curriculum)
+        _check_together(self); _check_extras(self)
         super().__post_init__()
 
     @classmethod
@@ -493,20 +504,20 @@ def from_json(cls:KDConfig, path:str|Path) -> KDConfig:
     return cls.from_dict(json.loads(Path(path).read_text()))
 
 # %% ../nbs/00_core.ipynb #19ee3cd4
-_GPU = dict(per_device_train_batch_size=8, gradient_accumulation_steps=4, max_length=512, learning_rate=3e-4,
-            kd_topk=64, chunk_size='auto', logging_steps=25, eval_steps=250, eval_batches=50,
-            early_stopping_patience=5, dataloader_num_workers=2)   # what the GPU presets share
+_GPU = dict(per_device_train_batch_size=8, gradient_accumulation_steps=4, max_length=512,
+            learning_rate=3e-4, kd_topk=64, chunk_size='auto', logging_steps=25, eval_steps=250,
+            eval_batches=50, early_stopping_patience=5, dataloader_num_workers=2)   # what the GPU presets share
 
 # %% ../nbs/00_core.ipynb #d8511836
 PRESETS = {
     'fp16_16gb': _GPU | dict(precision='fp16', time_budget_hours=11.0),
     'fp16_16gb_ddp': _GPU | dict(precision='fp16', per_device_train_batch_size=4, time_budget_hours=11.0),
     'bf16_gpu': _GPU | dict(precision='bf16'),
-    'cpu_demo': dict(precision='fp32', max_steps=200, max_length=128, learning_rate=1e-3, logging_steps=10,
-                     eval_steps=50, eval_batches=8),
-    'smoke': dict(precision='fp32', max_steps=4, warmup_steps=0, per_device_train_batch_size=2, max_length=32,
-                  learning_rate=1e-3, logging_steps=1, eval_steps=2, eval_batches=2, save_total_limit=1,
-                  progress_bar=False),
+    'cpu_demo': dict(precision='fp32', max_steps=200, max_length=128, learning_rate=1e-3,
+                     logging_steps=10, eval_steps=50, eval_batches=8),
+    'smoke': dict(precision='fp32', max_steps=4, warmup_steps=0, per_device_train_batch_size=2,
+                  max_length=32, learning_rate=1e-3, logging_steps=1, eval_steps=2, eval_batches=2,
+                  save_total_limit=1, progress_bar=False),
 }
 _OLD_PRESETS = {'kaggle_p100': 'fp16_16gb', 'kaggle_t4x2': 'fp16_16gb_ddp'}
 
@@ -528,7 +539,8 @@ def make_config(
     "A `KDConfig` from a preset and overrides; unknown presets and knobs raise, saying what to use."
     if preset == 'auto': preset = auto_preset(_capability(), int(os.environ.get('WORLD_SIZE', '1')))
     if preset is not None and preset not in PRESETS:
-        near = _OLD_PRESETS.get(preset) or next(iter(difflib.get_close_matches(preset, PRESETS, n=1)), None)
+        close = difflib.get_close_matches(preset, PRESETS, n=1)
+        near = _OLD_PRESETS.get(preset) or (close[0] if close else None)
         raise ConfigError(f"unknown preset {preset!r}" + (f": did you mean {near!r}?" if near else '')
                           + f" Presets: {', '.join(PRESETS)}, 'auto'")
     return KDConfig(**{**PRESETS.get(preset, {}), **overrides})
@@ -540,7 +552,8 @@ def as_config(
     "The `KDConfig` that `config` describes (checked once, here)."
     if isinstance(config, KDConfig): return config
     if isinstance(config, dict): return KDConfig.from_dict(config)
-    if isinstance(config, (str, Path)) and str(config).endswith('.json'): return KDConfig.from_json(config)
+    if isinstance(config, (str, Path)) and str(config).endswith('.json'):
+        return KDConfig.from_json(config)
     if isinstance(config, str): return make_config(config)
     raise ConfigError("config: expected a KDConfig, a dict of knobs, a preset name or a .json file, "
                       f"got {type(config).__name__}")

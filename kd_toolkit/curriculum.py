@@ -24,7 +24,8 @@ def _check_p(p, what='progress p') -> float:
     "`p` as a float in [0, 1] (float dust at the ends clipped); else raise, naming `what`."
     p = float(p)
     if not (-1e-9 <= p <= 1 + 1e-9) or math.isnan(p):
-        raise ValueError(f"{what} must be in [0, 1], got {p}; pass step / total_steps (`progress`)")
+        raise ValueError(f"{what} must be in [0, 1], got {p}; "
+                         "pass step / total_steps (see `progress`)")
     return min(max(p, 0.0), 1.0)
 
 # %% ../nbs/04_curriculum.ipynb #e5b9b233
@@ -78,7 +79,8 @@ class Linear(Schedule):
         n = type(self).__name__
         _set(self, **{f: _check_value(getattr(self, f), f'{n} {f}') for f in ('v0', 'v1')})
         s, e = _check_p(self.start, f'{n} start'), _check_p(self.end, f'{n} end')
-        if s > e: raise ValueError(f"{n} ramp has start={s} > end={e}: it must begin before it ends")
+        if s > e: raise ValueError(f"{n} ramp has start={s} > end={e}: "
+                                   "a ramp must begin before it ends (swap them)")
         _set(self, start=s, end=e)
     def _frac(self, p): return _ramp(p, self.start, self.end)
     def _at(self, p): return self.v0 + (self.v1 - self.v0) * self._frac(p)

@@ -53,7 +53,8 @@ def _copy_plan(student:nn.Module, teacher:nn.Module, every:int|None) -> dict:
         f"student layers live at {sname!r}, teacher layers at {tname!r}: not the same architecture")
     every, n_s, n_t = every or max(len(tlayers) // len(slayers), 1), len(slayers), len(tlayers)
     if (n_s-1)*every >= n_t:
-        raise ValueError(f"every={every} needs {(n_s-1)*every+1} teacher layers, it has {n_t}")
+        raise ValueError(f"every={every} needs {(n_s-1)*every+1} teacher layers, "
+                         f"the teacher has {n_t}")
     tsd, pat, plan = teacher.state_dict(), re.compile(rf"^{re.escape(sname)}\.(\d+)\.(.*)$"), {}
     for k, v in student.state_dict().items():
         src = f"{sname}.{int(m[1])*every}.{m[2]}" if (m := pat.match(k)) else k
@@ -730,7 +731,8 @@ def _as_dataset(data, student_tok, teacher_tok, cfg, packing=False):
     if isinstance(data, torch.utils.data.IterableDataset): return data   # (random windows)
     if hasattr(data, 'column_names') and 'input_ids' in data.column_names: return data
     if student_tok is None:
-        raise ValueError("texts need a student_tokenizer (or pass a tokenized dataset: input_ids)")
+        raise ValueError("texts need a student_tokenizer "
+                         "(or pass an already tokenized dataset with input_ids)")
     return build_kd_dataset(load_texts(data), student_tok, teacher_tok, max_length=cfg.max_length,
                             packing=packing)
 
