@@ -17,18 +17,32 @@ from transformers.trainer_utils import IntervalStrategy, SchedulerType
 from transformers.training_args import OptimizerNames
 
 # %% auto #0
-__all__ = ['CURRICULUM_PRESETS', 'PRESETS', 'pick_dtype', 'module_dtype', 'module_device', 'to_module', 'autocast_ctx',
-           'masked_mean', 'rms_normalize', 'Preflight', 'gpu_preflight', 'DistillArguments', 'ConfigError', 'KDConfig',
-           'auto_preset', 'make_config', 'as_config']
+__all__ = ['DIVERGENCES', 'CROSS_VOCAB_LOSSES', 'CURRICULUM_PRESETS', 'PRESETS', 'pick_dtype', 'teacher_dtype', 'module_dtype',
+           'module_device', 'to_module', 'autocast_ctx', 'masked_mean', 'rms_normalize', 'Preflight', 'gpu_preflight',
+           'DistillArguments', 'ConfigError', 'KDConfig', 'auto_preset', 'make_config', 'as_config']
 
 # %% ../nbs/00_core.ipynb #20ec94d1
 def pick_dtype(
     capability:tuple[int,int]|None=None, # CUDA compute capability (major, minor); None: no GPU
     prefer_bf16:bool=True, # on GPUs with native bf16 (capability >= 8.0), pick it over fp16
 ) -> torch.dtype:
-    "The training dtype for a device of compute `capability`: fp32 on CPU, fp16 below sm_80, else bf16/fp16."
+    "The training dtype for compute `capability`: fp32 on CPU, fp16 below sm_80, else bf16 or fp16."
     if capability is None: return torch.float32
     return torch.bfloat16 if (prefer_bf16 and tuple(capability) >= (8, 0)) else torch.float16
+
+# %% ../nbs/00_core.ipynb #f951a841
+def teacher_dtype(
+    setting:str, # `KDConfig.teacher_dtype`: 'auto', 'fp16', 'bf16', 'fp32' or 'keep'
+    current:torch.dtype, # the teacher's dtype now
+    device:torch.device, # where the teacher runs
+) -> torch.dtype|None:
+    "The dtype to cast the teacher to (None: leave it); 'auto': on a GPU, fp32 and bf16 to fp16."
+    named = {'fp16': torch.float16, 'bf16': torch.bfloat16, 'fp32': torch.float32}   # 'keep': None
+    if setting != 'auto': return named.get(setting)
+    if device.type != 'cuda': return None
+    cap = torch.cuda.get_device_capability(device) if current == torch.bfloat16 else None
+    no_bf16 = cap is not None and pick_dtype(cap) != torch.bfloat16   # (a P100 or T4)
+    return torch.float16 if current == torch.float32 or no_bf16 else None   # (no bf16: P100, T4)
 
 # %% ../nbs/00_core.ipynb #457198de
 def module_dtype(m:nn.Module) -> torch.dtype:
@@ -37,11 +51,13 @@ def module_dtype(m:nn.Module) -> torch.dtype:
         if t.is_floating_point(): return t.dtype
     return torch.float32
 
+# %% ../nbs/00_core.ipynb #833b177c
 def module_device(m:nn.Module) -> torch.device:
     "The device of `m`'s first parameter (or buffer); CPU if it has none."
     for t in (*m.parameters(), *m.buffers()): return t.device
     return torch.device('cpu')
 
+# %% ../nbs/00_core.ipynb #722de745
 def to_module(x:torch.Tensor, m:nn.Module) -> torch.Tensor:
     "Cast a floating tensor `x` to `m`'s dtype and device (integer tensors keep their dtype)."
     dt = module_dtype(m) if x.is_floating_point() else x.dtype
@@ -54,16 +70,15 @@ def autocast_ctx(
 ):
     "A `torch.autocast` for (device, dtype) when it changes anything there, else a null context."
     dev = torch.device(device)
-    if dtype is None or dtype == torch.float32: return contextlib.nullcontext()
-    if dev.type == 'cpu' and dtype != torch.bfloat16: return contextlib.nullcontext()
-    return torch.autocast(device_type=dev.type, dtype=dtype)
+    off = dtype in (None, torch.float32) or (dev.type == 'cpu' and dtype != torch.bfloat16)
+    return contextlib.nullcontext() if off else torch.autocast(device_type=dev.type, dtype=dtype)
 
 # %% ../nbs/00_core.ipynb #ef71e9c5
 def masked_mean(
     x:torch.Tensor, # values, any shape, e.g. per-token losses (B, L)
-    mask:torch.Tensor|None=None, # same shape (or broadcastable), nonzero where valid; None: all valid
+    mask:torch.Tensor|None=None, # broadcastable to `x`, nonzero where valid; None: all valid
 ) -> torch.Tensor:
-    "Mean of `x` over the positions where `mask` is nonzero, in fp32; 0 (with a gradient) when nothing is valid."
+    "Mean of `x` where `mask` is nonzero, in fp32; 0 (with a gradient) when nothing is valid."
     x = x.float()
     if mask is None: return x.mean() if x.numel() else x.sum()
     m = mask.bool().expand_as(x)
@@ -81,7 +96,7 @@ def rms_normalize(
 # %% ../nbs/00_core.ipynb #5498e55c
 @dataclass
 class Preflight:
-    "What the preflight found: the device, its capability, the torch build's archs, and whether they match."
+    "What the preflight found: the device, its capability, the build's archs, whether they match."
     ok:bool # True when training can run on this device
     device:str # 'cpu' or the GPU's name
     capability:tuple[int,int]|None # (major, minor), None on CPU
@@ -90,105 +105,136 @@ class Preflight:
     message:str # one paragraph for the user: what was found and what to do
     def __repr__(self): return self.message
 
+# %% ../nbs/00_core.ipynb #7d72b85c
+def _archs(arch_list, prefix) -> set[int]:
+    "The numbers of the archs in `arch_list` with `prefix` ('sm_': cubins, 'compute_': PTX)."
+    return {int(a.split('_')[1]) for a in arch_list
+            if a.startswith(prefix) and a.split('_')[1].isdigit()}
+
+# %% ../nbs/00_core.ipynb #ba585c46
 def _has_kernels(capability, arch_list):
-    "Whether a build with `arch_list` runs on `capability`: an exact sm_XY, or PTX (compute_XY) it can JIT from."
+    "Whether a build with `arch_list` runs on `capability`: an exact sm_XY, or PTX to JIT from."
     cc = capability[0]*10 + capability[1]
-    sms = {int(a.split('_')[1]) for a in arch_list if a.startswith('sm_') and a.split('_')[1].isdigit()}
-    ptx = {int(a.split('_')[1]) for a in arch_list if a.startswith('compute_') and a.split('_')[1].isdigit()}
     # a cubin for the same major and a lower-or-equal minor runs; PTX of any lower version JITs
-    return any(s//10 == cc//10 and s <= cc for s in sms) or any(p <= cc for p in ptx)
+    return any(s//10 == cc//10 and s <= cc for s in _archs(arch_list, 'sm_')) or \
+        any(p <= cc for p in _archs(arch_list, 'compute_'))
 
 # %% ../nbs/00_core.ipynb #901a8734
-_P100_FIX = ("Fix: install a torch build that still ships sm_60 kernels (the CUDA 12.6 wheels, published up to "
-             "torch 2.14), then restart the kernel:\n"
+_P100_FIX = ("Fix: install a torch build that still ships sm_60 kernels (the CUDA 12.6 wheels, "
+             "published up to torch 2.14), then restart the kernel:\n"
              "    pip install 'torch==2.14.*' --index-url https://download.pytorch.org/whl/cu126\n"
-             "(Kaggle: Settings > Internet on). Or switch the accelerator to a T4 (sm_75), which the default image supports.")
+             "(Kaggle: Settings > Internet on). Or switch the accelerator to a T4 (sm_75), "
+             "which the default image supports.")
 
+# %% ../nbs/00_core.ipynb #05efbe50
+def _refusal(name:str, cap:tuple, arch_list:list) -> str:
+    "Why a build with `arch_list` cannot run on GPU `name` of capability `cap`, and the fix."
+    sm = f"sm_{cap[0]}{cap[1]}"
+    fix = _P100_FIX if cap[0] == 6 else (
+        f"Fix: install a torch build whose arch list includes {sm} "
+        "(see https://pytorch.org/get-started/locally/), then restart the kernel; "
+        "or choose another GPU.")
+    return (f"{name} has compute capability {cap[0]}.{cap[1]} ({sm}), but this torch "
+            f"{torch.__version__} build only has kernels for {' '.join(arch_list) or 'no CUDA arch'}. "
+            f"Every CUDA operation would fail with 'no kernel image is available'.\n{fix}")
+
+# %% ../nbs/00_core.ipynb #450643bf
 def gpu_preflight(
-    capability:tuple[int,int]|None=None, # override: the GPU's (major, minor); default: read from device 0
-    arch_list:list[str]|None=None, # override: the torch build's archs; default: torch.cuda.get_arch_list()
+    capability:tuple[int,int]|None=None, # override: the GPU's (major, minor); default: device 0's
+    arch_list:list[str]|None=None, # override: the build's archs (default: torch's own)
     name:str|None=None, # override: the GPU's name
     cuda_available:bool|None=None, # override: whether CUDA is available
     prefer_bf16:bool=True, # passed to `pick_dtype`
 ) -> Preflight:
-    "Check that the torch build has kernels for the GPU before any work starts, and say how to fix it if not."
+    "Check that the torch build has kernels for the GPU before any work, and say the fix if not."
     if cuda_available is None: cuda_available = capability is not None or torch.cuda.is_available()
     if not cuda_available:
-        return Preflight(True, 'cpu', None, [], torch.float32,
-                         "No CUDA GPU: running on CPU in fp32 (use the 'smoke' or 'cpu_demo' preset).")
+        cpu = "No CUDA GPU: running on CPU in fp32 (use the 'smoke' or 'cpu_demo' preset)."
+        return Preflight(True, 'cpu', None, [], torch.float32, cpu)
     if capability is None: capability = torch.cuda.get_device_capability(0)
     if name is None: name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'GPU'
     if arch_list is None: arch_list = torch.cuda.get_arch_list()
-    capability = tuple(capability)
-    dtype = pick_dtype(capability, prefer_bf16)
-    sm = f"sm_{capability[0]}{capability[1]}"
-    if _has_kernels(capability, arch_list):
-        return Preflight(True, name, capability, list(arch_list), dtype,
-                         f"{name} (compute capability {capability[0]}.{capability[1]}, {sm}) is supported by this "
-                         f"torch {torch.__version__} build; training dtype: {str(dtype).replace('torch.', '')}.")
-    fix = _P100_FIX if capability[0] == 6 else (
-        f"Fix: install a torch build whose arch list includes {sm} (see https://pytorch.org/get-started/locally/), "
-        "then restart the kernel; or choose another GPU.")
-    return Preflight(False, name, capability, list(arch_list), dtype,
-                     f"{name} has compute capability {capability[0]}.{capability[1]} ({sm}), but this torch "
-                     f"{torch.__version__} build only has kernels for {' '.join(arch_list) or 'no CUDA arch'}. "
-                     f"Every CUDA operation would fail with 'no kernel image is available'.\n{fix}")
+    cap, archs = tuple(capability), list(arch_list)
+    dtype = pick_dtype(cap, prefer_bf16)
+    if not _has_kernels(cap, archs):
+        return Preflight(False, name, cap, archs, dtype, _refusal(name, cap, archs))
+    return Preflight(True, name, cap, archs, dtype, f"{name} (compute capability {cap[0]}.{cap[1]}, "
+                     f"sm_{cap[0]}{cap[1]}) is supported by this torch {torch.__version__} build; "
+                     f"training dtype: {str(dtype)[6:]}.")
 
 # %% ../nbs/00_core.ipynb #81b66f7f
 @dataclass
 class DistillArguments:
     "The knobs a distillation run adds to `transformers.TrainingArguments`."
     max_length:int=256 # student tokens per example
-    packing:bool=False # training texts packed back to back into windows of max_length (`data.build_kd_dataset(packing=True)`): no short, padded examples
-    precision:str='auto' # 'auto': bf16 on sm_80+, fp16 below, fp32 without a GPU; or 'fp16', 'bf16', 'fp32' (sets fp16/bf16)
-    teacher_dtype:str='auto' # 'auto': fp16 on a GPU (fp32, and on P100/T4 bf16, teachers are cast), as given on CPU; 'fp16', 'bf16', 'fp32', 'keep'
-    curriculum:str|dict='kd_lm' # a curriculum preset ('kd_lm', 'seed') or {component: weight or Schedule}
-    balance:str='none' # 'adaptive': divide each weighted component by a running mean of its size (`curriculum.AdaptiveBalancer`)
+    # training texts packed back to back into full windows of max_length (no short, padded examples)
+    packing:bool=False
+    # 'auto': bf16 on sm_80+, fp16 below, fp32 without a GPU; or 'fp16', 'bf16', 'fp32'
+    precision:str='auto'
+    # 'auto': fp16 on a GPU (fp32 teachers, and bf16 ones on P100/T4, are cast), as given on CPU;
+    # or 'fp16', 'bf16', 'fp32', 'keep'
+    teacher_dtype:str='auto'
+    curriculum:str|dict='kd_lm' # a preset (`CURRICULUM_PRESETS`) or {component: weight or Schedule}
+    # 'adaptive': divide each weighted component by a running mean of its size (`AdaptiveBalancer`)
+    balance:str='none'
     temperature:float=1.0 # KD temperature (a Curriculum's own temperature schedule overrides it)
-    divergence:str='fkl' # 'fkl', 'rkl', 'jsd', 'skl', 'srkl', 'tvd'
-    kd_path:str='auto' # 'full', 'chunked', 'topk', 'fused', 'cached'; 'auto': cached > topk > fused (plain logits) > chunked > full
+    divergence:str='fkl' # one of `DIVERGENCES`: 'fkl', 'rkl', 'jsd', 'skl', 'srkl', 'tvd'
+    # 'full', 'chunked', 'topk', 'fused', 'cached'; 'auto': cached > topk > fused > chunked > full
+    kd_path:str='auto'
     kd_topk:int=0 # teacher top-k with a tail bucket (0: the full distribution)
-    chunk_size:int|Literal['auto']|None=None # positions per chunk (chunked, top-k, fused paths); 'auto': N/32 (`losses.auto_chunk`: <= 1.5x one fp32 (N, V) buffer)
-    teacher_cache:str|None=None # folder of a teacher cache (`cache.build_teacher_cache`); built first if missing
-    cross_tokenizer:bool=False # teacher and student tokenizers differ: align by characters, map vocabularies
-    cross_vocab_loss:str='map' # across vocabularies: 'map' (top-k mapped to student ids), 'uld' (sorted probs), 'hybrid', 'chunk' (chunk likelihoods)
+    # positions per chunk (chunked, top-k, fused paths); 'auto': N/32 (`losses.auto_chunk`)
+    chunk_size:int|Literal['auto']|None=None
+    teacher_cache:str|None=None # folder of a teacher cache (built first if missing)
+    cross_tokenizer:bool=False # tokenizers differ: align by characters, map vocabularies
+    # across vocabularies (`CROSS_VOCAB_LOSSES`): 'map' (top-k mapped to student ids),
+    # 'uld' (sorted probabilities), 'hybrid', 'chunk' (chunk likelihoods)
+    cross_vocab_loss:str='map'
     hidden_kind:str='nmse' # feature and layerwise losses: 'nmse' or 'cosine'
     contrastive_temperature:float=0.1 # InfoNCE temperature of the contrastive component
-    router_experts:int=0 # experts of the knowledge router for the feature component (0: a plain projector)
-    init_from_teacher:bool=False # start the student from every k-th teacher layer (same architecture and width)
-    lr_multipliers:dict=field(default_factory=lambda: {'projector': 5.0, 'router': 5.0}) # LR multiplier per module
-    lora:dict|None=None # a LoRA student: `peft.LoraConfig` keywords, e.g. {'r': 8} (`pip install kd_toolkit[peft]`)
+    router_experts:int=0 # experts of the knowledge router (0: a plain projector)
+    init_from_teacher:bool=False # start the student from every k-th teacher layer
+    # LR multiplier per module
+    lr_multipliers:dict=field(default_factory=lambda: {'projector': 5.0, 'router': 5.0})
+    lora:dict|None=None # a LoRA student: `peft.LoraConfig` keywords, e.g. {'r': 8}
     eval_batches:int|None=None # cap on evaluation batches (None: the whole eval set)
     early_stopping_metric:str='student_ppl' # a schedule-invariant eval metric, lower is better
     early_stopping_patience:int=0 # evaluations without improvement before stopping (0: off)
     early_stopping_warmup:float=0.3 # share of max_steps before early stopping may fire
-    max_nonfinite_steps:int=10 # this many skipped (non-finite) steps in a row stop the run with a diagnosis
+    max_nonfinite_steps:int=10 # this many skipped steps in a row stop the run with a diagnosis
     time_budget_hours:float|None=None # stop and save after this many hours (Kaggle's limit is 12)
     progress_bar:bool=True # one tqdm bar with a short postfix (never a line per step)
 
 # %% ../nbs/00_core.ipynb #daf9f812
 class ConfigError(TypeError, ValueError):
-    "A bad knob: its name or value; one line saying what was wrong and what to do (a `TypeError` and a `ValueError`)."
+    "A bad knob: its name or value, in one line saying what was wrong and what to do."
 
-_RENAMED = {'lr': 'learning_rate', 'batch_size': 'per_device_train_batch_size', 'grad_accum': 'gradient_accumulation_steps',
-            'warmup_ratio': 'warmup_steps', 'num_workers': 'dataloader_num_workers'}   # the old config's names
+_RENAMED = {'lr': 'learning_rate', 'batch_size': 'per_device_train_batch_size',   # the old names
+            'grad_accum': 'gradient_accumulation_steps', 'warmup_ratio': 'warmup_steps',
+            'num_workers': 'dataloader_num_workers'}
 
+# %% ../nbs/00_core.ipynb #0008e5ad
 def _check_keys(given, valid, what='KDConfig', renamed=_RENAMED):
-    "Refuse names in `given` that are not in `valid`, each with its closest match (or its new name, from `renamed`)."
+    "Refuse names in `given` that are not in `valid`, each with its closest match or new name."
     bad = [k for k in given if k not in valid]
     if not bad: return
     hint = lambda k: renamed.get(k) or next(iter(difflib.get_close_matches(k, valid, n=1)), None)
     said = '; '.join(f"{k!r}" + (f": did you mean {hint(k)!r}?" if hint(k) else '') for k in bad)
-    why = "engine knobs keep transformers.TrainingArguments' names; KDConfig.keys() lists" if what == 'KDConfig' else 'valid are'
+    why = ("engine knobs keep transformers.TrainingArguments' names; KDConfig.keys() lists"
+           if what == 'KDConfig' else 'valid are')
     raise ConfigError(f"unknown {what} knob(s) {said} ({why} all {len(valid)})")
 
 # %% ../nbs/00_core.ipynb #c46f69c5
+def _is_union(hint) -> bool:
+    "Whether `hint` is a union (`int | None`, `Optional[int]`)."
+    return typing.get_origin(hint) is typing.Union or isinstance(hint, type(int | None))
+
+# %% ../nbs/00_core.ipynb #091ac74a
 def _type_ok(v, hint) -> bool:
-    "Whether value `v` fits the type annotation `hint` (unions, Optional, list/dict, Literal, enums; other hints pass)."
+    "Whether value `v` fits the annotation `hint` (unions, list/dict, Literal, enums; others pass)."
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is typing.Any: return True
     if hint is type(None): return v is None
-    if origin is typing.Union or isinstance(hint, type(int | None)): return any(_type_ok(v, a) for a in args)
+    if _is_union(hint): return any(_type_ok(v, a) for a in args)
     if origin is typing.Literal: return v in args
     if origin in (list, dict, tuple): return isinstance(v, origin)
     if hint is bool: return isinstance(v, bool)
@@ -197,50 +243,64 @@ def _type_ok(v, hint) -> bool:
     if isinstance(hint, type) and issubclass(hint, Enum): return isinstance(v, hint)
     return isinstance(v, hint) if isinstance(hint, type) else True
 
+# %% ../nbs/00_core.ipynb #a436981f
 def _describe(hint) -> str:
     "A short name of a type annotation, for messages."
     args = typing.get_args(hint)
-    if args and (typing.get_origin(hint) is typing.Union or isinstance(hint, type(int | None))): return ' or '.join(map(_describe, args))
+    if args and _is_union(hint): return ' or '.join(map(_describe, args))
     if typing.get_origin(hint) is Literal: return ' or '.join(map(repr, args))
     return 'None' if hint is type(None) else getattr(hint, '__name__', str(hint))
 
-# %% ../nbs/00_core.ipynb #6f7b82e4
-CURRICULUM_PRESETS = ('kd_lm', 'seed')   # names `train` resolves to `curriculum.kd_lm_curriculum` / `seed_curriculum`
-_CHOICES = dict(precision=('auto', 'fp16', 'bf16', 'fp32'), teacher_dtype=('auto', 'fp16', 'bf16', 'fp32', 'keep'),
-                divergence=('fkl', 'rkl', 'jsd', 'skl', 'srkl', 'tvd'), cross_vocab_loss=('map', 'uld', 'hybrid', 'chunk'),
-                kd_path=('auto', 'full', 'chunked', 'topk', 'fused', 'cached'), hidden_kind=('nmse', 'cosine'),
-                balance=('none', 'adaptive'))
+# %% ../nbs/00_core.ipynb #d02c5e39
+DIVERGENCES = ('fkl', 'rkl', 'jsd', 'skl', 'srkl', 'tvd')   # `losses.kd_loss(divergence=...)`
+CROSS_VOCAB_LOSSES = ('map', 'uld', 'hybrid', 'chunk')        # the forms of `kd` across vocabs
+CURRICULUM_PRESETS = ('kd_lm', 'seed')                        # built by `curriculum.preset`
+_CHOICES = dict(precision=('auto', 'fp16', 'bf16', 'fp32'), balance=('none', 'adaptive'),
+                teacher_dtype=('auto', 'fp16', 'bf16', 'fp32', 'keep'),
+                hidden_kind=('nmse', 'cosine'),
+                kd_path=('auto', 'full', 'chunked', 'topk', 'fused', 'cached'),
+                divergence=DIVERGENCES, cross_vocab_loss=CROSS_VOCAB_LOSSES)
 
+# %% ../nbs/00_core.ipynb #0a376221
 def _choices(name, hint) -> tuple|None:
     "The allowed values of knob `name`: from `_CHOICES`, or the values of an enum in its annotation."
     if name in _CHOICES: return _CHOICES[name]
-    enums = [a for a in (typing.get_args(hint) or (hint,)) if isinstance(a, type) and issubclass(a, Enum)]
+    is_enum = lambda a: isinstance(a, type) and issubclass(a, Enum)
+    enums = [a for a in typing.get_args(hint) or (hint,) if is_enum(a)]
     return tuple(e.value for e in enums[0]) if enums else None
 
-_ONE, _POS, _NONNEG, _UNIT = (1, None, False), (0, None, True), (0, None, False), (0, 1, False)   # (low, high, low excluded)
-_RANGES = dict(max_steps=_ONE, per_device_train_batch_size=_ONE, per_device_eval_batch_size=_ONE, gradient_accumulation_steps=_ONE,
-               learning_rate=_POS, weight_decay=_NONNEG, warmup_steps=_NONNEG, max_grad_norm=_NONNEG, adam_epsilon=_POS,
-               adam_beta1=_UNIT, adam_beta2=_UNIT, logging_steps=_POS, eval_steps=_NONNEG, save_steps=_POS, save_total_limit=_ONE,
-               dataloader_num_workers=_NONNEG, seed=_NONNEG, max_length=_ONE, temperature=_POS, kd_topk=_NONNEG, chunk_size=_ONE,
-               contrastive_temperature=_POS, router_experts=_NONNEG, eval_batches=_ONE, early_stopping_patience=_NONNEG,
-               early_stopping_warmup=_UNIT, max_nonfinite_steps=_ONE, time_budget_hours=_POS)
+# %% ../nbs/00_core.ipynb #6f7b82e4
+_ONE, _POS, _NONNEG, _UNIT = (1, None, False), (0, None, True), (0, None, False), (0, 1, False)
+_RANGES = dict(   # knob: (low, high or None, low excluded)
+    max_steps=_ONE, per_device_train_batch_size=_ONE, per_device_eval_batch_size=_ONE,
+    gradient_accumulation_steps=_ONE, learning_rate=_POS, weight_decay=_NONNEG, warmup_steps=_NONNEG,
+    max_grad_norm=_NONNEG, adam_epsilon=_POS, adam_beta1=_UNIT, adam_beta2=_UNIT, logging_steps=_POS,
+    eval_steps=_NONNEG, save_steps=_POS, save_total_limit=_ONE, dataloader_num_workers=_NONNEG,
+    seed=_NONNEG, max_length=_ONE, temperature=_POS, kd_topk=_NONNEG, chunk_size=_ONE,
+    contrastive_temperature=_POS, router_experts=_NONNEG, eval_batches=_ONE,
+    early_stopping_patience=_NONNEG, early_stopping_warmup=_UNIT, max_nonfinite_steps=_ONE,
+    time_budget_hours=_POS)
 
-# %% ../nbs/00_core.ipynb #485beda5
-def _check_value(name, v, hint):
-    "Raise a one-line `ConfigError` unless knob `name`'s value `v` has its type, one of its choices and its range."
-    bad = lambda why: ConfigError(f"KDConfig.{name}={v!r}: {why}")
-    if not _type_ok(v, hint):
-        fix = f" (write {name}={v}, without quotes)" if isinstance(v, str) and _type_ok(_number(v), hint) else ''
-        raise bad(f"expected {_describe(hint)}, got {type(v).__name__}{fix}")
+# %% ../nbs/00_core.ipynb #c5965c75
+def _check_choice(name, v, hint):
+    "Refuse a named value `v` of knob `name` that is not one of its choices, suggesting the closest."
     opts = _choices(name, hint)
-    if opts and isinstance(v, (str, Enum)) and getattr(v, 'value', v) not in opts:
-        near = difflib.get_close_matches(str(v), [str(o) for o in opts], n=1)
-        raise bad(f"not one of {', '.join(map(str, opts))}" + (f"; did you mean {near[0]!r}?" if near else ''))
-    if name not in _RANGES or v is None or isinstance(v, str): return   # (a string passed the type check: a Literal such as 'auto')
-    lo, hi, strict = _RANGES[name]
-    if math.isnan(v) or (v <= lo if strict else v < lo) or (hi is not None and v > hi) or math.isinf(v):
-        raise bad(f"must be {'>' if strict else '>='} {lo}" + (f" and <= {hi}" if hi is not None else '') + ", and finite")
+    if not opts or not isinstance(v, (str, Enum)) or getattr(v, 'value', v) in opts: return
+    near = difflib.get_close_matches(str(v), [str(o) for o in opts], n=1)
+    raise ConfigError(f"KDConfig.{name}={v!r}: not one of {', '.join(map(str, opts))}"
+                      + (f"; did you mean {near[0]!r}?" if near else ''))
 
+# %% ../nbs/00_core.ipynb #6c57a9ef
+def _check_range(name, v):
+    "Refuse a number `v` of knob `name` outside its range in `_RANGES`, or not finite."
+    if name not in _RANGES or v is None or isinstance(v, str): return   # (a string here: a Literal)
+    lo, hi, strict = _RANGES[name]
+    low = v <= lo if strict else v < lo
+    if math.isnan(v) or math.isinf(v) or low or (hi is not None and v > hi):
+        raise ConfigError(f"KDConfig.{name}={v!r}: must be {'>' if strict else '>='} {lo}"
+                          + (f" and <= {hi}" if hi is not None else '') + ", and finite")
+
+# %% ../nbs/00_core.ipynb #eb92267f
 def _number(s):
     "A number parsed from the string `s`, or `s` itself."
     try: return int(s)
@@ -248,106 +308,148 @@ def _number(s):
         try: return float(s)
         except ValueError: return s
 
+# %% ../nbs/00_core.ipynb #485beda5
+def _check_value(name, v, hint):
+    "Raise a one-line `ConfigError` unless knob `name`'s value `v` has its type, choice and range."
+    if not _type_ok(v, hint):
+        quoted = isinstance(v, str) and _type_ok(_number(v), hint)
+        raise ConfigError(f"KDConfig.{name}={v!r}: expected {_describe(hint)}, got {type(v).__name__}"
+                          + (f" (write {name}={v}, without quotes)" if quoted else ''))
+    _check_choice(name, v, hint); _check_range(name, v)
+
 # %% ../nbs/00_core.ipynb #5e2ddd33
 def _capability() -> tuple[int,int]|None:
     "This process's CUDA device compute capability, or None without a GPU."
     return tuple(torch.cuda.get_device_capability()) if torch.cuda.is_available() else None
 
+# %% ../nbs/00_core.ipynb #2d104856
 def _resolve_precision(c, cap):
-    "Set `c.precision` to what runs ('fp32', 'fp16', 'bf16') and the engine's `fp16`/`bf16` to match, for capability `cap`."
+    "Set `c.precision` to what runs on capability `cap`, and the engine's `fp16`/`bf16` to match."
     flag = 'fp16' if c.fp16 else 'bf16' if c.bf16 else None
     if c.precision != 'auto' and flag and flag != c.precision:
         raise ConfigError(f"precision={c.precision!r} but {flag}=True: set only one of them")
-    p = c.precision if c.precision != 'auto' else flag or {torch.float16: 'fp16', torch.bfloat16: 'bf16'}.get(pick_dtype(cap), 'fp32')
-    if p == 'fp16' and cap is None:
-        raise ConfigError("precision='fp16' needs a CUDA GPU (fp16 autocast and loss scaling); on CPU use precision='fp32' or 'auto'")
-    if p == 'bf16' and cap is not None and tuple(cap) < (8, 0):
-        raise ConfigError(f"precision='bf16' needs compute capability 8.0+ (this GPU: {cap[0]}.{cap[1]}, no bf16 units); use 'fp16' or 'auto'")
+    auto = {torch.float16: 'fp16', torch.bfloat16: 'bf16'}.get(pick_dtype(cap), 'fp32')
+    p = c.precision if c.precision != 'auto' else flag or auto
+    if p == 'fp16' and cap is None: raise ConfigError(
+        "precision='fp16' needs a CUDA GPU (fp16 autocast and loss scaling); "
+        "on CPU use precision='fp32' or 'auto'")
+    if p == 'bf16' and cap is not None and tuple(cap) < (8, 0): raise ConfigError(
+        f"precision='bf16' needs compute capability 8.0+ (this GPU: {cap[0]}.{cap[1]}, no bf16 units); "
+        "use 'fp16' or 'auto'")
     c.precision, c.fp16, c.bf16 = p, p == 'fp16', p == 'bf16'
-    if cap is None: c.use_cpu = True   # no GPU: the engine's CPU mode (bf16 autocast on CPU and gloo DDP need it)
+    if cap is None: c.use_cpu = True   # no GPU: the engine's CPU mode (CPU bf16 autocast, gloo DDP)
 
 # %% ../nbs/00_core.ipynb #5ba77573
 def _val(x): return getattr(x, 'value', x)   # an engine enum's string
 
+# %% ../nbs/00_core.ipynb #69d89223
 def _resolve_cadence(c, given:frozenset):
-    "Evaluation, saving, the best-model metric and the schedule's warmup/decay from the knobs the user `given`."
+    "Evaluation, saving and the best-model metric, from the knobs the user `given`."
     if c.eval_steps == 0 or _val(c.eval_strategy) == 'no': c.eval_strategy, c.eval_steps = 'no', None
     evaluating = _val(c.eval_strategy) != 'no'
-    if c.save_steps is None: c.save_steps = c.eval_steps if evaluating and c.eval_steps else max(c.max_steps // 4, 1)
-    mismatch = evaluating and _val(c.eval_strategy) == 'steps' and c.save_steps % c.eval_steps != 0   # no checkpoint at some evaluations
-    if (not evaluating or mismatch) and 'load_best_model_at_end' not in given: c.load_best_model_at_end = False
+    if c.save_steps is None:
+        c.save_steps = c.eval_steps if evaluating and c.eval_steps else max(c.max_steps // 4, 1)
+    # a save_steps that misses evaluations: no best checkpoint, unless asked for (then refused below)
+    mismatch = evaluating and _val(c.eval_strategy) == 'steps' and c.save_steps % c.eval_steps != 0
+    if (not evaluating or mismatch) and 'load_best_model_at_end' not in given:
+        c.load_best_model_at_end = False
     if c.load_best_model_at_end and c.metric_for_best_model is None:
         c.metric_for_best_model, c.greater_is_better = f'eval_{c.early_stopping_metric}', False
+
+# %% ../nbs/00_core.ipynb #bf32e92b
+def _resolve_warmup(c, given:frozenset):
+    "The schedule's warmup (none for 'constant') and `warmup_stable_decay`'s decay, unless `given`."
     if _val(c.lr_scheduler_type) == 'constant' and 'warmup_steps' not in given: c.warmup_steps = 0
-    if _val(c.lr_scheduler_type) == 'warmup_stable_decay' and 'num_decay_steps' not in (c.lr_scheduler_kwargs or {}):
-        c.lr_scheduler_kwargs = {**(c.lr_scheduler_kwargs or {}), 'num_decay_steps': max(1, round(0.2 * c.max_steps))}
+    kw = c.lr_scheduler_kwargs or {}
+    if _val(c.lr_scheduler_type) == 'warmup_stable_decay' and 'num_decay_steps' not in kw:
+        c.lr_scheduler_kwargs = {**kw, 'num_decay_steps': max(1, round(0.2 * c.max_steps))}
 
 # %% ../nbs/00_core.ipynb #856f68ab
 def _check_schedule(c):
     "Refuse a warmup or decay that does not fit the run, one line each."
     sched, w = _val(c.lr_scheduler_type), c.warmup_steps
-    if w >= 1 and w != int(w): raise ConfigError(f"warmup_steps={w}: give whole steps (an int) or a ratio of max_steps below 1")
+    bad = lambda why: ConfigError(f"warmup_steps={w}{why}")
+    if w >= 1 and w != int(w): raise bad(": give whole steps (an int) or a ratio of max_steps below 1")
     n_warm = int(w) if w >= 1 else math.ceil(w * c.max_steps)
-    if n_warm >= c.max_steps:
-        raise ConfigError(f"warmup_steps={w} is {n_warm} steps, not shorter than the run (max_steps={c.max_steps}): lower it, e.g. warmup_steps=0")
-    if sched == 'constant' and n_warm: raise ConfigError(f"lr_scheduler_type='constant' has no warmup (warmup_steps={w}): use 'constant_with_warmup'")
-    decay = (c.lr_scheduler_kwargs or {}).get('num_decay_steps', 0) if sched == 'warmup_stable_decay' else 0
-    if n_warm + decay > c.max_steps:
-        raise ConfigError(f"warmup_stable_decay: warmup ({n_warm}) + num_decay_steps ({decay}) > max_steps={c.max_steps}")
+    if n_warm >= c.max_steps: raise bad(f" is {n_warm} steps, not shorter than the run "
+                                        f"(max_steps={c.max_steps}): lower it, e.g. warmup_steps=0")
+    if sched == 'constant' and n_warm: raise ConfigError(
+        f"lr_scheduler_type='constant' has no warmup (warmup_steps={w}): use 'constant_with_warmup'")
+    wsd = sched == 'warmup_stable_decay'
+    decay = (c.lr_scheduler_kwargs or {}).get('num_decay_steps', 0) if wsd else 0
+    if n_warm + decay > c.max_steps: raise ConfigError(
+        f"warmup_stable_decay: warmup ({n_warm}) + num_decay_steps ({decay}) "
+        f"> max_steps={c.max_steps}")
 
 # %% ../nbs/00_core.ipynb #8c545f77
 def _check_curriculum(cur):
-    "A preset name, or {component name: weight >= 0 or a schedule} that weights something."
+    "A preset name, or {component name: a number >= 0 or a schedule}."
     if isinstance(cur, str):
+        if cur in CURRICULUM_PRESETS: return
         near = difflib.get_close_matches(cur, CURRICULUM_PRESETS, n=1)
-        if cur not in CURRICULUM_PRESETS:
-            raise ConfigError(f"curriculum={cur!r} is not a preset ({', '.join(CURRICULUM_PRESETS)})" + (f"; did you mean {near[0]!r}?" if near else ''))
-        return
+        raise ConfigError(f"curriculum={cur!r} is not a preset ({', '.join(CURRICULUM_PRESETS)})"
+                          + (f"; did you mean {near[0]!r}?" if near else ''))
     num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
-    if bad := {k: v for k, v in cur.items() if not isinstance(k, str) or (num(v) and not 0 <= v < math.inf) or not (num(v) or callable(v))}:
-        raise ConfigError(f"curriculum weights {bad}: each is a number >= 0 or a schedule, keyed by component name")
-    if all(num(v) and v == 0 for v in cur.values()): raise ConfigError(f"curriculum={cur} weights nothing: give some component a weight > 0")
+    ok = lambda k, v: isinstance(k, str) and (callable(v) or (num(v) and 0 <= v < math.inf))
+    if bad := {k: v for k, v in cur.items() if not ok(k, v)}:
+        raise ConfigError(f"curriculum weights {bad}: each is a number >= 0 or a schedule, "
+                          "keyed by component name")
 
 # %% ../nbs/00_core.ipynb #a68db42c
 def _check_together(c):
     "Refuse knobs that contradict each other, one line each."
-    if c.load_best_model_at_end and _val(c.eval_strategy) == 'no': raise ConfigError("load_best_model_at_end=True needs evaluation: set eval_steps > 0")
-    if c.load_best_model_at_end and _val(c.eval_strategy) == 'steps' and c.save_steps % c.eval_steps:
-        raise ConfigError(f"save_steps={c.save_steps} must be a multiple of eval_steps={c.eval_steps} (the best checkpoint is chosen at evaluations)")
-    if c.kd_path == 'cached' and not c.teacher_cache: raise ConfigError("kd_path='cached' needs teacher_cache=<folder of a teacher cache>")
+    evals, best = _val(c.eval_strategy), c.load_best_model_at_end
+    if best and evals == 'no':
+        raise ConfigError("load_best_model_at_end=True needs evaluation: set eval_steps > 0")
+    if best and evals == 'steps' and c.save_steps % c.eval_steps: raise ConfigError(
+        f"save_steps={c.save_steps} must be a multiple of eval_steps={c.eval_steps} "
+        "(the best checkpoint is chosen at evaluations)")
+    if c.kd_path == 'cached' and not c.teacher_cache:
+        raise ConfigError("kd_path='cached' needs teacher_cache=<folder of a teacher cache>")
     if c.cross_vocab_loss != 'map' and not c.cross_tokenizer:
-        raise ConfigError(f"cross_vocab_loss={c.cross_vocab_loss!r} only applies to cross_tokenizer=True runs; set cross_tokenizer=True or leave it 'map'")
-    if bad := {k: v for k, v in c.lr_multipliers.items() if k not in ('student', 'projector', 'router') or not _type_ok(v, float) or not v > 0}:
-        raise ConfigError(f"lr_multipliers {bad}: keys are 'student', 'projector', 'router', values numbers > 0")
-    if c.lora is not None and importlib.util.find_spec('peft') is None:
-        raise ConfigError("lora=... trains a LoRA student with the peft library, which is not installed: pip install 'kd_toolkit[peft]'")
+        raise ConfigError(f"cross_vocab_loss={c.cross_vocab_loss!r} only applies to cross_tokenizer=True "
+                          "runs; set cross_tokenizer=True or leave it 'map'")
+
+# %% ../nbs/00_core.ipynb #aced1d67
+def _check_extras(c):
+    "Refuse LR multipliers for unknown modules or of a bad size, and `lora` without `peft`."
+    ok = lambda k, v: k in ('student', 'projector', 'router') and _type_ok(v, float) and v > 0
+    if bad := {k: v for k, v in c.lr_multipliers.items() if not ok(k, v)}:
+        raise ConfigError(f"lr_multipliers {bad}: keys are 'student', 'projector', 'router', "
+                          "values numbers > 0")
+    if c.lora is not None and importlib.util.find_spec('peft') is None: raise ConfigError(
+        "lora=... trains a LoRA student with the peft library, which is not installed: "
+        "pip install 'kd_toolkit[peft]'")
 
 # %% ../nbs/00_core.ipynb #54289eda
 @dataclass
 class KDConfig(TrainingArguments, DistillArguments):
-    "A distillation run's config: every `transformers.TrainingArguments` knob under its own name, plus `DistillArguments`."
+    "A distillation run's config: every `TrainingArguments` knob under its name, and `DistillArguments`."
     output_dir:str|None='kd_out' # checkpoints, history.csv and the final student/ go here
     seed:int=0 # seeds torch, numpy, python and the data order
     max_steps:int=1000 # optimizer steps; the curriculum's progress is step / max_steps
     learning_rate:float=5e-4 # peak student LR (projector and router: times lr_multipliers)
-    lr_scheduler_type:SchedulerType|str='warmup_stable_decay' # 'constant', 'constant_with_warmup', 'linear', 'cosine', 'warmup_stable_decay' (decays over the last 20%), ...
+    # 'constant', 'constant_with_warmup', 'linear', 'cosine', 'warmup_stable_decay' (a decay over
+    # the last 20%), ...
+    lr_scheduler_type:SchedulerType|str='warmup_stable_decay'
     warmup_steps:float=0 # an int: steps; a float below 1: share of max_steps (none for 'constant')
     weight_decay:float=0.3 # AdamW decoupled decay (never on norms and biases)
     max_grad_norm:float=1.0 # clip the gradient norm (0: off)
-    optim:OptimizerNames|str='adamw_torch' # the engine's optimizer names: 'adamw_torch', 'sgd', 'adafactor', ...
+    optim:OptimizerNames|str='adamw_torch' # the engine's optimizer names: 'adamw_torch', 'sgd', ...
     logging_steps:float=10 # one history row every N steps
-    eval_strategy:IntervalStrategy|str='steps' # evaluate every eval_steps (when there is an eval set)
+    eval_strategy:IntervalStrategy|str='steps' # evaluate every eval_steps (with an eval set)
     eval_steps:float|None=100 # 0: no evaluation during training
-    save_steps:float|None=None # None: at each evaluation (without evaluation: four checkpoints per run)
+    save_steps:float|None=None # None: at each evaluation (without evaluation: four per run)
     save_total_limit:int|None=2 # checkpoints kept (and the best one)
     load_best_model_at_end:bool=True # the returned student is the best evaluated one
     report_to:None|str|list[str]='none' # 'tensorboard', 'wandb', ...
-    remove_unused_columns:bool=False # batches carry alignment columns the student's forward does not take
+    remove_unused_columns:bool=False # batches carry alignment columns the student does not take
     label_names:list[str]|None=field(default_factory=lambda: ['labels']) # the batch's label column
     disable_tqdm:bool|None=True # the engine's bars off: one bar of our own (`progress_bar`)
 
     def __new__(cls, *args, **knobs):
-        if args: raise ConfigError(f"KDConfig takes knobs by name, e.g. KDConfig(max_steps=100), not {len(args)} positional value(s)")
+        if args: raise ConfigError("KDConfig takes knobs by name, e.g. KDConfig(max_steps=100), "
+                                   f"not {len(args)} positional value(s)")
         _check_keys(knobs, cls.keys())
         self = super().__new__(cls)
         self._given = dict(knobs)   # what the user set; `replace` derives the rest again
@@ -357,8 +459,9 @@ class KDConfig(TrainingArguments, DistillArguments):
         hints = _hints(type(self))
         for f in dataclasses.fields(self): _check_value(f.name, getattr(self, f.name), hints[f.name])
         _resolve_precision(self, _capability())
-        _resolve_cadence(self, frozenset(self._given))
-        _check_schedule(self); _check_curriculum(self.curriculum); _check_together(self)
+        _resolve_cadence(self, given := frozenset(self._given)); _resolve_warmup(self, given)
+        _check_schedule(self); _check_curriculum(self.curriculum)
+        _check_together(self); _check_extras(self)
         super().__post_init__()
 
     @classmethod
@@ -366,7 +469,7 @@ class KDConfig(TrainingArguments, DistillArguments):
 
 @functools.cache
 def _hints(cls) -> dict:
-    "Every field's type annotation (the engine's `accelerator_config` also holds its own config object)."
+    "Every field's annotation (the engine's `accelerator_config` also holds its own config object)."
     return typing.get_type_hints(cls) | {'accelerator_config': typing.Any}
 
 # %% ../nbs/00_core.ipynb #89e28945
@@ -380,12 +483,13 @@ def from_dict(cls:KDConfig, d:dict) -> KDConfig:
     "A config from {knob: value}: unknown knobs and bad values raise, naming the knob."
     return cls(**d)
 
+# %% ../nbs/00_core.ipynb #3c32d661
 @patch
 def replace(self:KDConfig, **changes) -> KDConfig:
     "A copy with `changes`; the knobs you never set are derived again."
     return type(self)(**{**self._given, **changes})
 
-# %% ../nbs/00_core.ipynb #3c32d661
+# %% ../nbs/00_core.ipynb #fd466ed6
 @patch
 def to_json(self:KDConfig, path:str|Path|None=None) -> str:
     "The knobs as JSON text, written to `path` when given (what `from_json` and the CLI read)."
@@ -393,21 +497,27 @@ def to_json(self:KDConfig, path:str|Path|None=None) -> str:
     if path is not None: Path(path).write_text(s)
     return s
 
+# %% ../nbs/00_core.ipynb #2737dfdf
 @patch(cls_method=True)
 def from_json(cls:KDConfig, path:str|Path) -> KDConfig:
-    "A config from a JSON file of knobs: all of them (as `to_json` writes) or only those you change."
+    "A config from a JSON file of knobs: all of them (as `to_json` writes) or only some."
     return cls.from_dict(json.loads(Path(path).read_text()))
 
 # %% ../nbs/00_core.ipynb #19ee3cd4
-_GPU = dict(per_device_train_batch_size=8, gradient_accumulation_steps=4, max_length=512, learning_rate=3e-4, kd_topk=64,
-            chunk_size='auto', logging_steps=25, eval_steps=250, eval_batches=50, early_stopping_patience=5, dataloader_num_workers=2)
+_GPU = dict(per_device_train_batch_size=8, gradient_accumulation_steps=4, max_length=512,
+            learning_rate=3e-4, kd_topk=64, chunk_size='auto', logging_steps=25, eval_steps=250,
+            eval_batches=50, early_stopping_patience=5, dataloader_num_workers=2)   # what the GPU presets share
+
+# %% ../nbs/00_core.ipynb #d8511836
 PRESETS = {
     'fp16_16gb': _GPU | dict(precision='fp16', time_budget_hours=11.0),
     'fp16_16gb_ddp': _GPU | dict(precision='fp16', per_device_train_batch_size=4, time_budget_hours=11.0),
     'bf16_gpu': _GPU | dict(precision='bf16'),
-    'cpu_demo': dict(precision='fp32', max_steps=200, max_length=128, learning_rate=1e-3, logging_steps=10, eval_steps=50, eval_batches=8),
-    'smoke': dict(precision='fp32', max_steps=4, warmup_steps=0, per_device_train_batch_size=2, max_length=32, learning_rate=1e-3, logging_steps=1,
-                  eval_steps=2, eval_batches=2, save_total_limit=1, progress_bar=False),
+    'cpu_demo': dict(precision='fp32', max_steps=200, max_length=128, learning_rate=1e-3,
+                     logging_steps=10, eval_steps=50, eval_batches=8),
+    'smoke': dict(precision='fp32', max_steps=4, warmup_steps=0, per_device_train_batch_size=2,
+                  max_length=32, learning_rate=1e-3, logging_steps=1, eval_steps=2, eval_batches=2,
+                  save_total_limit=1, progress_bar=False),
 }
 _OLD_PRESETS = {'kaggle_p100': 'fp16_16gb', 'kaggle_t4x2': 'fp16_16gb_ddp'}
 
@@ -416,19 +526,23 @@ def auto_preset(
     capability:tuple[int,int]|None, # the GPU's compute capability; None: no GPU
     world_size:int=1, # processes of a DDP run
 ) -> str:
-    "The preset for this machine: 'bf16_gpu' on sm_80+, 'fp16_16gb' below ('fp16_16gb_ddp' under DDP), 'cpu_demo' without a GPU."
+    "This machine's preset: 'bf16_gpu' on sm_80+, else 'fp16_16gb' ('_ddp' under DDP); 'cpu_demo' on CPU."
     if capability is None: return 'cpu_demo'
-    return 'bf16_gpu' if tuple(capability) >= (8, 0) else 'fp16_16gb_ddp' if world_size > 1 else 'fp16_16gb'
+    if tuple(capability) >= (8, 0): return 'bf16_gpu'
+    return 'fp16_16gb_ddp' if world_size > 1 else 'fp16_16gb'
 
+# %% ../nbs/00_core.ipynb #23165ffd
 def make_config(
-    preset:str|None=None, # a name in `PRESETS`, 'auto' (by this machine's GPU), or None for the defaults
+    preset:str|None=None, # a name in `PRESETS`, 'auto' (by this machine's GPU), or None: the defaults
     **overrides, # any KDConfig knob, applied after the preset
 ) -> KDConfig:
     "A `KDConfig` from a preset and overrides; unknown presets and knobs raise, saying what to use."
     if preset == 'auto': preset = auto_preset(_capability(), int(os.environ.get('WORLD_SIZE', '1')))
     if preset is not None and preset not in PRESETS:
-        near = _OLD_PRESETS.get(preset) or next(iter(difflib.get_close_matches(preset, PRESETS, n=1)), None)
-        raise ConfigError(f"unknown preset {preset!r}" + (f": did you mean {near!r}?" if near else '') + f" Presets: {', '.join(PRESETS)}, 'auto'")
+        close = difflib.get_close_matches(preset, PRESETS, n=1)
+        near = _OLD_PRESETS.get(preset) or (close[0] if close else None)
+        raise ConfigError(f"unknown preset {preset!r}" + (f": did you mean {near!r}?" if near else '')
+                          + f" Presets: {', '.join(PRESETS)}, 'auto'")
     return KDConfig(**{**PRESETS.get(preset, {}), **overrides})
 
 # %% ../nbs/00_core.ipynb #0d028c30
@@ -438,6 +552,8 @@ def as_config(
     "The `KDConfig` that `config` describes (checked once, here)."
     if isinstance(config, KDConfig): return config
     if isinstance(config, dict): return KDConfig.from_dict(config)
-    if isinstance(config, (str, Path)) and str(config).endswith('.json'): return KDConfig.from_json(config)
+    if isinstance(config, (str, Path)) and str(config).endswith('.json'):
+        return KDConfig.from_json(config)
     if isinstance(config, str): return make_config(config)
-    raise ConfigError(f"config: expected a KDConfig, a dict of knobs, a preset name or a .json file, got {type(config).__name__}")
+    raise ConfigError("config: expected a KDConfig, a dict of knobs, a preset name or a .json file, "
+                      f"got {type(config).__name__}")

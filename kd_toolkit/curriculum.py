@@ -4,34 +4,43 @@
 
 # %% ../nbs/04_curriculum.ipynb #30749c1c
 from __future__ import annotations
-import dataclasses, io, math
+import dataclasses, difflib, importlib, math, warnings
 from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
 from fastcore.basics import patch
 from matplotlib.figure import Figure
+from .core import CURRICULUM_PRESETS
+from .charts import PngFigure, figure_png, image_layout, legend_outside, line_style, show_png
 
 # %% auto #0
-__all__ = ['COMPONENTS', 'Schedule', 'Constant', 'Linear', 'Cosine', 'Step', 'WarmupHold', 'progress', 'Curriculum',
-           'seed_curriculum', 'kd_lm_curriculum', 'AdaptiveBalancer', 'figure_png', 'PngFigure', 'line_style',
-           'legend_outside', 'plot_curriculum', 'CurriculumEditor', 'curriculum_editor']
+__all__ = ['Schedule', 'Constant', 'Linear', 'Cosine', 'Step', 'WarmupHold', 'progress', 'check_names', 'Curriculum',
+           'seed_curriculum', 'kd_lm_curriculum', 'preset', 'as_curriculum', 'AdaptiveBalancer', 'plot_curriculum',
+           'CurriculumEditor', 'curriculum_editor']
 
 # %% ../nbs/04_curriculum.ipynb #53d506bf
-COMPONENTS = ('lm', 'kd', 'feature', 'attention', 'layerwise', 'contrastive', 'balance', 'router_attention')
-
 def _check_p(p, what='progress p') -> float:
+    "`p` as a float in [0, 1] (float dust at the ends clipped); else raise, naming `what`."
     p = float(p)
     if not (-1e-9 <= p <= 1 + 1e-9) or math.isnan(p):
-        raise ValueError(f"{what} must be in [0, 1], got {p}; pass step / total_steps (see `progress`)")
+        raise ValueError(f"{what} must be in [0, 1], got {p}; "
+                         "pass step / total_steps (see `progress`)")
     return min(max(p, 0.0), 1.0)
 
+# %% ../nbs/04_curriculum.ipynb #e5b9b233
+def _set(obj, **fields):
+    "Set `fields` on a frozen dataclass `obj` (its checked values, in `__post_init__`)."
+    for k, v in fields.items(): object.__setattr__(obj, k, v)
+
 def _check_value(v, name) -> float:
+    "`v` as a float, refused unless it is a finite weight >= 0."
     v = float(v)
-    if not (v >= 0) or math.isinf(v): raise ValueError(f"{name} must be a finite weight >= 0, got {v}")
+    if not (v >= 0) or math.isinf(v):
+        raise ValueError(f"{name} must be a finite weight >= 0, got {v}")
     return v
 
-# %% ../nbs/04_curriculum.ipynb #b496d6f7
+# %% ../nbs/04_curriculum.ipynb #81cd22ec
 class Schedule:
     "Base class: a weight as a function of training progress p in [0, 1]."
     start, end = 0.0, 1.0
@@ -41,15 +50,23 @@ class Schedule:
     def peak(self) -> float: return max(self(0.0), self(1.0))
     def _values(self): return ()   # names of the value fields (scaled by `edit(peak=...)`)
 
+# %% ../nbs/04_curriculum.ipynb #b496d6f7
 @dataclass(frozen=True)
 class Constant(Schedule):
     "The same weight at every p."
     value:float=1.0 # the weight
-    def __post_init__(self): object.__setattr__(self, 'value', _check_value(self.value, 'Constant value'))
+    def __post_init__(self): _set(self, value=_check_value(self.value, 'Constant value'))
     def _at(self, p): return self.value
     def _values(self): return ('value',)
 
 # %% ../nbs/04_curriculum.ipynb #23fbd537
+def _ramp(p:float, start:float, end:float) -> float:
+    "How far a ramp from `start` to `end` has gone at `p`: 0 before, 1 from `end`, linear between."
+    if p >= end: return 1.0   # (first: a zero-width ramp is a step at `end`)
+    if p <= start: return 0.0
+    return (p - start) / (end - start)
+
+# %% ../nbs/04_curriculum.ipynb #2a90c04a
 @dataclass(frozen=True)
 class Linear(Schedule):
     "`v0` until `start`, a straight line to `v1` at `end`, `v1` after."
@@ -60,14 +77,12 @@ class Linear(Schedule):
     _fields_se = True
     def __post_init__(self):
         n = type(self).__name__
-        for f in ('v0', 'v1'): object.__setattr__(self, f, _check_value(getattr(self, f), f'{n} {f}'))
+        _set(self, **{f: _check_value(getattr(self, f), f'{n} {f}') for f in ('v0', 'v1')})
         s, e = _check_p(self.start, f'{n} start'), _check_p(self.end, f'{n} end')
-        if s > e: raise ValueError(f"{n} ramp has start={s} > end={e}: a ramp must begin before it ends (swap them)")
-        object.__setattr__(self, 'start', s); object.__setattr__(self, 'end', e)
-    def _frac(self, p):
-        if p >= self.end: return 1.0   # (first: a zero-width ramp is a step at `end`)
-        if p <= self.start: return 0.0
-        return (p - self.start) / (self.end - self.start)
+        if s > e: raise ValueError(f"{n} ramp has start={s} > end={e}: "
+                                   "a ramp must begin before it ends (swap them)")
+        _set(self, start=s, end=e)
+    def _frac(self, p): return _ramp(p, self.start, self.end)
     def _at(self, p): return self.v0 + (self.v1 - self.v0) * self._frac(p)
     def _values(self): return ('v0', 'v1')
 
@@ -85,8 +100,8 @@ class Step(Schedule):
     v1:float=1.0 # weight from `at` on
     at:float=0.5 # progress of the step
     def __post_init__(self):
-        for f in ('v0', 'v1'): object.__setattr__(self, f, _check_value(getattr(self, f), f'Step {f}'))
-        object.__setattr__(self, 'at', _check_p(self.at, 'Step at'))
+        _set(self, **{f: _check_value(getattr(self, f), f'Step {f}') for f in ('v0', 'v1')})
+        _set(self, at=_check_p(self.at, 'Step at'))
     start = property(lambda self: self.at)
     end = property(lambda self: self.at)
     def _at(self, p): return self.v1 if p >= self.at else self.v0
@@ -106,7 +121,8 @@ def WarmupHold(
 @patch
 def edit(self:Schedule, start=None, end=None, peak=None) -> Schedule:
     "A copy with a new `start`/`end` and values scaled so that the largest is `peak`."
-    kw = {k: v for k, v in (('start', start), ('end', end)) if v is not None and hasattr(self, '_fields_se')}
+    moves = hasattr(self, '_fields_se')   # (a Constant has no start or end)
+    kw = {k: v for k, v in dict(start=start, end=end).items() if v is not None and moves}
     if peak is not None:
         peak, old = _check_value(peak, 'peak'), self.peak
         for f in (self._values() if abs(peak - old) > 1e-12 else ()):
@@ -116,7 +132,7 @@ def edit(self:Schedule, start=None, end=None, peak=None) -> Schedule:
 # %% ../nbs/04_curriculum.ipynb #022af10f
 @patch
 def edit(self:Step, start=None, end=None, peak=None) -> Step:
-    "A copy stepping at `start` (`end` is ignored: a step has no width) with its largest value `peak`."
+    "A copy stepping at `start` (a step has no width: `end` is ignored) with its largest value `peak`."
     s = Schedule.edit(self, peak=peak)
     return s if start is None else dataclasses.replace(s, at=start)
 
@@ -130,50 +146,85 @@ def progress(
     if not 0 <= step <= total: raise ValueError(f"step {step} is outside [0, total={total}]")
     return step / total
 
+# %% ../nbs/04_curriculum.ipynb #fd378d06
 def _as_schedule(v, name) -> Schedule:
+    "`v` as a schedule: itself, or a number as a `Constant`."
     if isinstance(v, Schedule): return v
-    if isinstance(v, (int, float)) and not isinstance(v, bool): return Constant(_check_value(v, f"weight of {name!r}"))
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return Constant(_check_value(v, f"weight of {name!r}"))
     raise TypeError(f"{name!r}: expected a Schedule or a number, got {type(v).__name__}")
 
-# %% ../nbs/04_curriculum.ipynb #fd378d06
+# %% ../nbs/04_curriculum.ipynb #c1fb678b
+def _registered() -> tuple:
+    "The registered component names, from their home `components.COMPONENTS` (a room above: read lazily)."
+    return tuple(importlib.import_module('kd_toolkit.components').COMPONENTS)
+
+def check_names(names, # component names to check
+                known=None, # the valid names; None: the registry's (`components.COMPONENTS`)
+               ):
+    "Refuse component `names` that are not in `known`, listing the known ones."
+    known = _registered() if known is None else tuple(known)
+    if bad := [n for n in names if n not in known]:
+        raise ValueError(f"unknown component(s) {bad}; known components: {list(known)}")
+
+# %% ../nbs/04_curriculum.ipynb #c73e013b
+def __getattr__(name):
+    "Deprecated names of this module (PEP 562), read from their new homes."
+    if name == 'COMPONENTS':
+        warnings.warn("kd_toolkit.curriculum.COMPONENTS moved to kd_toolkit.components.COMPONENTS "
+                      "(the loss registry, the one home of component names)", DeprecationWarning, stacklevel=2)
+        return _registered()
+    raise AttributeError(f"module 'kd_toolkit.curriculum' has no attribute {name!r}")
+
+# %% ../nbs/04_curriculum.ipynb #ccaefd4a
 class Curriculum:
-    "Named loss components, each weighted by a `Schedule` of training progress, and a temperature schedule."
+    "Named loss components, each weighted by a `Schedule` of training progress; a temperature schedule."
     def __init__(self,
                  components:dict, # {component name: Schedule or float}
                  temperature:Schedule|float=1.0, # KD temperature (a number or a Schedule)
-                 known:tuple=COMPONENTS, # valid component names
+                 known=None, # valid component names; None: the registry's (`components.COMPONENTS`)
                 ):
-        if not components: raise ValueError(f"a Curriculum needs at least one component; known: {list(known)}")
-        if bad := [n for n in components if n not in known]:
-            raise ValueError(f"unknown component(s) {bad}; known components: {list(known)}")
+        self.known = None if known is None else tuple(known)
+        if not components: raise ValueError("a Curriculum needs at least one component; "
+                                            f"known: {list(self.known or _registered())}")
+        check_names(components, self.known)
         self.components = {n: _as_schedule(v, n) for n, v in components.items()}
-        self._T, self.known = _as_schedule(temperature, 'temperature'), tuple(known)
-        if min(self._T(p) for p in np.linspace(0, 1, 101)) <= 0: raise ValueError("temperature must be > 0 at every p")
+        self._T = _as_schedule(temperature, 'temperature')
+        if min(self._T(p) for p in np.linspace(0, 1, 101)) <= 0:
+            raise ValueError("temperature must be > 0 at every p")
     names = property(lambda self: list(self.components))
     def weights(self, p:float) -> dict[str, float]:
         "The weight of each component at progress `p` in [0, 1]."
         return {n: s(p) for n, s in self.components.items()}
-    def at_step(self, step:int, total:int) -> dict[str, float]:
-        "The weights after `step` of `total` steps."
-        return self.weights(progress(step, total))
     def temperature(self, p:float) -> float:
         "The KD temperature at progress `p`."
         return self._T(p)
-    def __repr__(self):
-        return f"Curriculum({', '.join(f'{n}={s!r}' for n, s in self.components.items())}, temperature={self._T!r})"
+
+# %% ../nbs/04_curriculum.ipynb #47e87357
+@patch
+def at_step(self:Curriculum, step:int, total:int) -> dict[str, float]:
+    "The weights after `step` of `total` steps."
+    return self.weights(progress(step, total))
+
+@patch
+def __repr__(self:Curriculum):
+    parts = [f'{n}={s!r}' for n, s in self.components.items()] + [f'temperature={self._T!r}']
+    return f"Curriculum({', '.join(parts)})"
 
 # %% ../nbs/04_curriculum.ipynb #6ae719ec
 @patch
 def boundaries(self:Curriculum) -> list[float]:
     "Sorted progress points where some schedule starts or stops changing (with 0 and 1)."
-    pts = {0.0, 1.0} | {x for s in (*self.components.values(), self._T) for x in (s.start, s.end) if not isinstance(s, Constant)}
-    return sorted(round(x, 12) for x in pts)
+    moving = [s for s in (*self.components.values(), self._T) if not isinstance(s, Constant)]
+    return sorted(round(x, 12) for x in {0.0, 1.0} | {x for s in moving for x in (s.start, s.end)})
 
+# %% ../nbs/04_curriculum.ipynb #20961806
 @patch
 def table(self:Curriculum, at=None) -> pd.DataFrame:
     "Weights (and temperature) at each phase boundary, or at the progress points `at`."
     at = self.boundaries() if at is None else [_check_p(p) for p in at]
-    return pd.DataFrame([self.weights(p) | {'temperature': self.temperature(p)} for p in at], index=pd.Index(at, name='progress'))
+    rows = [self.weights(p) | {'temperature': self.temperature(p)} for p in at]
+    return pd.DataFrame(rows, index=pd.Index(at, name='progress'))
 
 # %% ../nbs/04_curriculum.ipynb #6ca9237a
 @patch
@@ -183,10 +234,11 @@ def replace(self:Curriculum, **components) -> Curriculum:
 
 # %% ../nbs/04_curriculum.ipynb #c49ceb2a
 def seed_curriculum(temperature:float|Schedule=1.0) -> Curriculum:
-    "The seed's final schedule: KD 0.1→0.7 by 20%; feature/attention 10–40%; layerwise 40–70%; contrastive 70–100%; LM 1."
+    "The seed's final schedule: KD 0.1→0.7 by 20%; feature, attention 10–40%; layerwise 40–70%; ..."
     return Curriculum({'lm': 1.0, 'kd': Linear(0.1, 0.7, 0.0, 0.2),
                        'feature': Linear(0, 1, 0.1, 0.4), 'attention': Linear(0, 1, 0.1, 0.4),
-                       'layerwise': Linear(0, 1, 0.4, 0.7), 'contrastive': Linear(0, 1, 0.7, 1.0)}, temperature)
+                       'layerwise': Linear(0, 1, 0.4, 0.7), 'contrastive': Linear(0, 1, 0.7, 1.0)},
+                      temperature)
 
 # %% ../nbs/04_curriculum.ipynb #04150889
 def kd_lm_curriculum(
@@ -198,6 +250,33 @@ def kd_lm_curriculum(
     return Curriculum({'lm': lm, 'kd': kd}, temperature)
 
 # %% ../nbs/04_curriculum.ipynb #354c4049
+def preset(name:str, # one of `core.CURRICULUM_PRESETS`
+           temperature:float|Schedule=1.0, # KD temperature
+          ) -> Curriculum:
+    "The preset curriculum `name`: `<name>_curriculum(temperature=...)`."
+    if name not in CURRICULUM_PRESETS:
+        near = difflib.get_close_matches(name, CURRICULUM_PRESETS, n=1)
+        raise ValueError(f"curriculum {name!r} is not a preset ({', '.join(CURRICULUM_PRESETS)})"
+                         + (f"; did you mean {near[0]!r}?" if near else ''))
+    return globals()[f'{name}_curriculum'](temperature=temperature)
+
+# %% ../nbs/04_curriculum.ipynb #01ff9afd
+def as_curriculum(
+    cur, # a preset name, {component: weight or Schedule}, or a Curriculum (or an object like one)
+    known, # the registered component names (the trainer passes `components.COMPONENTS`)
+    temperature:float=1.0, # the KD temperature of a preset or a dict (a Curriculum keeps its own)
+):
+    "The run's curriculum from `cur`, checked once: every name in `known`, something weighted at some p."
+    if isinstance(cur, dict): cur = Curriculum(cur, temperature, known=known)   # (names checked as made)
+    else:
+        if isinstance(cur, str): cur = preset(cur, temperature)
+        check_names(cur.names, known)
+    ps = sorted(set(np.linspace(0, 1, 101)) | set(getattr(cur, 'boundaries', lambda: [])()))
+    if not any(w > 0 for p in ps for w in cur.weights(p).values()): raise ValueError(
+        f"the curriculum {cur.names} weights nothing at any point of training: give some component a weight > 0")
+    return cur
+
+# %% ../nbs/04_curriculum.ipynb #86c14ecf
 class AdaptiveBalancer:
     "Rescale each raw component by an EMA of its magnitude so that weighted terms are comparable."
     def __init__(self,
@@ -206,66 +285,47 @@ class AdaptiveBalancer:
                 ):
         if not 0 <= beta < 1: raise ValueError(f"beta must be in [0, 1), got {beta}")
         self.beta, self.eps, self.ema, self.n = beta, eps, {}, {}
-    def update(self, raw:dict[str, torch.Tensor]):
-        "Fold the current magnitudes into the (bias-corrected) EMAs."
-        for k, v in raw.items():
-            m = float(torch.as_tensor(v).detach().abs().float())
-            if not math.isfinite(m): continue
-            self.ema[k] = self.beta * self.ema.get(k, 0.0) + (1 - self.beta) * m
-            self.n[k] = self.n.get(k, 0) + 1
-    def scales(self) -> dict[str, float]:
-        "The factor applied to each component: 1 / (its magnitude's EMA)."
-        return {k: 1.0 / max(e / (1 - self.beta ** self.n[k]), self.eps) for k, e in self.ema.items()}
-    def __call__(self, raw:dict[str, torch.Tensor], weights:dict[str, float], update:bool=True) -> torch.Tensor:
-        "Σ weight·scale·raw over the components with a positive weight (updates the EMAs first)."
-        if missing := [k for k in weights if weights[k] > 0 and k not in raw]:
-            raise KeyError(f"no raw value for weighted component(s) {missing}; got {list(raw)}")
-        if update: self.update({k: raw[k] for k in weights if weights[k] > 0})
-        s = self.scales()
-        return sum(weights[k] * s[k] * raw[k] for k in weights if weights[k] > 0)
-
-# %% ../nbs/04_curriculum.ipynb #01ff9afd
-def figure_png(fig:Figure, # the figure to render
-               dpi:int=100, # resolution (pixels per inch)
-              ) -> bytes:
-    "The figure as PNG bytes, rendered without pyplot or a backend (works in any front-end)."
-    buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=dpi)
-    return buf.getvalue()
-
-class PngFigure(Figure):
-    "A `Figure` that displays itself as a PNG in any notebook front-end, whatever the matplotlib backend."
-    def _repr_png_(self): return figure_png(self)
-
-def _image_layout():   # a chart image as wide as the output area, but never wider than its own pixels (no blur)
-    import ipywidgets as W
-    return W.Layout(align_self='flex-start', width='100%', height='auto')
-
-def _show_png(image, fig:Figure, dpi:int=100):
-    "Show `fig` in the ipywidgets Image `image`, at most at its own pixel width."
-    image.layout.max_width = f'{round(fig.get_figwidth() * dpi)}px'
-    image.value = figure_png(fig, dpi)
-
-# %% ../nbs/04_curriculum.ipynb #86c14ecf
-_DASHES = ('-', '--', '-.', ':', (0, (5, 2, 1, 2)), (0, (1, 1)), (0, (8, 3)), (0, (3, 1, 1, 1, 1, 1)))
-_MARKERS = 'osD^vPX*'
-
-def line_style(i:int, # index of the curve
-               n:int, # number of curves on the axes
-               points:int=201, # points per curve (markers are spread over them)
-              ) -> dict:
-    "Line kwargs for curve `i` of `n`: own colour, dashes and marker (staggered), wider underneath."
-    every = max(points // 6, 1)
-    return dict(color=f'C{i % 10}', ls=_DASHES[i % len(_DASHES)], marker=_MARKERS[i % len(_MARKERS)], ms=5,
-                markevery=(i * every // max(n, 1), every), lw=1.5 + 2.0 * (n - 1 - i) / max(n - 1, 1), zorder=2 + i)
-
-def legend_outside(ax, # the axes whose handles to list (or that anchors `handles`)
-                   handles=None, # (handles, labels) to use instead of the axes' own
-                   **kw):
-    "A legend to the right of the axes, outside the data (never over the latest steps)."
-    args = handles if handles is not None else ()
-    return ax.legend(*args, **dict(loc='upper left', bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize='small') | kw)
 
 # %% ../nbs/04_curriculum.ipynb #93952c4e
+@patch
+def update(self:AdaptiveBalancer, raw:dict[str, torch.Tensor]):
+    "Fold the current magnitudes into the (bias-corrected) EMAs."
+    for k, v in raw.items():
+        m = float(torch.as_tensor(v).detach().abs().float())
+        if not math.isfinite(m): continue
+        self.ema[k] = self.beta * self.ema.get(k, 0.0) + (1 - self.beta) * m
+        self.n[k] = self.n.get(k, 0) + 1
+
+@patch
+def scales(self:AdaptiveBalancer) -> dict[str, float]:
+    "The factor applied to each component: 1 / (its magnitude's EMA)."
+    return {k: 1.0 / max(e / (1 - self.beta ** self.n[k]), self.eps) for k, e in self.ema.items()}
+
+# %% ../nbs/04_curriculum.ipynb #60ebe61a
+@patch
+def __call__(self:AdaptiveBalancer,
+             raw:dict[str, torch.Tensor], # each component's raw value
+             weights:dict[str, float], # each component's weight
+             update:bool=True): # fold `raw` into the EMAs first
+    "Σ weight·scale·raw over the components with a positive weight (updates the EMAs first)."
+    if missing := [k for k in weights if weights[k] > 0 and k not in raw]:
+        raise KeyError(f"no raw value for weighted component(s) {missing}; got {list(raw)}")
+    if update: self.update({k: raw[k] for k in weights if weights[k] > 0})
+    s = self.scales()
+    return sum(weights[k] * s[k] * raw[k] for k in weights if weights[k] > 0)
+
+# %% ../nbs/04_curriculum.ipynb #40e9a964
+def _draw_weights(ax, cur:Curriculum, p:np.ndarray):
+    "Each component's weight at the progress points `p`; a dotted mark at each inner phase boundary."
+    for i, (name, s) in enumerate(cur.components.items()):
+        ax.plot(p, [s(x) for x in p], label=name, **line_style(i, len(cur.components), len(p)))
+    for j, b in enumerate(cur.boundaries()[1:-1]):
+        ax.axvline(b, color='grey', ls=':', lw=1, label='_' * j + 'phase boundary')
+    top = max([s.peak for s in cur.components.values()] + [1e-3])
+    ax.set(xlabel='training progress p = step / total steps', ylabel='loss weight (× raw loss, no unit)',
+           xlim=(0, 1), ylim=(-0.04 * top, 1.08 * top), title='curriculum')
+
+# %% ../nbs/04_curriculum.ipynb #9f936192
 def plot_curriculum(
     cur:Curriculum, # the curriculum to draw
     n:int=201, # points along training
@@ -275,18 +335,14 @@ def plot_curriculum(
     fig = fig if fig is not None else PngFigure(figsize=(8, 3.5), layout='constrained')
     fig.clear()
     ax, p = fig.add_subplot(), np.linspace(0, 1, n)
-    for i, (name, s) in enumerate(cur.components.items()): ax.plot(p, [s(x) for x in p], label=name, **line_style(i, len(cur.components), n))
-    for j, b in enumerate(cur.boundaries()[1:-1]): ax.axvline(b, color='grey', ls=':', lw=1, label='_' * j + 'phase boundary')
-    top = max([s.peak for s in cur.components.values()] + [1e-3])
-    ax.set(xlabel='training progress p = step / total steps', ylabel='loss weight (× raw loss, no unit)', xlim=(0, 1),
-           ylim=(-0.04 * top, 1.08 * top), title='curriculum')
+    _draw_weights(ax, cur, p)
     h, l = ax.get_legend_handles_labels()
     T = [cur.temperature(x) for x in p]
-    if max(T) != min(T):
-        ax2 = ax.twinx(); ax2.plot(p, T, 'k--', lw=1, label='KD temperature (right axis)'); ax2.set_ylabel('KD temperature T (no unit)')
-        h2, l2 = ax2.get_legend_handles_labels(); h, l = h + h2, l + l2
-        fig.legend(h, l, loc='outside right upper', fontsize='small')
-    else: legend_outside(ax, (h, l))
+    if max(T) == min(T): legend_outside(ax, (h, l)); return fig
+    ax2 = ax.twinx(); ax2.plot(p, T, 'k--', lw=1, label='KD temperature (right axis)')
+    ax2.set_ylabel('KD temperature T (no unit)')
+    h2, l2 = ax2.get_legend_handles_labels()
+    fig.legend(h + h2, l + l2, loc='outside right upper', fontsize='small')
     return fig
 
 # %% ../nbs/04_curriculum.ipynb #b4a5a449
@@ -302,42 +358,47 @@ def _sliders(s:Schedule, top:float) -> dict:
 
 # %% ../nbs/04_curriculum.ipynb #d586a619
 class CurriculumEditor:
-    "Sliders (start, end, peak) per component over a live plot; `.curriculum` is the edited curriculum."
+    "Sliders (start, end, peak) per component over a live plot; `.curriculum` is the edited one."
     def __init__(self,
                  cur:Curriculum, # the curriculum to start from
                  max_peak:float=2.0, # the peak sliders' upper end (raised to the largest peak if needed)
                 ):
         import ipywidgets as W
-        self.curriculum, self.figure, self._busy = cur, PngFigure(figsize=(8, 3.5), layout='constrained'), False
-        self.image = W.Image(format='png', layout=_image_layout())   # the plot, replaced in place on every redraw
+        self.curriculum, self._busy = cur, False
+        self.figure = PngFigure(figsize=(8, 3.5), layout='constrained')
+        self.image = W.Image(format='png', layout=image_layout())   # the plot, replaced in place on each redraw
         top = max([max_peak] + [s.peak for s in cur.components.values()])
         self.sliders = {name: _sliders(s, top) for name, s in cur.components.items()}
         for name, sl in self.sliders.items():
-            for k, w in sl.items(): w.observe(lambda ch, n=name, k=k: self._changed(n, k), names='value')
-        rows = [W.HBox([W.Label(n, layout=W.Layout(width='110px')), *sl.values()]) for n, sl in self.sliders.items()]
+            for k, w in sl.items(): w.observe(lambda _, n=name, k=k: self._changed(n, k), names='value')
+        label = lambda n: W.Label(n, layout=W.Layout(width='110px'))
+        rows = [W.HBox([label(n), *sl.values()]) for n, sl in self.sliders.items()]
         self.widget = W.VBox([*rows, self.image])
         self.redraw()
 
-    def redraw(self):
-        "Redraw the plot of the current curriculum and show it in the image widget."
-        plot_curriculum(self.curriculum, fig=self.figure)
-        _show_png(self.image, self.figure)
+# %% ../nbs/04_curriculum.ipynb #8349627e
+@patch
+def redraw(self:CurriculumEditor):
+    "Redraw the plot of the current curriculum and show it in the image widget."
+    plot_curriculum(self.curriculum, fig=self.figure)
+    show_png(self.image, self.figure)
 
-    def _ipython_display_(self):
-        from IPython.display import display
-        display(self.widget)
+@patch
+def _ipython_display_(self:CurriculumEditor):
+    from IPython.display import display
+    display(self.widget)
 
 # %% ../nbs/04_curriculum.ipynb #adcab87d
 @patch
 def _changed(self:CurriculumEditor, name, key):
     if self._busy: return
-    sl = self.sliders[name]
-    self._busy = True
+    sl, self._busy = self.sliders[name], True
     try:   # keep start <= end by pushing the other slider
-        if key == 'start' and sl['start'].value > sl['end'].value and not sl['end'].disabled: sl['end'].value = sl['start'].value
+        if key == 'start' and sl['start'].value > sl['end'].value and not sl['end'].disabled:
+            sl['end'].value = sl['start'].value
         if key == 'end' and sl['end'].value < sl['start'].value: sl['start'].value = sl['end'].value
     finally: self._busy = False
-    new = self.curriculum.components[name].edit(start=sl['start'].value, end=sl['end'].value, peak=sl['peak'].value)
+    new = self.curriculum.components[name].edit(**{k: w.value for k, w in sl.items()})
     self.curriculum = self.curriculum.replace(**{name: new})
     self.redraw()
 
@@ -345,5 +406,5 @@ def _changed(self:CurriculumEditor, name, key):
 def curriculum_editor(cur:Curriculum, # the curriculum to start from
                       max_peak:float=2.0, # the peak sliders' upper end
                      ) -> CurriculumEditor:
-    "An ipywidgets editor of `cur`: per-component start/end/peak sliders above a plot that redraws as they move."
+    "An ipywidgets editor of `cur`: per-component start/end/peak sliders above a plot redrawn as they move."
     return CurriculumEditor(cur, max_peak)

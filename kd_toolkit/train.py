@@ -4,17 +4,16 @@
 
 # %% ../nbs/07_train.ipynb #a18aaae2
 from __future__ import annotations
-import contextlib, json, math, os, re, shutil, time, warnings, zipfile
+import contextlib, math, os, re, time
 from collections import defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 from fastcore.basics import patch
 from torch import nn
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
-from transformers.trainer_utils import get_last_checkpoint, rotate_checkpoints
-from .core import KDConfig, as_config, gpu_preflight, module_dtype, pick_dtype, _val
+from .core import KDConfig, as_config, gpu_preflight, module_dtype, teacher_dtype, _val
 from .align import VocabMap
 from .projector import KnowledgeRouter, Projector, param_groups
 from . import curriculum as C
@@ -23,11 +22,21 @@ from .evaluate import Evaluator
 from .losses import check_vocab
 from .cache import FIELDS, IndexCollator, TeacherCache, build_teacher_cache
 from .calibrate import fit_projector
-from .components import COMPONENTS, Plan, Step, component, needs, pick_kd_path, student_pass, teacher_outputs
+from .components import COMPONENTS, Plan, Step, component, needs, pick_kd_path
+from .components import student_pass, teacher_outputs
+from .checkpoint import checkpoint_damage, clear_run, last_complete_checkpoint
+from .checkpoint import resume_from
+from .checkpoint import load_extras, promote, quiet_saves, read_kd_state, resume_point
+from .checkpoint import save_extras, staging, write_kd_state
+from .card import describe_data, describe_teacher, upload_student, write_card
+from . import card
 
 # %% auto #0
-__all__ = ['init_from_teacher', 'NonFiniteError', 'KDTrainer', 'model_card', 'DistillResult', 'checkpoint_damage',
-           'last_complete_checkpoint', 'resume_point', 'distill']
+__all__ = ['init_from_teacher', 'NonFiniteError', 'KDTrainer', 'model_card', 'DistillResult', 'distill', 'checkpoint_damage',
+           'last_complete_checkpoint', 'resume_point']
+
+# %% ../nbs/07_train.ipynb #fe5f0725
+_all_ = ['checkpoint_damage', 'last_complete_checkpoint', 'resume_point']   # (home: `checkpoint`)
 
 # %% ../nbs/07_train.ipynb #a26b6770
 def _layer_list(m:nn.Module) -> tuple[str, nn.ModuleList]:
@@ -37,538 +46,672 @@ def _layer_list(m:nn.Module) -> tuple[str, nn.ModuleList]:
     return max(cands, key=lambda nc: len(nc[1]))
 
 # %% ../nbs/07_train.ipynb #8d9955ed
+def _copy_plan(student:nn.Module, teacher:nn.Module, every:int|None) -> dict:
+    "{student tensor: teacher tensor} for `init_from_teacher`, each pair of one shape."
+    (sname, slayers), (tname, tlayers) = _layer_list(student), _layer_list(teacher)
+    if sname != tname: raise ValueError(
+        f"student layers live at {sname!r}, teacher layers at {tname!r}: not the same architecture")
+    every, n_s, n_t = every or max(len(tlayers) // len(slayers), 1), len(slayers), len(tlayers)
+    if (n_s-1)*every >= n_t:
+        raise ValueError(f"every={every} needs {(n_s-1)*every+1} teacher layers, "
+                         f"the teacher has {n_t}")
+    tsd, pat, plan = teacher.state_dict(), re.compile(rf"^{re.escape(sname)}\.(\d+)\.(.*)$"), {}
+    for k, v in student.state_dict().items():
+        src = f"{sname}.{int(m[1])*every}.{m[2]}" if (m := pat.match(k)) else k
+        if src not in tsd or tsd[src].shape != v.shape: raise ValueError(
+            f"cannot initialise the student from the teacher: student {k} {tuple(v.shape)} vs "
+            f"teacher {src} {tuple(tsd[src].shape) if src in tsd else 'missing'}; "
+            "use the same architecture and width")
+        plan[k] = src
+    return plan
+
+# %% ../nbs/07_train.ipynb #fb82721a
 @torch.no_grad()
 def init_from_teacher(
     student:nn.Module, # modified in place
     teacher:nn.Module, # read only
-    every:int|None=None, # copy teacher layer i*every into student layer i; None: n_teacher // n_student
+    every:int|None=None, # teacher layer i*every into student layer i; None: n_teacher // n_student
 ) -> list[str]:
-    "Copy the teacher's embeddings, every k-th layer, final norm and head into the student; returns the copied names."
-    sname, slayers = _layer_list(student); tname, tlayers = _layer_list(teacher)
-    if sname != tname: raise ValueError(f"student layers live at {sname!r}, teacher layers at {tname!r}: not the same architecture")
-    every = every or max(len(tlayers) // len(slayers), 1)
-    if (len(slayers)-1)*every >= len(tlayers):
-        raise ValueError(f"every={every} needs {(len(slayers)-1)*every+1} teacher layers, the teacher has {len(tlayers)}")
-    tsd, pat, plan = teacher.state_dict(), re.compile(rf"^{re.escape(sname)}\.(\d+)\.(.*)$"), {}
-    for k, v in student.state_dict().items():
-        m = pat.match(k)
-        src = f"{sname}.{int(m[1])*every}.{m[2]}" if m else k
-        if src not in tsd or tsd[src].shape != v.shape:
-            raise ValueError(f"cannot initialise the student from the teacher: student {k} {tuple(v.shape)} vs teacher "
-                             f"{src} {tuple(tsd[src].shape) if src in tsd else 'missing'}; use the same architecture and width")
-        plan[k] = src
-    sd = student.state_dict()
+    "Copy the teacher's embeddings, every k-th layer, final norm and head into the student."
+    plan, sd, tsd = _copy_plan(student, teacher, every), student.state_dict(), teacher.state_dict()
     for k, src in plan.items(): sd[k].copy_(tsd[src])
     return list(plan)
 
 # %% ../nbs/07_train.ipynb #6c673c55
+_DP = ("{} GPUs are visible to this one process (Kaggle 'T4 x2' in a notebook, say), so "
+       "transformers would use torch.nn.DataParallel, which splits the student's batch but not the "
+       "teacher's and is slower than one GPU. Either train on one GPU: "
+       "os.environ['CUDA_VISIBLE_DEVICES'] = '0' before torch is imported (restart the kernel); "
+       "or use both with one process per GPU: `accelerate launch --num_processes 2 train.py` "
+       "(or torchrun), with the fp16_16gb_ddp preset. Nothing was trained.")
+
+# %% ../nbs/07_train.ipynb #183ffe34
 def _check_machine(args:KDConfig):
-    "Refuse a GPU the torch build cannot run, DataParallel, and an output folder that cannot be written."
+    "Refuse a GPU the build cannot run, DataParallel, and an output folder that is not writable."
     if not (pf := gpu_preflight()).ok: raise RuntimeError(pf.message)
-    if args.n_gpu > 1:
-        raise RuntimeError(
-            f"{args.n_gpu} GPUs are visible to this one process (Kaggle 'T4 x2' in a notebook, say), so transformers would use "
-            "torch.nn.DataParallel, which splits the student's batch but not the teacher's and is slower than one GPU. Either train "
-            "on one GPU: os.environ['CUDA_VISIBLE_DEVICES'] = '0' before torch is imported (restart the kernel); or use both with one "
-            "process per GPU: `accelerate launch --num_processes 2 train.py` (or torchrun), with the fp16_16gb_ddp preset. Nothing was trained.")
-    d = Path(args.output_dir)
+    if args.n_gpu > 1: raise RuntimeError(_DP.format(args.n_gpu))
     try:
-        d.mkdir(parents=True, exist_ok=True)
-        probe = d/f'.write_probe_{os.getpid()}'; probe.write_text('ok'); probe.unlink()
-    except OSError as e:
-        raise PermissionError(f"output_dir {str(d)!r} is not writable ({e.strerror or e}): choose a writable folder (on Kaggle: /kaggle/working/...)") from None
+        (d := Path(args.output_dir)).mkdir(parents=True, exist_ok=True)
+        (probe := d/f'.write_probe_{os.getpid()}').write_text('ok'); probe.unlink()
+    except OSError as e: raise PermissionError(
+        f"output_dir {str(d)!r} is not writable ({e.strerror or e}): "
+        "choose a writable folder (on Kaggle: /kaggle/working/...)") from None
 
 # %% ../nbs/07_train.ipynb #f784b121
 def _resolve_curriculum(cur, temperature:float=1.0):
-    "A curriculum object from a preset name, {component: weight or Schedule}, or a Curriculum; checked against the registry."
-    if isinstance(cur, str): cur = {'kd_lm': C.kd_lm_curriculum, 'seed': C.seed_curriculum}[cur](temperature=temperature)
-    elif isinstance(cur, dict): cur = C.Curriculum(cur, temperature=temperature, known=tuple(COMPONENTS))
-    if bad := [n for n in cur.names if n not in COMPONENTS]:
-        raise ValueError(f"unknown loss component(s) {bad} in the curriculum; registered: {list(COMPONENTS)}")
-    ps = sorted(set(np.linspace(0, 1, 101)) | set(getattr(cur, 'boundaries', lambda: [])()))
-    if not any(w > 0 for p in ps for w in cur.weights(p).values()):
-        raise ValueError(f"the curriculum {cur.names} weights nothing at any point of training: give some component a weight > 0")
-    return cur
+    "The run's curriculum from a preset, {component: weight or Schedule} or a Curriculum; checked."
+    return C.as_curriculum(cur, list(COMPONENTS), temperature)
 
 # %% ../nbs/07_train.ipynb #2b74f027
 def _vocab(m:nn.Module) -> int: return m.get_output_embeddings().weight.shape[0]
 
+# %% ../nbs/07_train.ipynb #2ffdb634
 def _check_vocab(args:KDConfig, teacher, student):
-    "One vocabulary for teacher and student unless `cross_tokenizer`; the error says which knob to turn."
+    "One vocabulary for teacher and student unless `cross_tokenizer`; the error names the knob."
     if teacher is None or args.cross_tokenizer: return
     try: check_vocab(_vocab(student), _vocab(teacher))
-    except ValueError as e:
-        raise ValueError(f"{e}\nIn a KDConfig: set cross_tokenizer=True and kd_topk > 0, and pass both tokenizers to distill(); with one "
-                         "tokenizer and a padded embedding, resize the student's embeddings (student.resize_token_embeddings) to the teacher's size.") from None
+    except ValueError as e: raise ValueError(
+        f"{e}\nIn a KDConfig: set cross_tokenizer=True and kd_topk > 0, and pass both tokenizers "
+        "to "
+        "distill(); with one tokenizer and a padded embedding, resize the student's embeddings "
+        "(student.resize_token_embeddings) to the teacher's size.") from None
 
 # %% ../nbs/07_train.ipynb #eff4e4ec
-def _check_models(args:KDConfig, teacher, student, names, plan:Plan, cached:set):
-    "Refuse teacher/student/curriculum combinations that cannot run, naming the knob to turn."
-    _check_vocab(args, teacher, student)
-    if args.cross_tokenizer and 'kd' in names and (plan.kd_path not in ('topk', 'cached') or (plan.vocab_map is None and 'topk' not in cached)):
-        raise ValueError("cross_tokenizer=True needs a vocab_map (align.VocabMap.from_tokenizers) and kd_topk > 0")
-    if args.cross_vocab_loss == 'hybrid' and plan.vocab_map is None:
-        raise ValueError("cross_vocab_loss='hybrid' needs a vocab_map (align.VocabMap.from_tokenizers) for its exact-match KL part")
-    if args.cross_tokenizer and 'attention' in names: raise ValueError("the 'attention' component compares (L, L) maps position by position: it needs one tokenizer")
-    if teacher is None and (live := needs(names, plan)[1] - cached):
-        raise ValueError(f"no teacher, but the curriculum {names} needs the teacher's {sorted(live)}: pass the teacher model"
-                         + (" (a teacher cache holds only per-position fields such as the top-k)" if cached else ", or config.teacher_cache=<folder>"))
-    if (r := {'balance', 'router_attention'} & set(names)) and plan.router is None:
-        raise ValueError(f"components {sorted(r)} come from the knowledge router: set router_experts > 0 or pass router=")
-    if args.init_from_teacher and teacher is None: raise ValueError("init_from_teacher=True needs the teacher model")
+def _check_xtok(args:KDConfig, names, plan:Plan, cached:set):
+    "Refuse cross-tokenizer runs that lack what they need, naming it."
+    topk = plan.kd_path in ('topk', 'cached') and (plan.vocab_map is not None or 'topk' in cached)
+    if args.cross_tokenizer and 'kd' in names and not topk: raise ValueError(
+        "cross_tokenizer=True needs a vocab_map (align.VocabMap.from_tokenizers) and kd_topk > 0")
+    if args.cross_vocab_loss == 'hybrid' and plan.vocab_map is None: raise ValueError(
+        "cross_vocab_loss='hybrid' needs a vocab_map (align.VocabMap.from_tokenizers) for its "
+        "exact-match KL part")
+    if args.cross_tokenizer and 'attention' in names: raise ValueError("the 'attention' component "
+        "compares (L, L) maps position by position: it needs one tokenizer")
 
 # %% ../nbs/07_train.ipynb #6d6ee273
-def _open_cache(args:KDConfig, teacher, dataset, collate, plan:Plan, curriculum) -> TeacherCache|None:
+def _check_models(args:KDConfig, teacher, student, names, plan:Plan, need:set, cached:set):
+    "Refuse teacher/student/curriculum combinations that cannot run, naming the knob to turn."
+    _check_vocab(args, teacher, student); _check_xtok(args, names, plan, cached)
+    if teacher is None and (live := need - cached): raise ValueError(
+        f"no teacher, but the curriculum {names} needs the teacher's {sorted(live)}: pass the "
+        "teacher model" + (" (a teacher cache holds only per-position fields such as the top-k)"
+                           if cached else ", or config.teacher_cache=<folder>"))
+    if (r := {'balance', 'router_attention'} & set(names)) and plan.router is None:
+        raise ValueError(
+        f"components {sorted(r)} come from the knowledge router: set router_experts > 0 or pass "
+        "router=")
+    if args.init_from_teacher and teacher is None:
+        raise ValueError("init_from_teacher=True needs the teacher model")
+
+# %% ../nbs/07_train.ipynb #69a45ba0
+def _build_cache(args:KDConfig, teacher, dataset, collate, plan:Plan, fields:list, T:float):
+    "Build the run's teacher cache with `fields` (rank 0 under DDP; the others then read it)."
+    if teacher is None or not args.kd_topk:
+        raise ValueError("building the teacher cache needs the teacher and kd_topk > 0")
+    from accelerate import PartialState
+    path, vm = Path(args.teacher_cache), plan.vocab_map if plan.maps_topk else None
+    with PartialState().main_process_first():
+        if not (path/'meta.json').exists(): build_teacher_cache(
+            teacher, dataset, path, args.kd_topk, T, args.per_device_train_batch_size, collate, vm,
+            tuple(fields))
+
+# %% ../nbs/07_train.ipynb #50448b89
+def _open_cache(args:KDConfig, teacher, dataset, collate, plan:Plan, cur, fields:list):
     "Open (building it first if missing) and check the run's teacher cache, or None without one."
-    fields = sorted(needs(curriculum.names, replace(plan, kd_path='cached'))[1] & set(FIELDS))
-    if not args.teacher_cache or not fields: return None   # (no component reads a cacheable field: no cache to open)
-    path = Path(args.teacher_cache)
-    if (T := curriculum.temperature(0)) != curriculum.temperature(1): raise ValueError("a teacher cache holds log-probs at one temperature; the curriculum's changes")
-    if not (path/'meta.json').exists():
-        if teacher is None or not args.kd_topk: raise ValueError("building the teacher cache needs the teacher and kd_topk > 0")
-        from accelerate import PartialState
-        with PartialState().main_process_first():   # (DDP: rank 0 builds it, the others then read it)
-            if not (path/'meta.json').exists():
-                build_teacher_cache(teacher, dataset, path, args.kd_topk, T, args.per_device_train_batch_size, collate,
-                                    plan.vocab_map if plan.maps_topk else None, tuple(fields))
-    cache = TeacherCache(path)
+    if not args.teacher_cache or not fields: return None   # (no component reads a cacheable field)
+    if (T := cur.temperature(0)) != cur.temperature(1):
+        raise ValueError("a teacher cache holds log-probs at one temperature; "
+                         "the curriculum's changes")
+    if not (Path(args.teacher_cache)/'meta.json').exists():
+        _build_cache(args, teacher, dataset, collate, plan, fields, T)
+    cache = TeacherCache(args.teacher_cache)
     cache.check(dataset, fields, T, student_ids=plan.maps_topk)
     return cache
 
 # %% ../nbs/07_train.ipynb #3fcd5073
-def _prepare_student(student:nn.Module, teacher, args:KDConfig, peft_config=None) -> nn.Module:
-    "The student to train: initialised from the teacher if asked, wrapped for LoRA when `config.lora` or `peft_config` is given."
-    if args.init_from_teacher and teacher is not None: init_from_teacher(student, teacher)
-    if peft_config is None and args.lora is None: return student
+def _lora(student:nn.Module, args:KDConfig, peft_config=None) -> nn.Module:
+    "The student wrapped for LoRA by `peft`, from `peft_config` or the `config.lora` keywords."
     from peft import LoraConfig, get_peft_model
     from kd_toolkit.core import _check_keys
     if peft_config is None:
-        _check_keys(args.lora, list(LoraConfig.__dataclass_fields__), 'LoraConfig', {'rank': 'r', 'alpha': 'lora_alpha', 'dropout': 'lora_dropout'})
+        _check_keys(args.lora, list(LoraConfig.__dataclass_fields__), 'LoraConfig',
+                    {'rank': 'r', 'alpha': 'lora_alpha', 'dropout': 'lora_dropout'})
         peft_config = LoraConfig(**{'task_type': 'CAUSAL_LM', **args.lora})
     student = get_peft_model(student, peft_config)
-    if args.gradient_checkpointing: student.enable_input_require_grads()   # frozen embeddings: checkpointed blocks still get a grad path
+    if args.gradient_checkpointing: student.enable_input_require_grads()   # (frozen embeddings)
     return student
 
+# %% ../nbs/07_train.ipynb #ea6cc521
+def _prepare_student(student:nn.Module, teacher, args:KDConfig, peft_config=None) -> nn.Module:
+    "The student to train: started from the teacher if asked, wrapped for LoRA when asked."
+    if args.init_from_teacher and teacher is not None: init_from_teacher(student, teacher)
+    lora = peft_config is not None or args.lora is not None
+    return _lora(student, args, peft_config) if lora else student
+
 # %% ../nbs/07_train.ipynb #3ba5db9b
-def _extra_modules(args:KDConfig, teacher, student, names, projector=None, router=None) -> tuple:
-    "(projector, router, fit): the modules that learn beside the student, and whether the projector needs its fit."
+def _extra_modules(args:KDConfig, teacher, student, hidden:bool, projector=None, router=None):
+    "(projector, router, fit): the modules beside the student; whether to fit the projector."
+    ds, dt = student.config.hidden_size, teacher.config.hidden_size if teacher is not None else None
     if router is None and args.router_experts and teacher is not None:
-        router = KnowledgeRouter(student.config.hidden_size, teacher.config.hidden_size, args.router_experts)
-    hidden = 'hidden' in needs(names, Plan())[1]
-    if projector is None and router is None and teacher is not None and hidden and student.config.hidden_size != teacher.config.hidden_size:
-        return Projector(student.config.hidden_size, teacher.config.hidden_size), router, True
+        router = KnowledgeRouter(ds, dt, args.router_experts)
+    if projector is None and router is None and teacher is not None and hidden and ds != dt:
+        return Projector(ds, dt), router, True
     return projector, router, False
 
 # %% ../nbs/07_train.ipynb #e4a54a0d
 def _fit_projector(projector, student, teacher, dataset, collate, device, n:int=32):
-    "Start the projector from `calibrate.fit_projector` (ridge least squares, teacher on student states) on the first `n` examples."
-    b = {k: v.to(device) for k, v in collate([dataset[i] for i in range(min(n, len(dataset)))]).items() if torch.is_tensor(v)}
-    fit_projector(projector, student, teacher, b)
-
-# %% ../nbs/07_train.ipynb #953c7bed
-def _teacher_dtype(setting:str, current:torch.dtype, device:torch.device) -> torch.dtype|None:
-    "The dtype to cast the teacher to (None: leave it). 'auto' on a GPU: fp32 -> fp16, and bf16 -> fp16 where it has no bf16."
-    if setting != 'auto': return {'fp16': torch.float16, 'bf16': torch.bfloat16, 'fp32': torch.float32}.get(setting)  # 'keep': None
-    if device.type != 'cuda': return None
-    if current == torch.float32: return torch.float16
-    if current == torch.bfloat16 and pick_dtype(torch.cuda.get_device_capability(device)) != torch.bfloat16: return torch.float16  # P100/T4
-    return None
+    "Start the projector from `calibrate.fit_projector` (least squares) on the first `n` examples."
+    batch = collate([dataset[i] for i in range(min(n, len(dataset)))])
+    batch = {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)}
+    fit_projector(projector, student, teacher, batch)
 
 # %% ../nbs/07_train.ipynb #d91ec40f
+_PLAN_KNOBS = ('cross_vocab_loss', 'temperature', 'divergence', 'chunk_size', 'kd_topk',
+               'hidden_kind', 'contrastive_temperature')   # `components.Plan` fields that are knobs
+
+def _plan(args:KDConfig, kd_path:str, **modules) -> Plan:
+    "The run's `components.Plan`: the KD path, the config's knobs, `modules` (head, vocab_map...)."
+    return Plan(kd_path=kd_path, **{k: getattr(args, k) for k in _PLAN_KNOBS}, **modules)
+
+# %% ../nbs/07_train.ipynb #57727f48
+def _indexed(dataset): return dataset.add_column('kd_index', list(range(len(dataset))))
+
+# %% ../nbs/07_train.ipynb #dec64846
 @dataclass
 class _Run:
     "A run after every check: what `KDTrainer` hands the engine and keeps."
-    args:KDConfig; teacher:nn.Module|None; student:nn.Module; curriculum:object; plan:Plan; cache:TeacherCache|None; train:object; collate:object
+    args:KDConfig; teacher:nn.Module|None; student:nn.Module; curriculum:object; plan:Plan
+    cache:TeacherCache|None; train:object; collate:object
 
-def _prepare(config, teacher, student, train_dataset, eval_dataset, data_collator, curriculum, projector, router, vocab_map, peft_config) -> _Run:
-    "Check everything once, in order, and decide the run: config, machine, curriculum, student, modules, KD path, cache, models."
+# %% ../nbs/07_train.ipynb #0df0982d
+def _prepare(config, teacher, student, train_dataset=None, eval_dataset=None, data_collator=None,
+             curriculum=None, projector=None, router=None, vocab_map=None, peft_config=None):
+    "Check everything once, in order; decide the run (config, machine, curriculum, models, cache)."
     args = as_config(config)
-    if eval_dataset is None and _val(args.eval_strategy) != 'no': args = args.replace(eval_strategy='no')
+    if eval_dataset is None and _val(args.eval_strategy) != 'no':
+        args = args.replace(eval_strategy='no')
     _check_machine(args)
-    cur = _resolve_curriculum(curriculum if curriculum is not None else args.curriculum, args.temperature)
-    if teacher is not None: teacher.to(device=args.device, dtype=_teacher_dtype(args.teacher_dtype, module_dtype(teacher), args.device)).eval()
+    cur = args.curriculum if curriculum is None else curriculum
+    cur = _resolve_curriculum(cur, args.temperature)
+    if teacher is not None:
+        dt = teacher_dtype(args.teacher_dtype, module_dtype(teacher), args.device)
+        teacher.to(device=args.device, dtype=dt).eval()
     student = _prepare_student(student, teacher, args, peft_config)
-    projector, router, fit = _extra_modules(args, teacher, student, cur.names, projector, router)
-    path = pick_kd_path(args.kd_path, student, cur.names, bool(args.teacher_cache), args.kd_topk, args.chunk_size)
-    plan = Plan(path, args.cross_vocab_loss, args.temperature, args.divergence, args.chunk_size, args.kd_topk, args.hidden_kind,
-                args.contrastive_temperature, vocab_map, projector, router, student.get_output_embeddings())
+    path = pick_kd_path(args.kd_path, student, cur.names, bool(args.teacher_cache), args.kd_topk,
+                        args.chunk_size)
+    plan = _plan(args, path, vocab_map=vocab_map, head=student.get_output_embeddings())
+    need = needs(cur.names, plan)[1]   # the set-up's one `needs`: what is read from the teacher
+    projector, router, fit = _extra_modules(args, teacher, student, 'hidden' in need, projector,
+                                            router)
+    plan = replace(plan, projector=projector, router=router)
     collate = data_collator or KDCollator(pad_id=0)
-    cache = _open_cache(args, teacher, train_dataset, collate, plan, cur)
-    _check_models(args, teacher, student, cur.names, plan, set(cache.fields) if cache else set())
+    fields = sorted(need & set(FIELDS))   # what a cache could give of it
+    cache = _open_cache(args, teacher, train_dataset, collate, plan, cur, fields)
+    cached = set(cache.fields) if cache else set()
+    _check_models(args, teacher, student, cur.names, plan, need, cached)
     if fit: _fit_projector(projector, student, teacher, train_dataset, collate, args.device)
-    if cache: train_dataset, collate = train_dataset.add_column('kd_index', list(range(len(train_dataset)))), IndexCollator(collate)
+    if cache: train_dataset, collate = _indexed(train_dataset), IndexCollator(collate)
     return _Run(args, teacher, student, cur, plan, cache, train_dataset, collate)
 
 # %% ../nbs/07_train.ipynb #70efbf27
 class _Window:
-    "The numbers of the micro-batches since the last log: per component (raw, weight, scale), the totals, the tokens."
-    def __init__(self): self.comp, self.total, self.tokens, self.t0 = defaultdict(list), [], 0, time.time()
+    "The micro-batches since the last log: per component (raw, weight, scale), totals, tokens."
+    def __init__(self):
+        self.comp, self.total, self.tokens, self.t0 = defaultdict(list), [], 0, time.time()
     def add(self, raw:dict, w:dict, scales:dict, total, n_tokens) -> set:
-        "Record one micro-batch (`w`: every component's weight; `raw`: the active ones); returns the non-finite ones (then nothing is recorded)."
-        *vals, tot, n = torch.stack([raw[k].detach().float() for k in raw] + [total.detach().float(), n_tokens.float()]).tolist()
+        "Record a micro-batch (`w`: all weights; `raw`: active ones); the non-finite (none kept)."
+        vals = [raw[k].detach().float() for k in raw] + [total.detach().float(), n_tokens.float()]
+        *vals, tot, n = torch.stack(vals).tolist()
         if bad := {k for k, v in zip(raw, vals) if not math.isfinite(v)}: return bad
         got = dict(zip(raw, vals))
-        for k, wk in w.items(): self.comp[k].append((got.get(k, math.nan), wk, scales.get(k, 1.0)))   # inactive: raw not computed
+        for k, wk in w.items():   # (an inactive component: raw NaN)
+            self.comp[k].append((got.get(k, math.nan), wk, scales.get(k, 1.0)))
         self.total.append(tot); self.tokens += int(n)
         return set()
 
 # %% ../nbs/07_train.ipynb #4bf280cd
 @patch
 def logs(self:_Window, balanced:bool=False) -> dict:
-    "Means over the window: `loss`; per component `raw/` (where computed), `weight/`, `weighted/` (`scale/` when balanced); tokens/s."
-    out = {'loss': float(np.mean(self.total)) if self.total else float('nan'), 'tokens_per_s': self.tokens / max(time.time() - self.t0, 1e-9)}
+    "Means over the window: `loss`; per component `raw/` (where computed), `weight/`, `weighted/`."
+    out = {'loss': float(np.mean(self.total)) if self.total else float('nan'),
+           'tokens_per_s': self.tokens / max(time.time() - self.t0, 1e-9)}
     for k, vs in self.comp.items():
-        r, w, s = np.array(vs).T
-        on = ~np.isnan(r)
-        out |= {f'raw/{k}': r[on].mean() if on.any() else math.nan, f'weight/{k}': w.mean(), f'weighted/{k}': np.where(on, r*w*s, 0).mean()}
+        (r, w, s), on = np.array(vs).T, ~np.isnan(np.array(vs)[:, 0])
+        out |= {f'raw/{k}': r[on].mean() if on.any() else math.nan, f'weight/{k}': w.mean(),
+                f'weighted/{k}': np.where(on, r*w*s, 0).mean()}
         if balanced: out[f'scale/{k}'] = s.mean()
     return out
 
 # %% ../nbs/07_train.ipynb #afc316c7
 def _history(log_history:list, kd_path:str) -> pd.DataFrame:
-    "The run's history from the engine's log history: one row per logged step and one per evaluation."
-    rows = []
-    for r in log_history:
-        if 'loss' in r and 'progress' in r: rows.append({k: v for k, v in r.items() if k not in ('learning_rate', 'epoch')} | {'kd_path': kd_path})
-        elif any(k.startswith('eval_') for k in r): rows.append({'step': r['step'], **{'eval/' + k[5:]: v for k, v in r.items() if k.startswith('eval_')}})
-    df = pd.DataFrame(rows)
+    "The run's history from the engine's log history: a row per logged step and per evaluation."
+    is_train = lambda r: 'loss' in r and 'progress' in r
+    is_eval = lambda r: any(k.startswith('eval_') for k in r)
+    train = lambda r: {k: v for k, v in r.items() if k not in ('learning_rate', 'epoch')}
+    ev = lambda r: {'step': r['step']} | {f'eval/{k[5:]}': v for k, v in r.items()
+                                          if k.startswith('eval_')}
+    df = pd.DataFrame([train(r) | {'kd_path': kd_path} if is_train(r) else ev(r)
+                       for r in log_history if is_train(r) or is_eval(r)])
     comps = [c for c in COMPONENTS if f'raw/{c}' in df]
-    lead = ['step', 'progress', 'loss'] + [f'{k}/{c}' for c in comps for k in ('raw', 'weight', 'weighted')]
-    lrs = sorted((c for c in df if c.startswith('lr/')), key=lambda c: (not c.startswith('lr/student'), c))
-    order = [c for c in lead + lrs + ['grad_norm', 'loss_scale', 'tokens_per_s', 'skipped_steps', 'kd_path'] if c in df]
+    lead = ['step', 'progress', 'loss'] + [f'{k}/{c}' for c in comps for k in ('raw', 'weight',
+                                                                                'weighted')]
+    lrs = sorted((c for c in df if c.startswith('lr/')), key=lambda c: (c[:10] != 'lr/student', c))
+    tail = ['grad_norm', 'loss_scale', 'tokens_per_s', 'skipped_steps', 'kd_path']
+    order = [c for c in lead + lrs + tail if c in df]
     return df[order + sorted(c for c in df if c not in order)]
 
 # %% ../nbs/07_train.ipynb #34e174f2
+@dataclass
+class _Guard:
+    "The guard's state, owned by the trainer's callback: the log window, this step's findings, LRs."
+    counters:dict # the trainer's `kd_state` (checkpointed): skipped_steps, nonfinite_run, ...
+    win:_Window=field(default_factory=_Window) # the micro-batches since the last log
+    bad:set=field(default_factory=set) # components non-finite in this optimizer step
+    groups:list=field(default_factory=list) # parameter groups with a non-finite gradient, this step
+    active:set=field(default_factory=set) # components active in this step
+    active_run:set=field(default_factory=set) # components active over the run of skipped steps
+    lrs:dict=field(default_factory=dict) # each parameter group's LR at the last optimizer step
+    stop_reason:str|None=None # 'early_stopping' or 'time_budget' when the callback stopped the run
+
+# %% ../nbs/07_train.ipynb #ea1db900
+@patch
+def record(self:_Guard, raw:dict, weights:dict, scales:dict, total, n_tokens):
+    "One micro-batch: its numbers into the window, its non-finite and active components noted."
+    self.bad |= self.win.add(raw, weights, scales, total, n_tokens)
+    self.active |= {n for n, w in weights.items() if w > 0}
+
+# %% ../nbs/07_train.ipynb #1c5f517f
+def _nonfinite_groups(param_groups) -> list[str]:
+    "The optimizer groups with a non-finite gradient: a fused norm per group, one copy to the host."
+    named = [(g.get('name', f'group{i}'), [p.grad for p in g['params'] if p.grad is not None])
+             for i, g in enumerate(param_groups)]
+    if not (named := [(n, gs) for n, gs in named if gs]): return []
+    dev = named[0][1][0].device
+    norms = torch.stack([torch.nn.utils.get_total_norm(gs).to(dev) for _, gs in named])
+    return [n for (n, _), ok in zip(named, torch.isfinite(norms).tolist()) if not ok]
+
+# %% ../nbs/07_train.ipynb #dfde3da9
+@patch
+def check_grads(self:_Guard, param_groups) -> bool:
+    "Before the optimizer step: the real LRs, the non-finite groups; whether to skip the step."
+    self.lrs = {g.get('name', f'group{i}'): g['lr'] for i, g in enumerate(param_groups)}
+    self.groups = _nonfinite_groups(param_groups)
+    return bool(self.bad or self.groups)
+
+# %% ../nbs/07_train.ipynb #7c05ec82
+@patch
+def end_step(self:_Guard, step:int, scaler_skipped:bool=False) -> int:
+    "After the optimizer step: count it if skipped, else start over; the run of skipped steps."
+    s = self.counters
+    if self.bad or self.groups or scaler_skipped:
+        s['skipped_steps'] += 1; s['nonfinite_run'] += 1
+        s['nonfinite'] = (s['nonfinite'] + [[step, sorted(self.bad), self.groups]])[-50:]
+        self.active_run |= self.active
+    else: s['nonfinite_run'], self.active_run = 0, set()
+    self.bad, self.groups, self.active = set(), [], set()
+    return s['nonfinite_run']
+
+# %% ../nbs/07_train.ipynb #11a6c327
 class NonFiniteError(RuntimeError):
     "Training stopped: too many consecutive steps had a non-finite loss or gradient."
 
+# %% ../nbs/07_train.ipynb #6efaba99
+@patch
+def diagnosis(self:_Guard, scaler=None) -> str:
+    "Which components or groups went non-finite over the last skipped steps; the fp16 loss scale."
+    s = self.counters
+    last = s['nonfinite'][-s['nonfinite_run']:]
+    comps, groups = sorted({n for e in last for n in e[1]}), sorted({g for e in last for g in e[2]})
+    what = (f"non-finite loss component(s): {', '.join(comps)}" if comps else
+            f"the gradients overflowed (parameter group(s) {groups or 'skipped by the fp16 scaler'}"
+            ")"
+            f" while every active loss component ({', '.join(sorted(self.active_run))}) was finite")
+    scale = '' if scaler is None else (f"; the fp16 loss scale has fallen to {scaler.get_scale():g}"
+                                       " (it halves on each skipped step)")
+    return (f"{len(last)} consecutive optimizer steps (up to step {last[-1][0]}) were skipped: "
+            f"{what}{scale}. Nothing was applied to the weights on those steps "
+            f"({s['skipped_steps']} skipped in all). Check the teacher's outputs and that "
+            "component's inputs; lower the learning rate or that component's weight; in fp16, a "
+            "collapsed scale means the loss overflows even unscaled.")
+
+# %% ../nbs/07_train.ipynb #c9c23ec1
+@patch
+def flush(self:_Guard, balanced:bool=False) -> dict:
+    "The window's means and each group's LR, for one history row; a new window starts."
+    logs = self.win.logs(balanced) | {f'lr/{g}': lr for g, lr in self.lrs.items()}
+    self.win = _Window()
+    return logs
+
+# %% ../nbs/07_train.ipynb #de48f4e0
 class _KDCallback(TrainerCallback):
-    "The non-finite guard, real LRs, the projector/router's clipping, time budget, early stopping, one quiet progress bar."
-    def __init__(self, tr): self.tr, self.bar = tr, None
+    "The non-finite guard, real LRs, extras' clipping, time budget, early stopping, one quiet bar."
+    def __init__(self, tr): self.tr, self.bar, self.guard = tr, None, _Guard(tr.kd_state)
     def on_train_begin(self, args, state, control, **kw):
-        self.t0, self.tr._win = time.time(), _Window()
+        self.t0, self.guard.win = time.time(), _Window()
         if args.progress_bar and state.is_local_process_zero:
             from tqdm.auto import tqdm
-            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc='distill', dynamic_ncols=True)
+            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc='distill',
+                            dynamic_ncols=True)
 
 # %% ../nbs/07_train.ipynb #e1e11d3a
 @patch
 def on_log(self:_KDCallback, args, state, control, logs=None, **kw):
-    if self.bar is not None and logs and 'loss' in logs:
-        pf = {'loss': f"{logs['loss']:.3g}"} | ({'kd': f"{logs['raw/kd']:.3g}"} if 'raw/kd' in logs else {})
-        if lr := next(iter(self.tr._lrs.values()), None): pf['lr'] = f"{lr:.1e}"
-        if n := self.tr.kd_state['skipped_steps']: pf['skip'] = n
-        self.bar.set_postfix(pf, refresh=False)
+    if self.bar is None or not logs or 'loss' not in logs: return
+    pf = {'loss': f"{logs['loss']:.3g}"}
+    if 'raw/kd' in logs: pf['kd'] = f"{logs['raw/kd']:.3g}"
+    if lr := next(iter(self.guard.lrs.values()), None): pf['lr'] = f"{lr:.1e}"
+    if n := self.guard.counters['skipped_steps']: pf['skip'] = n
+    self.bar.set_postfix(pf, refresh=False)
 
 # %% ../nbs/07_train.ipynb #eeb6b0e4
-def _nonfinite_groups(param_groups) -> list[str]:
-    "Names of the optimizer groups with a non-finite gradient: one fused norm per group, one device-to-host copy."
-    named = [(g.get('name', f'group{i}'), [p.grad for p in g['params'] if p.grad is not None]) for i, g in enumerate(param_groups)]
-    named = [(n, gs) for n, gs in named if gs]
-    if not named: return []
-    norms = torch.stack([torch.nn.utils.get_total_norm(gs).to(named[0][1][0].device) for _, gs in named])
-    return [n for (n, _), ok in zip(named, torch.isfinite(norms).tolist()) if not ok]
-
-# %% ../nbs/07_train.ipynb #7b90f410
 @patch
 def on_pre_optimizer_step(self:_KDCallback, args, state, control, **kw):
     tr = self.tr
-    tr._lrs = {g.get('name', f'group{i}'): g['lr'] for i, g in enumerate(tr.optimizer.param_groups)}
-    tr._grad_bad = _nonfinite_groups(tr.optimizer.param_groups)
-    if args.max_grad_norm > 0 and len(tr.extras): torch.nn.utils.clip_grad_norm_(tr.extras.parameters(), args.max_grad_norm)
-    if (tr._step_bad or tr._grad_bad) and tr.accelerator.scaler is None:
-        for g in tr.optimizer.param_groups:
-            for p in g['params']: p.grad = None
+    skip = self.guard.check_grads(tr.optimizer.param_groups)
+    if args.max_grad_norm > 0 and len(tr.extras):
+        torch.nn.utils.clip_grad_norm_(tr.extras.parameters(), args.max_grad_norm)
+    if skip and tr.accelerator.scaler is None:
+        for p in (p for g in tr.optimizer.param_groups for p in g['params']): p.grad = None
 
+# %% ../nbs/07_train.ipynb #be925954
 @patch
-def on_optimizer_step(self:_KDCallback, args, state, control, **kw): self.tr.extras.zero_grad(set_to_none=True)
+def on_optimizer_step(self:_KDCallback, args, state, control, **kw):
+    self.tr.extras.zero_grad(set_to_none=True)
 
-# %% ../nbs/07_train.ipynb #51cf58c9
+# %% ../nbs/07_train.ipynb #7b90f410
 @patch
 def on_step_end(self:_KDCallback, args, state, control, **kw):
-    tr, s = self.tr, self.tr.kd_state
-    if tr._step_bad or tr._grad_bad or tr.accelerator.optimizer_step_was_skipped:
-        s['skipped_steps'] += 1; s['nonfinite_run'] += 1
-        s['nonfinite'] = (s['nonfinite'] + [[state.global_step, sorted(tr._step_bad), tr._grad_bad]])[-50:]
-        tr._active_run |= tr._active
-        if s['nonfinite_run'] >= args.max_nonfinite_steps: raise NonFiniteError(self.diagnosis())
-    else: s['nonfinite_run'], tr._active_run = 0, set()
-    tr._step_bad, tr._grad_bad, tr._active = set(), [], set()
+    acc, g = self.tr.accelerator, self.guard
+    if g.end_step(state.global_step, acc.optimizer_step_was_skipped) >= args.max_nonfinite_steps:
+        raise NonFiniteError(g.diagnosis(acc.scaler))
     if args.time_budget_hours is not None and time.time() - self.t0 > args.time_budget_hours*3600:
-        tr.stop_reason, control.should_save, control.should_training_stop = 'time_budget', True, True
+        g.stop_reason, control.should_save, control.should_training_stop = 'time_budget', True, True
     if self.bar is not None: self.bar.update(state.global_step - self.bar.n)
-
-# %% ../nbs/07_train.ipynb #c2eefc5e
-@patch
-def diagnosis(self:_KDCallback) -> str:
-    "Which components or parameter groups went non-finite over the last run of skipped steps, and the fp16 loss scale."
-    s, sc = self.tr.kd_state, self.tr.accelerator.scaler
-    last = s['nonfinite'][-s['nonfinite_run']:]
-    comps, groups = sorted({n for e in last for n in e[1]}), sorted({g for e in last for g in e[2]})
-    what = (f"non-finite loss component(s): {', '.join(comps)}" if comps else
-            f"the gradients overflowed (parameter group(s) {groups or 'skipped by the fp16 scaler'}) while every active loss "
-            f"component ({', '.join(sorted(self.tr._active_run))}) was finite")
-    scale = f"; the fp16 loss scale has fallen to {sc.get_scale():g} (it halves on each skipped step)" if sc is not None else ''
-    return (f"{len(last)} consecutive optimizer steps (up to step {last[-1][0]}) were skipped: {what}{scale}. Nothing was applied to the "
-            f"weights on those steps ({s['skipped_steps']} skipped in all). Check the teacher's outputs and that component's inputs; "
-            "lower the learning rate or that component's weight; in fp16, a collapsed scale means the loss overflows even unscaled.")
 
 # %% ../nbs/07_train.ipynb #759a809f
 @patch
 def on_evaluate(self:_KDCallback, args, state, control, metrics=None, **kw):
-    tr, s = self.tr, self.tr.kd_state
-    v = (metrics or {}).get(f'eval_{args.early_stopping_metric}')
+    s, v = self.guard.counters, (metrics or {}).get(f'eval_{args.early_stopping_metric}')
     if v is None or not args.early_stopping_patience: return
     if s['best'] is None or v < s['best']: s['best'], s['bad_evals'] = v, 0
     elif state.global_step >= args.early_stopping_warmup*state.max_steps: s['bad_evals'] += 1
-    if s['bad_evals'] >= args.early_stopping_patience: tr.stop_reason, control.should_training_stop = 'early_stopping', True
+    if s['bad_evals'] >= args.early_stopping_patience:
+        self.guard.stop_reason, control.should_training_stop = 'early_stopping', True
 
+# %% ../nbs/07_train.ipynb #6dff0b87
 @patch
 def on_train_end(self:_KDCallback, args, state, control, **kw):
     if self.bar is not None: self.bar.close(); self.bar = None
-    if args.load_best_model_at_end and state.best_model_checkpoint: self.tr._load_kd(state.best_model_checkpoint, state=False)
+    if args.load_best_model_at_end and state.best_model_checkpoint:
+        load_extras(self.tr.extras, state.best_model_checkpoint)
 
 # %% ../nbs/07_train.ipynb #2baccaa0
 class _LiveCallback(TrainerCallback):
-    "Drive a live chart (`.update(history, force=False)`, e.g. `viz.LiveLossChart`) from the trainer's history on each log."
+    "Drive a live chart (`.update(history, force=False)`, `viz.LiveLossChart`) from the history."
     def __init__(self, trainer, chart): self.trainer, self.chart = trainer, chart
     def on_log(self, args, state, control, **kw):
         if state.is_world_process_zero: self.chart.update(self.trainer.history)
-    def on_train_end(self, args, state, control, **kw):
-        if state.is_world_process_zero: self.chart.update(self.trainer.history, force=True)   # the last steps, whatever `every`
+    def on_train_end(self, args, state, control, **kw):   # the last steps, whatever `every`
+        if state.is_world_process_zero: self.chart.update(self.trainer.history, force=True)
 
 # %% ../nbs/07_train.ipynb #22ab3980
 def _split_callbacks(callbacks) -> tuple[list, list]:
-    "Engine callbacks (TrainerCallback classes or instances) and live charts (objects with `.update(history)`)."
+    "Engine callbacks (TrainerCallback classes or instances) and live charts (with `.update`)."
     engine, charts = [], []
     for c in callbacks:
-        if isinstance(c, TrainerCallback) or (isinstance(c, type) and issubclass(c, TrainerCallback)): engine.append(c)
+        if isinstance(c, TrainerCallback) or isinstance(c, type) and issubclass(c, TrainerCallback):
+            engine.append(c)
         elif callable(getattr(c, 'update', None)): charts.append(c)
-        else: raise TypeError(f"callback {c!r} is neither a transformers.TrainerCallback nor a live chart with .update(history)")
+        else: raise TypeError(f"callback {c!r} is neither a transformers.TrainerCallback "
+                              "nor a live chart with .update(history)")
     return engine, charts
 
 # %% ../nbs/07_train.ipynb #3ee8fe23
-class KDTrainer(Trainer):
-    "A `transformers.Trainer` whose model is the student, distilling a frozen `teacher` under a curriculum (see `distill`)."
-    loss_is_scaled_for_ga = False   # compute_loss is a mean over tokens: the engine divides it over accumulated micro-batches
-    def __init__(self,
-                 config:KDConfig|dict|str, # the run's knobs (`core.as_config`)
-                 teacher:nn.Module|None, # the frozen teacher; None with a teacher cache, or when no component needs one
-                 student:nn.Module, # the student LM, trained in place (wrapped for LoRA)
-                 train_dataset=None, # tokenized examples (`data.build_kd_dataset`)
-                 eval_dataset=None, # held-out examples: evaluation, early stopping, the best checkpoint
-                 data_collator=None, # features -> batch; default `data.KDCollator(pad_id=0)`
-                 curriculum=None, # a Curriculum, a preset name or {component: weight}; default `config.curriculum`
-                 projector:nn.Module|None=None, # student -> teacher width (default: made and fitted when the widths differ)
-                 router:nn.Module|None=None, # a knowledge router (default: made when `config.router_experts` > 0)
-                 vocab_map=None, # `align.VocabMap` (cross-tokenizer runs)
-                 callbacks=(), # TrainerCallbacks, or live charts with `.update(history)` (`viz.LiveLossChart`)
-                 processing_class=None, # the student's tokenizer: saved with each checkpoint and the final student
-                 peft_config=None, # a peft config for the student (else `config.lora`)
-                ):
-        r = _prepare(config, teacher, student, train_dataset, eval_dataset, data_collator, curriculum, projector, router, vocab_map, peft_config)
-        self.teacher, self.curriculum, self.plan, self.cache = r.teacher, r.curriculum, r.plan, r.cache
-        engine_cbs, charts = _split_callbacks(callbacks)
-        super().__init__(model=r.student, args=r.args, data_collator=r.collate, train_dataset=r.train, eval_dataset=eval_dataset,
-                         processing_class=processing_class, callbacks=engine_cbs)
-        self.remove_callback(PrinterCallback); self.remove_callback(ProgressCallback)   # no line per log
-        for c in [_KDCallback(self), *(_LiveCallback(self, c) for c in charts)]: self.add_callback(c)
-        self.extras = nn.ModuleDict({k: m for k, m in (('projector', r.plan.projector), ('router', r.plan.router)) if m is not None}).to(r.args.device)
-        self.balancer = C.AdaptiveBalancer() if r.args.balance == 'adaptive' else None
-        self.kd_state = dict(skipped_steps=0, nonfinite_run=0, nonfinite=[], best=None, bad_evals=0)
-        if self.balancer: self.kd_state['balancer'] = dict(ema=self.balancer.ema, n=self.balancer.n)   # checkpointed with the counters
-        self._win, self._staging, self.stop_reason, self._step_bad, self._grad_bad, self._lrs = _Window(), None, None, set(), [], {}
-        self._active, self._active_run = set(), set()   # components active in this step, and over a run of skipped steps
+def _extras(plan:Plan, device) -> nn.ModuleDict:
+    "The modules that learn beside the student (the plan's projector and router), on `device`."
+    mods = {k: getattr(plan, k) for k in ('projector', 'router')}
+    return nn.ModuleDict({k: m for k, m in mods.items() if m is not None}).to(device)
 
-    kd_path = property(lambda self: self.plan.kd_path)   # 'full', 'chunked', 'topk', 'fused' or 'cached'; as logged, across tokenizers 'topk+uld':
-    kd_path_label = property(lambda self: f"{self.plan.kd_path}+{self.plan.cross_vocab_loss}" if self.args.cross_tokenizer else self.plan.kd_path)
-    def progress(self) -> float: return min(self.state.global_step / max(self.state.max_steps, 1), 1.0)
-    history = property(lambda self: _history(self.state.log_history, self.kd_path_label), doc="The run's history: one row per log and per evaluation.")
+# %% ../nbs/07_train.ipynb #b14af807
+def _path_label(plan:Plan, args:KDConfig) -> str:
+    "The KD path as logged: across tokenizers with the cross-vocabulary loss, e.g. 'topk+uld'."
+    return f"{plan.kd_path}+{plan.cross_vocab_loss}" if args.cross_tokenizer else plan.kd_path
+
+# %% ../nbs/07_train.ipynb #740154ad
+def _kd_state(balancer) -> dict:
+    "The distillation's counters, checkpointed as `kd_state.json` (with the balancer's means)."
+    s = dict(skipped_steps=0, nonfinite_run=0, nonfinite=[], best=None, bad_evals=0)
+    return s | ({'balancer': dict(ema=balancer.ema, n=balancer.n)} if balancer else {})
+
+# %% ../nbs/07_train.ipynb #725b6c8d
+class KDTrainer(Trainer):
+    "A `transformers.Trainer` whose model is the student, distilling a frozen `teacher`."
+    loss_is_scaled_for_ga = False   # a mean over tokens: the engine divides it over micro-batches
+    def __init__(self,
+        config:KDConfig|dict|str, # the run's knobs (`core.as_config`)
+        teacher:nn.Module|None, # the frozen teacher; None with a teacher cache or if none is needed
+        student:nn.Module, # the student LM, trained in place (wrapped for LoRA)
+        train_dataset=None, # tokenized examples (`data.build_kd_dataset`)
+        eval_dataset=None, # held-out examples: evaluation, early stopping, the best checkpoint
+        data_collator=None, # features -> batch; default `data.KDCollator(pad_id=0)`
+        curriculum=None, # a Curriculum, a preset name or {component: weight}; `config.curriculum`
+        projector:nn.Module|None=None, # student -> teacher width (default: made across widths)
+        router:nn.Module|None=None, # a knowledge router (default: made when `router_experts` > 0)
+        vocab_map=None, # `align.VocabMap` (cross-tokenizer runs)
+        callbacks=(), # TrainerCallbacks, or live charts with `.update(history)` (`LiveLossChart`)
+        processing_class=None, # the student's tokenizer: saved with each checkpoint and the student
+        peft_config=None, # a peft config for the student (else `config.lora`)
+    ):
+        r = _prepare(config, teacher, student, train_dataset=train_dataset,
+                     eval_dataset=eval_dataset, data_collator=data_collator, curriculum=curriculum,
+                     projector=projector, router=router, vocab_map=vocab_map,
+                     peft_config=peft_config)
+        self.teacher, self.curriculum, self.plan = r.teacher, r.curriculum, r.plan
+        self.cache = r.cache
+        engine_cbs, charts = _split_callbacks(callbacks)
+        super().__init__(model=r.student, args=r.args, data_collator=r.collate,
+                         train_dataset=r.train, eval_dataset=eval_dataset,
+                         processing_class=processing_class, callbacks=engine_cbs)
+        for c in (PrinterCallback, ProgressCallback): self.remove_callback(c)   # no line per log
+        self.extras = _extras(r.plan, r.args.device)
+        self.balancer = C.AdaptiveBalancer() if r.args.balance == 'adaptive' else None
+        self.kd_state, self._staging = _kd_state(self.balancer), None
+        cb = _KDCallback(self)
+        self._guard = cb.guard   # the guard's state: the callback's; compute_loss and log use it
+        for c in [cb, *(_LiveCallback(self, c) for c in charts)]: self.add_callback(c)
+
+    kd_path = property(lambda self: self.plan.kd_path)   # 'full', 'chunked', 'topk', 'fused', ...
+    kd_path_label = property(lambda self: _path_label(self.plan, self.args))   # as logged
+    def progress(self) -> float:   # step / max_steps
+        return min(self.state.global_step / max(self.state.max_steps, 1), 1.0)
+    history = property(lambda self: _history(self.state.log_history, self.kd_path_label))
+    stop_reason = property(lambda self: self._guard.stop_reason)   # 'early_stopping', 'time_budget
 
 # %% ../nbs/07_train.ipynb #ea2cf89c
 @patch
 def _teacher(self:KDTrainer, inputs, idx, need:set, plan) -> dict:
-    "What the active components need from the teacher: cache fields from the cache, the rest from one live pass (none if nothing)."
-    cached = {n: self.cache.read(n, idx, inputs['input_ids'].device) for n in need if self.cache is not None and n in self.cache.fields}
-    return cached | (teacher_outputs(self.teacher, inputs, need - set(cached), plan) if need - set(cached) else {})
+    "What the active components need from the teacher: cached fields, the rest from one live pass."
+    c, dev = self.cache, inputs['input_ids'].device
+    cached = {n: c.read(n, idx, dev) for n in need if c is not None and n in c.fields}
+    live = need - set(cached)
+    return cached | (teacher_outputs(self.teacher, inputs, live, plan) if live else {})
 
 # %% ../nbs/07_train.ipynb #6e359334
 @patch
 def compute_loss(self:KDTrainer, model, inputs, return_outputs=False, num_items_in_batch=None):
-    "This step's active components from only the passes they need; total = Σ weight·raw (Σ weight·scale·raw when balanced)."
+    "This step's active components from only the passes they need; total = Σ weight·raw (·scale)."
     p, idx = self.progress(), inputs.pop('kd_index', None)
     wall = self.curriculum.weights(p); w = {n: v for n, v in wall.items() if v > 0}
     plan = replace(self.plan, temperature=float(self.curriculum.temperature(p)))
     s_need, t_need = needs(w, plan)
-    step = Step(inputs, plan, student_pass(model, inputs, s_need), self._teacher(inputs, idx, t_need, plan))
+    teacher = self._teacher(inputs, idx, t_need, plan)
+    step = Step(inputs, plan, student_pass(model, inputs, s_need), teacher)
     raw = {n: component(n, plan).fn(step) for n in w}
-    zero = torch.zeros((), device=inputs['input_ids'].device, requires_grad=not w)   # (no active component: a step that changes nothing)
+    zero = torch.zeros((), device=inputs['input_ids'].device, requires_grad=not w)   # (none active)
     total = self.balancer(raw, w) if self.balancer and w else sum((w[n]*raw[n] for n in w), zero)
-    self._step_bad |= self._win.add(raw, wall, self.balancer.scales() if self.balancer else {}, total, inputs['attention_mask'].sum())
-    self._active |= set(w)
+    scales = self.balancer.scales() if self.balancer else {}
+    self._guard.record(raw, wall, scales, total, inputs['attention_mask'].sum())
     return (total, raw) if return_outputs else total
 
 # %% ../nbs/07_train.ipynb #7476a1c2
 @patch
 def create_optimizer(self:KDTrainer, model=None):
-    "The engine's optimizer (`optim`) over named groups: student, projector/router at `lr_multipliers`; no decay on norms and biases."
+    "The engine's optimizer (`optim`) over named groups: student, extras at `lr_multipliers`."
     if self.optimizer is None:
-        groups = param_groups({'student': self.model, **self.extras}, self.args.learning_rate, self.args.lr_multipliers, self.args.weight_decay)
-        cls, kw = self.get_optimizer_cls_and_kwargs(self.args, self.model)
+        a = self.args
+        modules = {'student': self.model, **self.extras}
+        groups = param_groups(modules, a.learning_rate, a.lr_multipliers, a.weight_decay)
+        cls, kw = self.get_optimizer_cls_and_kwargs(a, self.model)
         self.optimizer = cls(groups, **kw)
     return self.optimizer
 
 # %% ../nbs/07_train.ipynb #4eb2d552
 @patch
 def training_step(self:KDTrainer, model, inputs, num_items_in_batch=None):
-    "The engine's step; under DDP the projector/router gradients are averaged across processes on the last micro-batch."
-    loss = Trainer.training_step(self, model, inputs, num_items_in_batch)
-    if self.accelerator.num_processes > 1 and self.accelerator.sync_gradients:
-        for p in (p for p in self.extras.parameters() if p.grad is not None): p.grad = self.accelerator.reduce(p.grad, 'mean')
+    "The engine's step; under DDP the projector/router gradients are averaged across processes."
+    loss, acc = Trainer.training_step(self, model, inputs, num_items_in_batch), self.accelerator
+    if acc.num_processes > 1 and acc.sync_gradients:
+        for p in (p for p in self.extras.parameters() if p.grad is not None):
+            p.grad = acc.reduce(p.grad, 'mean')
     return loss
 
 # %% ../nbs/07_train.ipynb #9aabf955
 @patch
 def log(self:KDTrainer, logs:dict, start_time=None):
-    "Add the distillation breakdown to the engine's train logs (then `report_to`, callbacks, `state.log_history`)."
+    "Add the distillation breakdown to the engine's train logs (then `report_to`, callbacks)."
     if 'loss' in logs and not any(k.startswith('eval_') for k in logs):
         sc = self.accelerator.scaler
-        logs |= self._win.logs(self.balancer is not None) | {f'lr/{g}': lr for g, lr in self._lrs.items()} | dict(
-            progress=self.progress(), loss_scale=float(sc.get_scale()) if sc is not None else 1.0, skipped_steps=self.kd_state['skipped_steps'])
-        self._win = _Window()
+        logs |= self._guard.flush(self.balancer is not None) | dict(
+            progress=self.progress(), loss_scale=1.0 if sc is None else float(sc.get_scale()),
+            skipped_steps=self.kd_state['skipped_steps'])
     Trainer.log(self, logs, start_time)
 
 # %% ../nbs/07_train.ipynb #45a6fdc6
 def _reduce_metrics(res:dict, accelerator) -> dict:
-    "DDP: each rank evaluated its shard; combine token-weighted (perplexities from the combined log-perplexity)."
+    "DDP: each rank evaluated its shard; combine token-weighted (perplexities from log-perplexity)."
     if accelerator.num_processes == 1: return res
     keys = [k for k in res if k != 'n_tokens']; n = float(res.get('n_tokens', 1))
-    v = accelerator.reduce(torch.tensor([float(res[k])*n for k in keys] + [n], dtype=torch.float64, device=accelerator.device), 'sum')
+    t = torch.tensor([float(res[k])*n for k in keys] + [n], dtype=torch.float64)
+    v = accelerator.reduce(t.to(accelerator.device), 'sum')
     out = {k: float(x) / float(v[-1]) for k, x in zip(keys, v[:-1])} | {'n_tokens': float(v[-1])}
-    return out | {k: math.exp(out[k[:-4] + '_log_ppl']) for k in keys if k.endswith('_ppl') and k[:-4] + '_log_ppl' in out}
+    logp = lambda k: k[:-4] + '_log_ppl'   # 'student_ppl' -> 'student_log_ppl'
+    return out | {k: math.exp(out[logp(k)]) for k in keys if k.endswith('_ppl') and logp(k) in out}
 
 # %% ../nbs/07_train.ipynb #7d4c32f8
+def _evaluator(tr) -> Evaluator:
+    "The evaluator of a trainer's student, against its teacher, at the curriculum's final weights."
+    return Evaluator(tr.accelerator.unwrap_model(tr.model), teacher=tr.teacher,
+                     vocab_map=tr.plan.vocab_map, topk=5, weights=tr.curriculum.weights(1.0),
+                     chunk_size=tr.args.chunk_size or 1024, progress=False)
+
+# %% ../nbs/07_train.ipynb #2becc795
 @patch
 def evaluate(self:KDTrainer, eval_dataset=None, ignore_keys=None, metric_key_prefix='eval') -> dict:
-    "Schedule-invariant metrics of the student: perplexity, bits-per-byte, KL and agreement to the teacher (`evaluate.Evaluator`)."
+    "Schedule-invariant metrics of the student: perplexity, bits per byte, KL, agreement."
     from itertools import islice
     batches = islice(iter(self.get_eval_dataloader(eval_dataset)), self.args.eval_batches)
-    res = Evaluator(self.accelerator.unwrap_model(self.model), teacher=self.teacher, vocab_map=self.plan.vocab_map, topk=5,
-                    weights=self.curriculum.weights(1.0), chunk_size=self.args.chunk_size or 1024, progress=False).evaluate(batches)
-    metrics = {f'{metric_key_prefix}_{k}': float(v) for k, v in _reduce_metrics(dict(res), self.accelerator).items()}
+    res = _reduce_metrics(dict(_evaluator(self).evaluate(batches)), self.accelerator)
+    metrics = {f'{metric_key_prefix}_{k}': float(v) for k, v in res.items()}
     self.log(dict(metrics))
     self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
     return metrics
 
 # %% ../nbs/07_train.ipynb #32a08099
-@contextlib.contextmanager
-def _no_hf_bars():
-    "transformers' progress bars off (no 'Writing model shards' bar at each save), restored after."
-    from transformers.utils import logging as hf_logging
-    on = hf_logging.is_progress_bar_enabled(); hf_logging.disable_progress_bar()
-    try: yield
-    finally:
-        if on: hf_logging.enable_progress_bar()
-
 @patch
 def save_model(self:KDTrainer, output_dir=None, _internal_call=False):
-    "The engine saves the student (weights, or a LoRA adapter) and its tokenizer; the projector/router go beside it."
-    with _no_hf_bars(): Trainer.save_model(self, output_dir, _internal_call)
-    if len(self.extras) and self.args.should_save: torch.save(self.extras.state_dict(), Path(output_dir or self.args.output_dir)/'kd_modules.pt')
+    "The engine saves the student (weights or LoRA adapter) and tokenizer; the extras go beside."
+    with quiet_saves(): Trainer.save_model(self, output_dir, _internal_call)
+    if self.args.should_save: save_extras(self.extras, output_dir or self.args.output_dir)
 
 # %% ../nbs/07_train.ipynb #496ee035
 @patch
 def train(self:KDTrainer, resume_from_checkpoint=None, **kw):
-    "The engine's `train`; resuming also brings back the projector/router and the distillation state."
-    ckpt = last_complete_checkpoint(self.args.output_dir) if resume_from_checkpoint is True else resume_from_checkpoint or None
-    if resume_from_checkpoint is True and ckpt is None: raise ValueError(f"resume=True, but {self.args.output_dir} holds no checkpoint")
-    if ckpt: self._load_kd(ckpt)
+    "The engine's `train`; a resumed run gets its projector/router and distillation state back."
+    if ckpt := resume_from(self.args.output_dir, resume_from_checkpoint): self._load_kd(ckpt)
     return Trainer.train(self, resume_from_checkpoint=ckpt, **kw)
 
+# %% ../nbs/07_train.ipynb #4d6be784
 @patch
 def _load_kd(self:KDTrainer, ckpt, state:bool=True):
-    "The projector/router weights and (with `state`) the distillation counters from checkpoint folder `ckpt`."
-    ckpt = Path(ckpt)
-    if len(self.extras) and (ckpt/'kd_modules.pt').exists(): self.extras.load_state_dict(torch.load(ckpt/'kd_modules.pt', weights_only=True))
-    if state and (f := ckpt/'kd_state.json').exists(): self.kd_state.update({k: v for k, v in json.loads(f.read_text()).items() if k in self.kd_state})
-    if state and self.balancer: self.balancer.ema, self.balancer.n = self.kd_state['balancer']['ema'], self.kd_state['balancer']['n']
+    "The projector/router weights and (with `state`) the distillation counters from `ckpt`."
+    load_extras(self.extras, ckpt)
+    if state: self.kd_state.update(read_kd_state(ckpt, self.kd_state))
+    if state and self.balancer: self.balancer.ema, self.balancer.n = _means(self.kd_state)
 
 # %% ../nbs/07_train.ipynb #66b3eb7f
+def _best_checkpoint(st, run_dir:Path) -> str|None:
+    "The best checkpoint where it lies once the staged save is in place (the engine looked there)."
+    best, step = run_dir/f'checkpoint-{st.best_global_step}', st.best_global_step
+    if step and (best.exists() or step == st.global_step): return str(best)
+    return st.best_model_checkpoint
+
+# %% ../nbs/07_train.ipynb #514666bf
+def _means(kd_state:dict) -> tuple: return kd_state['balancer']['ema'], kd_state['balancer']['n']
+
+# %% ../nbs/07_train.ipynb #ae61e4b6
+def _finish_save(tr, stage:Path, run_dir:Path, name:str):
+    "Add the trainer's counters and state to the staged checkpoint `name`; rename it into place."
+    extra = dict(stop_reason=tr.stop_reason, kd_path=tr.kd_path_label)
+    write_kd_state(stage/name, tr.kd_state | extra)
+    tr.state.save_to_json(str(stage/name/'trainer_state.json'))
+    promote(stage, run_dir, name, tr.args.save_total_limit, tr.state.best_model_checkpoint)
+
+# %% ../nbs/07_train.ipynb #38b3e3d9
 @patch
-def _get_output_dir(self:KDTrainer, trial): return self._staging or Trainer._get_output_dir(self, trial)
+def _get_output_dir(self:KDTrainer, trial):
+    return self._staging or Trainer._get_output_dir(self, trial)
 
 @patch
 def _save_checkpoint(self:KDTrainer, model, trial):
-    "Write the checkpoint into a staging folder, then rename it into place: a kill mid-save leaves the last one intact."
-    run_dir = Path(Trainer._get_output_dir(self, trial)); name = f'checkpoint-{self.state.global_step}'; stage = run_dir/'.staging'
-    if self.args.should_save: shutil.rmtree(stage, ignore_errors=True); stage.mkdir(parents=True)
+    "Write the checkpoint into a staging folder, then rename it into place: a kill spares the last."
+    run_dir, st = Path(Trainer._get_output_dir(self, trial)), self.state
+    name = f'checkpoint-{st.global_step}'
+    stage = staging(run_dir, fresh=self.args.should_save)
     self.accelerator.wait_for_everyone()
     self._staging = str(stage)
     try: Trainer._save_checkpoint(self, model, trial)
     finally: self._staging = None
     self.accelerator.wait_for_everyone()   # (DDP: every rank's RNG state is in the staging folder)
-    if self.state.best_global_step:   # (the engine looked for the best checkpoint in the staging folder)
-        best = run_dir/f'checkpoint-{self.state.best_global_step}'
-        if best.exists() or self.state.best_global_step == self.state.global_step: self.state.best_model_checkpoint = str(best)
-    if self.args.should_save:
-        tmp, final, trash = stage/name, run_dir/name, run_dir/f'.old-{name}'
-        (tmp/'kd_state.json').write_text(json.dumps({**self.kd_state, 'stop_reason': self.stop_reason, 'kd_path': self.kd_path_label}, default=str))
-        self.state.save_to_json(str(tmp/'trainer_state.json'))
-        if final.exists(): shutil.rmtree(trash, ignore_errors=True); os.replace(final, trash)
-        os.replace(tmp, final); shutil.rmtree(trash, ignore_errors=True); shutil.rmtree(stage, ignore_errors=True)
-        rotate_checkpoints(output_dir=str(run_dir), save_total_limit=self.args.save_total_limit,
-                           best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
-    self.accelerator.wait_for_everyone()   # (DDP: the other ranks go on once the checkpoint is in place)
+    st.best_model_checkpoint = _best_checkpoint(st, run_dir)
+    if self.args.should_save: _finish_save(self, stage, run_dir, name)
+    self.accelerator.wait_for_everyone()   # (DDP: the other ranks go on once it is in place)
 
 # %% ../nbs/07_train.ipynb #8942c9de
-def _name(m) -> str: return getattr(getattr(m, 'config', None), '_name_or_path', '') or type(m).__name__
-
-def model_card(tr:KDTrainer, ev:pd.Series|None=None, train_name:str|None=None) -> str:
-    "The student's model card: teacher, data, recipe and results, in markdown with the hub's YAML header."
-    a, student = tr.args, tr.accelerator.unwrap_model(tr.model)
-    teacher = _name(tr.teacher) if tr.teacher is not None else f"{tr.cache.meta['teacher']} (from the teacher cache {tr.cache.path})" if tr.cache else 'none'
-    ds = tr.train_dataset
-    data = (f"{len(ds)} examples, {sum(map(len, ds['input_ids']))} tokens" if hasattr(ds, 'column_names') else   # a stream has no length
-            f"a stream of examples ({type(ds).__name__})" if ds is not None else "none")
-    recipe = {'curriculum (weights at 0, 50%, 100%)': '; '.join(f"{n}: {', '.join(f'{tr.curriculum.weights(p)[n]:g}' for p in (0, .5, 1))}" for n in tr.curriculum.names),
-              'temperature': f'{tr.curriculum.temperature(0):g}', 'divergence': a.divergence, 'KD path': tr.kd_path_label,
-              'steps': f'{tr.state.global_step} of {a.max_steps}', 'batch': f'{a.per_device_train_batch_size} x {a.gradient_accumulation_steps} x {a.world_size}',
-              'learning rate': f'{a.learning_rate:g}, {_val(a.lr_scheduler_type)}, warmup {a.warmup_steps:g}', 'precision': a.precision,
-              'LoRA': json.dumps(a.lora) if a.lora else 'no'}
-    rows = [(k, ev.get(f'student_{k}', ev.get(k)), ev.get(f'teacher_{k}')) for k in ('ppl', 'bpb', 'kl', 'top1_agree')] if ev is not None else []
-    res = '\n'.join(f"| {k} | {s:.4g} | {'' if t is None or t != t else f'{t:.4g}'} |" for k, s, t in rows if s is not None)
-    return (f"---\nlibrary_name: {'peft' if a.lora else 'transformers'}\ntags: [kd_toolkit, knowledge-distillation]\n---\n\n# {Path(a.output_dir).name}\n\n"
-            f"A {type(student).__name__} student ({sum(p.numel() for p in student.parameters())/1e6:.2f}M parameters) distilled with kd_toolkit.\n\n"
-            f"## Teacher\n\n{teacher}\n\n## Data\n\n{train_name or 'training set'}: {data} "
-            f"(max_length {a.max_length}); held out: {len(tr.eval_dataset or [])} examples.\n\n## Recipe\n\n| knob | value |\n|---|---|\n"
-            + '\n'.join(f'| {k} | {v} |' for k, v in recipe.items()) + "\n\n## Results\n\n"
-            + (f"| metric | student | teacher |\n|---|---|---|\n{res}\n" if res else "No evaluation was run.\n"))
+def model_card(tr:KDTrainer, # a trainer, after its run
+               ev:pd.Series|None=None, # the final evaluation
+               train_name:str|None=None, # what the training data is called
+              ) -> str:
+    "The student's model card (`card.model_card`) from a trainer's config, curriculum, models."
+    return card.model_card(tr.args, tr.curriculum, tr.accelerator.unwrap_model(tr.model),
+                           describe_teacher(tr.teacher, tr.cache), describe_data(tr.train_dataset),
+                           tr.kd_path_label, tr.state.global_step, len(tr.eval_dataset or []), ev,
+                           train_name)
 
 # %% ../nbs/07_train.ipynb #e0c5f5e5
 @patch
 def create_model_card(self:KDTrainer, eval:pd.Series|None=None, train_name:str|None=None, **kw):
     "Write the student's model card (`model_card`) as README.md in `output_dir/student`."
-    if not self.is_world_process_zero(): return
-    d = Path(self.args.output_dir)/'student'; d.mkdir(parents=True, exist_ok=True)
-    (d/'README.md').write_text(model_card(self, eval, train_name))
+    if self.is_world_process_zero():
+        write_card(Path(self.args.output_dir)/'student', model_card(self, eval, train_name))
 
 # %% ../nbs/07_train.ipynb #dd910936
 @patch
-def push_to_hub(self:KDTrainer, commit_message:str='End of distillation', blocking:bool=True, token=None, revision=None, private=None, **kw):
-    "Upload `output_dir/student` (model or adapter, tokenizer, model card) to the hub repo `hub_model_id`."
-    from huggingface_hub import HfApi
+def push_to_hub(self:KDTrainer, commit_message:str='End of distillation', blocking:bool=True,
+                token=None, revision=None, private=None, **kw):
+    "Upload `output_dir/student` (model or adapter, tokenizer, card) to `hub_model_id`."
     if self.hub_model_id is None: self.init_hf_repo(token=token, private=private)
-    d = Path(self.args.output_dir)/'student'
-    if not (d/'README.md').exists(): self.save_model(str(d), _internal_call=True); self.create_model_card(**kw)
-    if not self.is_world_process_zero(): return
-    return HfApi().upload_folder(repo_id=self.hub_model_id, folder_path=str(d), commit_message=commit_message,
-                                 token=token or self.args.hub_token, run_as_future=not blocking, revision=revision or self.args.hub_revision)
+    d, a = Path(self.args.output_dir)/'student', self.args
+    if not (d/'README.md').exists():
+        self.save_model(str(d), _internal_call=True); self.create_model_card(**kw)
+    if self.is_world_process_zero(): return upload_student(
+        d, self.hub_model_id, commit_message, token or a.hub_token, blocking,
+        revision or a.hub_revision)
 
 # %% ../nbs/07_train.ipynb #f77777b5
 @dataclass
 class DistillResult:
     "What a distillation run returns."
-    student:nn.Module # the trained student (the best checkpoint when evaluation ran; a PeftModel for LoRA)
+    student:nn.Module # the trained student (the best one if evaluated; a PeftModel for LoRA)
     history:pd.DataFrame # one row per logged step and per evaluation
     eval:pd.Series|None # the final evaluation of the returned student
     trainer:KDTrainer # the engine, for inspection or more training
@@ -576,135 +719,68 @@ class DistillResult:
     best_checkpoint:str|None # the checkpoint the returned student comes from
     stop_reason:str # 'max_steps', 'early_stopping' or 'time_budget'
     def __repr__(self):
-        ev = '' if self.eval is None else f", eval student_ppl={self.eval.get('student_ppl', float('nan')):.3f}"
-        return f"DistillResult({len(self.history)} history rows, stopped: {self.stop_reason}{ev}, in {self.output_dir})"
+        ppl = math.nan if self.eval is None else self.eval.get('student_ppl', math.nan)
+        ev = '' if self.eval is None else f", eval student_ppl={ppl:.3f}"
+        return (f"DistillResult({len(self.history)} history rows, stopped: {self.stop_reason}{ev}, "
+                f"in {self.output_dir})")
 
 # %% ../nbs/07_train.ipynb #43cf9bdc
 def _as_dataset(data, student_tok, teacher_tok, cfg, packing=False):
-    "A tokenized dataset from texts, a text file, a `datasets.Dataset` with `text`, or a tokenized one (or a stream such as `data.RandomWindows`)."
+    "A tokenized dataset from texts, a file, a `Dataset` with `text`, a tokenized one, or a stream."
     if data is None: return None
-    if isinstance(data, torch.utils.data.IterableDataset): return data   # e.g. random windows of a packed stream
+    if isinstance(data, torch.utils.data.IterableDataset): return data   # (random windows)
     if hasattr(data, 'column_names') and 'input_ids' in data.column_names: return data
-    if student_tok is None: raise ValueError("texts need a student_tokenizer (or pass an already tokenized dataset with input_ids)")
-    return build_kd_dataset(load_texts(data), student_tok, teacher_tok, max_length=cfg.max_length, packing=packing)
+    if student_tok is None:
+        raise ValueError("texts need a student_tokenizer "
+                         "(or pass an already tokenized dataset with input_ids)")
+    return build_kd_dataset(load_texts(data), student_tok, teacher_tok, max_length=cfg.max_length,
+                            packing=packing)
 
+# %% ../nbs/07_train.ipynb #ed37fb8c
 def _collator(student_tok, teacher_tok) -> KDCollator:
     "The collator with each tokenizer's padding id (any id: padding is masked)."
-    return KDCollator(pad_id(student_tok) if student_tok is not None else 0, pad_id(teacher_tok) if teacher_tok is not None else None)
+    return KDCollator(pad_id(student_tok) if student_tok is not None else 0,
+                      pad_id(teacher_tok) if teacher_tok is not None else None)
 
 # %% ../nbs/07_train.ipynb #a17f0002
-_NEEDED = ('trainer_state.json', 'optimizer.pt', 'scheduler.pt')   # what the engine needs to continue exactly, besides the weights
-_WEIGHTS = ('model.safetensors', 'model.safetensors.index.json', 'adapter_model.safetensors', 'pytorch_model.bin')
-
-def _truncated(f:Path) -> str|None:
-    "Why file `f` is incomplete, from its header and size only (None: it looks whole)."
-    size = f.stat().st_size
-    try:
-        if f.suffix == '.safetensors':
-            with open(f, 'rb') as fh:
-                n = int.from_bytes(fh.read(8), 'little')
-                if 8 + n > size: return f"truncated ({size:,} bytes, shorter than its header)"
-                head = json.loads(fh.read(n))
-            want = 8 + n + max((v['data_offsets'][1] for k, v in head.items() if k != '__metadata__'), default=0)
-            return None if size == want else f"truncated ({size:,} of {want:,} bytes)"
-        if f.suffix in ('.pt', '.pth', '.bin'): zipfile.ZipFile(f).close()
-        elif f.suffix == '.json': json.loads(f.read_bytes())
-    except (ValueError, KeyError, TypeError, zipfile.BadZipFile):
-        return f"truncated or corrupt ({size:,} bytes; not a complete {f.suffix[1:]} file)"
-    return None
-
-def checkpoint_damage(ckpt:str|Path, # a checkpoint folder (`output_dir/checkpoint-N`)
-                     ) -> str|None:
-    "What makes `ckpt` unfit to resume from (a file missing or truncated), or None; reads headers and sizes, not the weights."
-    ckpt = Path(ckpt)
-    if not ckpt.is_dir(): return "not a checkpoint folder"
-    missing = [n for n in _NEEDED if not (ckpt/n).is_file()] + ([] if any((ckpt/w).is_file() for w in _WEIGHTS) else ['model.safetensors'])
-    if missing: return f"{', '.join(missing)} missing"
-    return next((f"{f.name} is {why}" for f in sorted(ckpt.iterdir()) if f.is_file() and (why := _truncated(f))), None)
-
-# %% ../nbs/07_train.ipynb #a17f0005
-def _checkpoint_dirs(d) -> list[Path]:
-    "The `checkpoint-N` folders in `d`, newest first."
-    found = [p for p in Path(d).glob('checkpoint-*') if re.fullmatch(r'checkpoint-\d+', p.name) and p.is_dir()]
-    return sorted(found, key=lambda p: -int(p.name.split('-')[1]))
-
-def last_complete_checkpoint(output_dir:str|Path, # a run's output folder
-                            ) -> str|None:
-    "The newest complete checkpoint in `output_dir` (None: none at all); a newer, damaged one is skipped with a warning naming it."
-    damaged = []
-    for p in _checkpoint_dirs(output_dir):
-        if (why := checkpoint_damage(p)) is None:
-            for q, w in damaged: warnings.warn(f"checkpoint {q} is damaged ({w}): resuming from {p.name}, the newest complete one", stacklevel=2)
-            return str(p)
-        damaged.append((p, why))
-    if damaged: raise ValueError(f"no complete checkpoint in {output_dir} to resume from: " + '; '.join(f"{q.name}: {w}" for q, w in damaged))
-    return None
-
-# %% ../nbs/07_train.ipynb #a17f0008
-_RUN_FILES = re.compile(r'checkpoint-\d+|student|history\.csv')   # what a run leaves in its output_dir
-_SCRAPS = re.compile(r'\.staging|\.old-checkpoint-\d+')           # and what a killed save may leave behind
-
-def _held_run(d:Path) -> list[str]:
-    "What a previous run left in folder `d`."
-    return sorted(p.name for p in d.iterdir() if _RUN_FILES.fullmatch(p.name)) if d.is_dir() else []
-
-def _clear_run(output_dir):
-    "Delete a previous run's files from `output_dir` (checkpoints, student/, history.csv); anything else stays."
-    d = Path(output_dir)
-    for p in [d/n for n in _held_run(d)] + [p for p in d.glob('.*') if _SCRAPS.fullmatch(p.name)]:
-        shutil.rmtree(p) if p.is_dir() else p.unlink()
-
-def resume_point(output_dir:str|Path, # the run's output folder
-                 resume:bool|str|Path=False, # True: its newest complete checkpoint; or a checkpoint folder
-                 overwrite:bool=False, # the folder's previous run is to be deleted (`distill` does it, after its checks)
-                ) -> str|None:
-    "The checkpoint a run into `output_dir` continues from (None: a fresh start); a folder that holds a run needs `resume` or `overwrite`."
-    d = Path(output_dir)
-    if resume and overwrite: raise ValueError(f"resume and overwrite exclude each other: resume continues the run in {d}, overwrite deletes it")
-    if resume and resume is not True:
-        if why := checkpoint_damage(resume): raise ValueError(f"cannot resume from {resume}: {why}")
-        return str(resume)
-    if resume:
-        if ckpt := last_complete_checkpoint(d): return ckpt
-        raise ValueError(f"resume=True (--resume), but {d} holds no checkpoint to continue: start a new run without it")
-    if (held := _held_run(d)) and not overwrite:
-        raise ValueError(f"output_dir {d} already holds a run ({', '.join(held[:4] + ['...'] * (len(held) > 4))}): continue it with "
-                         "resume=True (--resume), replace it with overwrite=True (--overwrite), or choose another output_dir")
-    return None
-
-# %% ../nbs/07_train.ipynb #11d2fc9a
 def distill(
     config:KDConfig|dict|str, # a KDConfig, a dict of knobs, a preset name or a .json file
     teacher:nn.Module|None, # the teacher LM (None: from config.teacher_cache, or an LM-only run)
     student:nn.Module, # the student LM, trained in place
     train, # texts, a text file, a `datasets.Dataset` with `text`, or a tokenized dataset
-    eval=None, # held-out data in the same forms (evaluation, early stopping and the best checkpoint)
+    eval=None, # held-out data in the same forms (evaluation, early stopping, the best checkpoint)
     student_tokenizer=None, # needed for texts; saved with the student
     teacher_tokenizer=None, # needed when the tokenizers differ (config.cross_tokenizer=True)
     curriculum=None, # a Curriculum, preset name or {component: weight}; default config.curriculum
-    callbacks=(), # TrainerCallbacks, or live charts with `.update(history)` (e.g. `viz.LiveLossChart`)
-    resume:bool|str=False, # True: continue from the newest complete checkpoint in output_dir; or a checkpoint folder
-    projector:nn.Module|None=None, # a projector for feature losses (default: made when widths differ)
+    callbacks=(), # TrainerCallbacks, or live charts with `.update(history)` (`viz.LiveLossChart`)
+    resume:bool|str=False, # True: go on from the newest complete checkpoint in output_dir; or one
+    projector:nn.Module|None=None, # a projector for feature losses (default: made across widths)
     router:nn.Module|None=None, # a knowledge router
     data_collator=None, # default: data.KDCollator with the tokenizers' pad ids
     peft_config=None, # a peft config for a LoRA (or other adapter) student; or set config.lora
-    overwrite:bool=False, # output_dir holds a previous run: delete its checkpoints, student/ and history.csv (after every check)
+    overwrite:bool=False, # delete output_dir's previous run (checkpoints, student/, history.csv)
 ) -> DistillResult:
-    "Distill `teacher` into `student` on `train`, every check before the first step; the student, its history and evaluation."
+    "Distill `teacher` into `student` on `train`, every check before the first step."
     cfg = as_config(config)
-    ckpt = resume_point(cfg.output_dir, resume, overwrite)   # a folder holding a run needs resume or overwrite
+    ckpt = resume_point(cfg.output_dir, resume, overwrite)   # (a held run: resume or overwrite)
     if cfg.cross_tokenizer and (student_tokenizer is None or teacher_tokenizer is None):
         raise ValueError("cross_tokenizer=True needs student_tokenizer and teacher_tokenizer")
     xtok = teacher_tokenizer if cfg.cross_tokenizer else None
-    train_ds, eval_ds = _as_dataset(train, student_tokenizer, xtok, cfg, cfg.packing), _as_dataset(eval, student_tokenizer, xtok, cfg)
-    tr = KDTrainer(cfg, teacher, student, train_ds, eval_ds, data_collator or _collator(student_tokenizer, xtok), curriculum, projector, router,
-                   VocabMap.from_tokenizers(teacher_tokenizer, student_tokenizer) if xtok else None, callbacks, student_tokenizer, peft_config)
-    if overwrite and tr.args.should_save: _clear_run(tr.args.output_dir)   # every check passed: only now is the old run deleted
+    vocab_map = VocabMap.from_tokenizers(teacher_tokenizer, student_tokenizer) if xtok else None
+    train_ds = _as_dataset(train, student_tokenizer, xtok, cfg, cfg.packing)
+    eval_ds = _as_dataset(eval, student_tokenizer, xtok, cfg)
+    tr = KDTrainer(cfg, teacher, student, train_dataset=train_ds, eval_dataset=eval_ds,
+                   data_collator=data_collator or _collator(student_tokenizer, xtok),
+                   curriculum=curriculum, projector=projector, router=router, vocab_map=vocab_map,
+                   callbacks=callbacks, processing_class=student_tokenizer, peft_config=peft_config)
+    if overwrite and tr.args.should_save: clear_run(tr.args.output_dir)   # every check passed: now
     tr.train(resume_from_checkpoint=ckpt)
-    ev = pd.Series(tr.evaluate(metric_key_prefix='final')).rename(lambda k: k[len('final_'):]) if eval_ds is not None else None
+    ev = None if eval_ds is None else pd.Series(tr.evaluate(metric_key_prefix='final'))
+    ev = ev if ev is None else ev.rename(lambda k: k[len('final_'):])
     out, hist = Path(tr.args.output_dir), tr.history
     tr.save_model(str(out/'student'), _internal_call=True)
     tr.create_model_card(ev, str(train) if isinstance(train, (str, Path)) else None)
     if tr.args.should_save: hist.to_csv(out/'history.csv', index=False)
     if tr.args.push_to_hub: tr.push_to_hub()
-    return DistillResult(tr.accelerator.unwrap_model(tr.model), hist, ev, tr, str(out), tr.state.best_model_checkpoint, tr.stop_reason or 'max_steps')
+    return DistillResult(tr.accelerator.unwrap_model(tr.model), hist, ev, tr, str(out),
+                         tr.state.best_model_checkpoint, tr.stop_reason or 'max_steps')

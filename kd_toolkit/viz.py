@@ -8,14 +8,38 @@ import numpy as np
 import pandas as pd
 from fastcore.basics import patch
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
-from .curriculum import COMPONENTS, Curriculum, PngFigure, figure_png, legend_outside, line_style, seed_curriculum, _image_layout, _show_png
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+from .charts import PngFigure, figure_png, image_layout, legend_outside, line_style, show_png
+from .curriculum import Curriculum, seed_curriculum
+from .components import COMPONENTS
 
 # %% auto #0
 __all__ = ['UNITS', 'synthetic_history', 'history_components', 'readable_log_ticks', 'plot_loss_breakdown', 'LiveLossChart',
            'LossExplorer', 'loss_explorer']
 
 # %% ../nbs/08_viz.ipynb #242c3cf4
+def _made_up_raw(c:str, s:int, steps:int) -> float:
+    "A made-up raw loss of component `c` at step `s` of `steps`, decaying to its size (registry order)."
+    scale = {c: 0.5 + i for i, c in enumerate(COMPONENTS)}[c]   # distinct sizes: lm 0.5, kd 1.5, ...
+    return scale * (1 + np.exp(-s / (0.3 * steps)))
+
+# %% ../nbs/08_viz.ipynb #99b4daa2
+def _train_row(cur, s:int, steps:int, noise:float, rng) -> dict:
+    "A training row of the history at step `s`: raw, weight and weighted per component, the total."
+    row, w = {'step': s, 'progress': s / steps}, cur.weights(s / steps)
+    for c in cur.names:
+        r = _made_up_raw(c, s, steps) * (1 + noise * rng.standard_normal())
+        row |= {f'raw/{c}': r, f'weight/{c}': w[c], f'weighted/{c}': w[c] * r}
+    return row | {'loss': sum(row[f'weighted/{c}'] for c in cur.names)}
+
+# %% ../nbs/08_viz.ipynb #26cae7e6
+def _eval_row(cur, s:int, steps:int) -> dict:
+    "An evaluation row at step `s`: each component's loss, their total at the final weights, CEs."
+    w1, ev = cur.weights(1.0), {f'eval/loss/{c}': _made_up_raw(c, s, steps) for c in cur.names}
+    return {'step': s, **ev, 'eval/loss': sum(w1[c] * ev[f'eval/loss/{c}'] for c in cur.names),
+            'eval/student_log_ppl': _made_up_raw('lm', s, steps), 'eval/teacher_log_ppl': 0.45}
+
+# %% ../nbs/08_viz.ipynb #8ff6316d
 def synthetic_history(
     steps:int=200, # total optimizer steps
     log_every:int=10, # a training row every this many steps
@@ -25,41 +49,37 @@ def synthetic_history(
     seed:int=0, # noise seed
 ) -> pd.DataFrame:
     "A history in the trainer's format from decaying made-up raw losses weighted by `curriculum`."
-    cur = curriculum or seed_curriculum()
-    rng, rows = np.random.default_rng(seed), []
-    scale = {c: 0.5 + i for i, c in enumerate(COMPONENTS)}   # distinct magnitudes: lm 0.5, kd 1.5, ...
-    def raw_at(c, s): return scale[c] * (1 + np.exp(-s / (0.3 * steps)))
+    cur, rng, rows = curriculum or seed_curriculum(), np.random.default_rng(seed), []
     for s in range(log_every, steps + 1, log_every):
-        row, w = {'step': s, 'progress': s / steps}, cur.weights(s / steps)
-        for c in cur.names:
-            r = raw_at(c, s) * (1 + noise * rng.standard_normal())
-            row |= {f'raw/{c}': r, f'weight/{c}': w[c], f'weighted/{c}': w[c] * r}
-        row['loss'] = sum(row[f'weighted/{c}'] for c in cur.names)
-        rows.append(row)
-        if eval_every and s % eval_every == 0:
-            w1 = cur.weights(1.0)
-            ev = {f'eval/loss/{c}': raw_at(c, s) for c in cur.names}
-            rows.append({'step': s, **ev, 'eval/loss': sum(w1[c] * ev[f'eval/loss/{c}'] for c in cur.names),
-                         'eval/student_log_ppl': raw_at('lm', s), 'eval/teacher_log_ppl': 0.9 * scale['lm']})
+        rows.append(_train_row(cur, s, steps, noise, rng))
+        if eval_every and s % eval_every == 0: rows.append(_eval_row(cur, s, steps))
     return pd.DataFrame(rows)
 
-# %% ../nbs/08_viz.ipynb #99b4daa2
+# %% ../nbs/08_viz.ipynb #6c4229f0
 def _check(history):
-    if not isinstance(history, pd.DataFrame): raise TypeError(f"history must be a pandas DataFrame, got {type(history).__name__}")
-    if 'step' not in history: raise ValueError("history has no 'step' column: pass the trainer's `.history` (see DEVELOPING.md, train)")
+    "Refuse anything but a trainer's history (a DataFrame with a `step` column)."
+    if not isinstance(history, pd.DataFrame):
+        raise TypeError(f"history must be a pandas DataFrame, got {type(history).__name__}")
+    if 'step' not in history:
+        raise ValueError("history has no 'step' column: pass the trainer's `.history` "
+                         "(see DEVELOPING.md, train)")
 
+# %% ../nbs/08_viz.ipynb #ade42369
 def _train_rows(history:pd.DataFrame) -> pd.DataFrame:
+    "The history's training rows (those with a total `loss`)."
     _check(history)
     return history[history['loss'].notna()] if 'loss' in history else history.iloc[:0]
 
+# %% ../nbs/08_viz.ipynb #91c1209a
 def history_components(history:pd.DataFrame) -> list[str]:
-    "Component names that have `raw/<c>` columns, in the trainer's order."
+    "Component names that have `raw/<c>` columns, in the registry's order (then others, sorted)."
     _check(history)
     have = {c[4:] for c in history.columns if c.startswith('raw/')}
     return [c for c in COMPONENTS if c in have] + sorted(have - set(COMPONENTS))
 
-# %% ../nbs/08_viz.ipynb #26cae7e6
+# %% ../nbs/08_viz.ipynb #57317262
 def _pick(history, components):
+    "The components to draw: all in the history (None), or those asked for, each checked."
     have = history_components(history)
     if not have: raise ValueError("history has no 'raw/<component>' columns: is it a trainer history?")
     if components is None: return have
@@ -67,8 +87,11 @@ def _pick(history, components):
         raise ValueError(f"component(s) {bad} are not in this history; available: {have}")
     return list(components)
 
+# %% ../nbs/08_viz.ipynb #406c5687
 def _smooth(s:pd.Series, smooth:float) -> pd.Series:
-    if not 0 <= smooth < 1: raise ValueError(f"smooth must be in [0, 1) (an EMA factor; 0: none), got {smooth}")
+    "`s` smoothed by an EMA of factor `smooth` in [0, 1) (0: unchanged)."
+    if not 0 <= smooth < 1:
+        raise ValueError(f"smooth must be in [0, 1) (an EMA factor; 0: none), got {smooth}")
     return s if smooth == 0 else s.ewm(alpha=1 - smooth, adjust=True, ignore_na=True).mean()
 
 # %% ../nbs/08_viz.ipynb #c880975d
@@ -76,23 +99,28 @@ UNITS = {'lm': 'nats/token', 'kd': 'nats/token', 'attention': 'nats/row', 'featu
          'router_attention': 'nmse', 'contrastive': 'InfoNCE/log N', 'balance': 'load ratio'}
 
 def _units(comps, units=None) -> dict[str, str]:
+    "Each component's unit: `units`, else `UNITS`, else 'no unit given'."
     u = UNITS | dict(units or {})
     return {c: u.get(c, 'no unit given') for c in comps}
 
+# %% ../nbs/08_viz.ipynb #2f855a02
 def _axis_unit(units:dict) -> str:
     "One unit for an axis when all components share it, else a pointer to the legend."
     return f'[{next(iter(units.values()))}]' if len(set(units.values())) == 1 else '[units: see legend]'
 
-# %% ../nbs/08_viz.ipynb #2f855a02
-def readable_log_ticks(ax, # axes with a log y scale, already drawn into (its limits are final)
-                      ) -> list[float]:
-    "Label a log y axis with plain numbers (0.5, 1, 2, 5, ...: never 6×10⁰); returns the labelled ticks."
-    from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, MaxNLocator, NullFormatter
-    lo, hi = ax.get_ylim()
+# %% ../nbs/08_viz.ipynb #1af235a1
+def _log_ticks(lo:float, hi:float) -> list[float]:
+    "Plain ticks for a log axis from `lo` to `hi`: decades, 1-2-5, 1-1.5-2-3-5-7, or linear steps."
     inside = lambda ts: [float(t) for t in ts if lo <= t <= hi]
     for subs in ((1.0,), (1.0, 2.0, 5.0), (1.0, 1.5, 2.0, 3.0, 5.0, 7.0)):
-        if len(ticks := inside(LogLocator(subs=subs).tick_values(lo, hi))) >= 3: break
-    if len(ticks) < 2: ticks = inside(MaxNLocator(4).tick_values(lo, hi))
+        if len(ticks := inside(LogLocator(subs=subs).tick_values(lo, hi))) >= 3: return ticks
+    return ticks if len(ticks) >= 2 else inside(MaxNLocator(4).tick_values(lo, hi))
+
+# %% ../nbs/08_viz.ipynb #7e905121
+def readable_log_ticks(ax, # axes with a log y scale, already drawn into (its limits are final)
+                      ) -> list[float]:
+    "Label a log y axis with plain numbers (0.5, 1, 2, 5, ...: never 6×10⁰); return the ticks."
+    ticks = _log_ticks(*ax.get_ylim())
     ax.yaxis.set_major_locator(FixedLocator(ticks))
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f'{v:g}'))
     ax.yaxis.set_minor_formatter(NullFormatter())
@@ -100,81 +128,113 @@ def readable_log_ticks(ax, # axes with a log y scale, already drawn into (its li
 
 # %% ../nbs/08_viz.ipynb #ff729eff
 def _weighted_panel(ax, tr, ev, comps, colors, units, smooth):
-    x = tr['step'].to_numpy()
+    "The weighted components stacked, the logged total over them, and the evaluations' loss."
+    x, labels = tr['step'].to_numpy(), [f'{c} [{units[c]}]' for c in comps]
     ys = [_smooth(tr[f'weighted/{c}'], smooth).fillna(0).to_numpy() for c in comps]
-    if len(x): ax.stackplot(x, *ys, labels=[f'{c} [{units[c]}]' for c in comps], colors=[colors[c] for c in comps], alpha=0.8)
-    if 'loss' in tr: ax.plot(x, _smooth(tr['loss'], smooth).to_numpy(), color='k', lw=1.5, label='total (logged)')
-    if 'eval/loss' in ev: ax.plot(ev['step'], ev['eval/loss'], 'kD', ms=5, label='eval loss (fixed weights)')
+    if len(x): ax.stackplot(x, *ys, labels=labels, colors=[colors[c] for c in comps], alpha=0.8)
+    if 'loss' in tr:
+        ax.plot(x, _smooth(tr['loss'], smooth).to_numpy(), color='k', lw=1.5, label='total (logged)')
+    if 'eval/loss' in ev:
+        ax.plot(ev['step'], ev['eval/loss'], 'kD', ms=5, label='eval loss (fixed weights)')
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(title='what the optimizer sees (weighted)', xlabel='optimizer step',
            ylabel=f'Σ weight·raw loss {_axis_unit(units)}')
     legend_outside(ax, fontsize='x-small')
 
 # %% ../nbs/08_viz.ipynb #77e24773
-_EVAL_RAW = {'lm': 'eval/student_log_ppl'}   # an evaluation metric equal to the raw component when `eval/loss/<c>` is absent
-_TEACHER_REF = {'lm': ('eval/teacher_log_ppl', 'teacher CE (eval)')}   # the teacher's value of that metric
+_EVAL_RAW = {'lm': 'eval/student_log_ppl'}   # = the raw component, where `eval/loss/<c>` is absent
+_TEACHER_REF = {'lm': ('eval/teacher_log_ppl', 'teacher CE (eval)')}   # the teacher's value of it
 
+def _eval_marks(ax, ev, c:str, color, unit:str):
+    "Component `c`'s evaluations as points, and the teacher's last value of that metric as a line."
+    col = f'eval/loss/{c}' if f'eval/loss/{c}' in ev else _EVAL_RAW.get(c)
+    if col in ev and len(e := ev[['step', col]].dropna()):
+        ax.plot(e['step'], e[col], 'o', color=color, mec='k', mew=0.5, ms=5, label=f'{c} eval [{unit}]')
+    ref, what = _TEACHER_REF.get(c, (None, None))
+    if ref in ev and len(t := ev[ref].dropna()):
+        last = t.iloc[-1]
+        ax.axhline(last, color=color, ls=(0, (1, 1.5)), lw=1.5, label=f'{what} {last:.3g} [{unit}]')
+
+# %% ../nbs/08_viz.ipynb #71dadbfe
 def _raw_panel(ax, tr, ev, comps, colors, units, smooth):
+    "Each raw component on a log scale, with its evaluations and the teacher's reference."
     x = tr['step'].to_numpy()
     for c in comps:
         ax.plot(x, _smooth(tr[f'raw/{c}'], smooth).to_numpy(), color=colors[c], label=f'{c} [{units[c]}]')
-        col = f'eval/loss/{c}' if f'eval/loss/{c}' in ev else _EVAL_RAW.get(c)
-        if col in ev and len(e := ev[['step', col]].dropna()):
-            ax.plot(e['step'], e[col], 'o', color=colors[c], mec='k', mew=0.5, ms=5, label=f'{c} eval [{units[c]}]')
-        ref, what = _TEACHER_REF.get(c, (None, None))
-        if ref in ev and len(t := ev[ref].dropna()):
-            ax.axhline(t.iloc[-1], color=colors[c], ls=(0, (1, 1.5)), lw=1.5, label=f'{what} {t.iloc[-1]:.3g} [{units[c]}]')
+        _eval_marks(ax, ev, c, colors[c], units[c])
     ax.set_yscale('log', nonpositive='mask'); ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set(title='what each loss does (raw)', xlabel='optimizer step', ylabel=f'raw loss (log) {_axis_unit(units)}')
+    ax.set(title='what each loss does (raw)', xlabel='optimizer step',
+           ylabel=f'raw loss (log) {_axis_unit(units)}')
     legend_outside(ax, fontsize='x-small')
     if len(x): readable_log_ticks(ax)
 
 # %% ../nbs/08_viz.ipynb #4b3b0b51
+def _in_range(history:pd.DataFrame, panels, step_range) -> pd.DataFrame:
+    "Check `panels`; the rows of `history` within `step_range` (first, last), or all with None."
+    if not panels or set(panels) - {'weighted', 'raw'}:
+        raise ValueError(f"panels must be some of ('weighted', 'raw'), got {panels}")
+    if step_range is None: return history
+    if step_range[0] > step_range[1]:
+        raise ValueError(f"step_range {step_range}: first step > last step")
+    return history[history['step'].between(*step_range)]
+
+# %% ../nbs/08_viz.ipynb #d37c3a8e
 def plot_loss_breakdown(
     history:pd.DataFrame, # the trainer's history (one row per logged step, plus evaluation rows)
     components:list[str]|None=None, # components to draw; None: all in the history
     smooth:float=0, # EMA smoothing factor in [0, 1) (0: raw values)
     step_range:tuple[int,int]|None=None, # (first, last) step to draw; None: all
-    panels:tuple[str,...]=('weighted', 'raw'), # which panels: 'weighted' (stacked, with the total) and/or 'raw' (log)
+    panels:tuple[str,...]=('weighted', 'raw'), # 'weighted' (stacked, with the total) and/or 'raw' (log)
     fig:Figure|None=None, # draw into this figure (cleared first); None: a new `PngFigure`
     units:dict|None=None, # {component: unit} for components whose unit differs from `UNITS`
 ) -> Figure:
-    "What the optimizer sees (weighted, stacked, with the total) and what each loss does (raw, log scale)."
-    comps = _pick(history, components)
-    if not panels or set(panels) - {'weighted', 'raw'}: raise ValueError(f"panels must be some of ('weighted', 'raw'), got {panels}")
-    if step_range is not None:
-        lo, hi = step_range
-        if lo > hi: raise ValueError(f"step_range {step_range}: first step > last step")
-        history = history[history['step'].between(lo, hi)]
-    tr, evm = _train_rows(history), history.filter(like='eval/').notna().any(axis=1)
-    fig = fig if fig is not None else PngFigure(figsize=(7.5 * len(panels), 3.8), layout='constrained')
+    "What the optimizer sees (weighted, stacked, with the total) and what each loss does (raw, log)."
+    comps, history = _pick(history, components), _in_range(history, panels, step_range)
+    tr, ev = _train_rows(history), history[history.filter(like='eval/').notna().any(axis=1)]
+    fig = PngFigure(figsize=(7.5 * len(panels), 3.8), layout='constrained') if fig is None else fig
     fig.clear()
     axes = dict(zip(panels, fig.subplots(1, len(panels), squeeze=False)[0]))
     colors, u = {c: line_style(i, len(comps))['color'] for i, c in enumerate(comps)}, _units(comps, units)
-    if 'weighted' in axes: _weighted_panel(axes['weighted'], tr, history[evm], comps, colors, u, smooth)
-    if 'raw' in axes: _raw_panel(axes['raw'], tr, history[evm], comps, colors, u, smooth)
+    for name, draw in (('weighted', _weighted_panel), ('raw', _raw_panel)):
+        if name in axes: draw(axes[name], tr, ev, comps, colors, u, smooth)
     return fig
 
-# %% ../nbs/08_viz.ipynb #2c853d50
+# %% ../nbs/08_viz.ipynb #1a739ae6
 class LiveLossChart:
     "A loss-breakdown chart that redraws in one display output every `every` steps."
     def __init__(self,
-                 every:int=50, # redraw when the history's last step advanced this much since the last drawing
+                 every:int=50, # redraw when the history's last step advanced this much since the last draw
                  components:list[str]|None=None, # components to draw; None: all
                  smooth:float=0, # EMA smoothing factor in [0, 1)
                  dpi:int=80, # resolution of the shown image
                 ):
         if every < 1: raise ValueError(f"every must be >= 1 step, got {every}")
         self.every, self.components, self.smooth, self.dpi = every, components, smooth, dpi
-        self.figure, self.handle, self.last_step, self.n_draws = PngFigure(figsize=(15, 3.8), layout='constrained'), None, None, 0
+        self.figure = PngFigure(figsize=(15, 3.8), layout='constrained')
+        self.handle, self.last_step, self.n_draws = None, None, 0
 
-    def draw(self, history:pd.DataFrame) -> Figure:
-        "Draw `history` into `.figure`, titled with its last training step (nothing is shown)."
-        plot_loss_breakdown(history, self.components, self.smooth, fig=self.figure)
-        self.figure.suptitle(f"training: step {int(_train_rows(history)['step'].iloc[-1])}", fontsize='medium')
-        return self.figure
+# %% ../nbs/08_viz.ipynb #2c853d50
+@patch
+def draw(self:LiveLossChart, history:pd.DataFrame) -> Figure:
+    "Draw `history` into `.figure`, titled with its last training step (nothing is shown)."
+    plot_loss_breakdown(history, self.components, self.smooth, fig=self.figure)
+    last = int(_train_rows(history)['step'].iloc[-1])
+    self.figure.suptitle(f"training: step {last}", fontsize='medium')
+    return self.figure
 
-    def png(self) -> bytes: return figure_png(self.figure, self.dpi)
+@patch
+def png(self:LiveLossChart) -> bytes: return figure_png(self.figure, self.dpi)
+
+# %% ../nbs/08_viz.ipynb #eb08c25d
+@patch
+def _show(self:LiveLossChart):
+    "Show the current image in this chart's one display output (nothing outside IPython)."
+    from IPython.core.interactiveshell import InteractiveShell
+    if not InteractiveShell.initialized(): return
+    from IPython.display import Image, display
+    img = Image(data=self.png(), format='png')
+    if self.handle is None: self.handle = display(img, display_id=True)
+    else: self.handle.update(img)
 
 # %% ../nbs/08_viz.ipynb #67fb199e
 @patch
@@ -189,15 +249,6 @@ def update(self:LiveLossChart, history:pd.DataFrame, force:bool=False) -> bool:
     self._show()
     return True
 
-@patch
-def _show(self:LiveLossChart):
-    from IPython.core.interactiveshell import InteractiveShell
-    if not InteractiveShell.initialized(): return
-    from IPython.display import Image, display
-    img = Image(data=self.png(), format='png')
-    if self.handle is None: self.handle = display(img, display_id=True)
-    else: self.handle.update(img)
-
 # %% ../nbs/08_viz.ipynb #723ba928
 @patch
 def callback(self:LiveLossChart, trainer):
@@ -210,38 +261,51 @@ def callback(self:LiveLossChart, trainer):
     return _Live()
 
 # %% ../nbs/08_viz.ipynb #7ec3be76
+def _controls(comps:list, lo:int, hi:int) -> dict:
+    "The explorer's widgets: components, view, smoothing, step range (from `lo` to `hi`)."
+    import ipywidgets as W
+    late = dict(continuous_update=False)   # (a slider acts when it is let go)
+    return dict(components=W.SelectMultiple(options=comps, value=tuple(comps), description='components',
+                                            rows=min(len(comps), 8), style={'description_width': 'initial'}),
+                view=W.ToggleButtons(options=['both', 'weighted', 'raw'], description='view'),
+                smooth=W.FloatSlider(value=0.0, min=0.0, max=0.99, step=0.01, description='smoothing', **late),
+                steps=W.IntRangeSlider(value=(lo, hi), min=lo, max=hi, description='steps', **late))
+
+# %% ../nbs/08_viz.ipynb #52772206
 class LossExplorer:
     "ipywidgets controls (components, view, smoothing, step range) over a redrawn loss breakdown."
     def __init__(self, history:pd.DataFrame, units:dict|None=None):
         import ipywidgets as W
         self.history, self.units, comps = history, units, history_components(history)
-        if not comps or not len(_train_rows(history)): raise ValueError("history has no logged training rows with 'raw/<component>' columns")
-        lo, hi, wide = int(history['step'].min()), int(history['step'].max()), {'description_width': 'initial'}
-        self.controls = dict(
-            components=W.SelectMultiple(options=comps, value=tuple(comps), description='components', rows=min(len(comps), 8), style=wide),
-            view=W.ToggleButtons(options=['both', 'weighted', 'raw'], value='both', description='view'),
-            smooth=W.FloatSlider(value=0.0, min=0.0, max=0.99, step=0.01, description='smoothing', continuous_update=False),
-            steps=W.IntRangeSlider(value=(lo, hi), min=lo, max=hi, description='steps', continuous_update=False))
-        self.figure, self.image = PngFigure(figsize=(15, 3.8), layout='constrained'), W.Image(format='png', layout=_image_layout())
-        for w in self.controls.values(): w.observe(lambda ch: self.redraw(), names='value')
-        self.widget = W.VBox([W.HBox([self.controls['components'], W.VBox([self.controls[k] for k in ('view', 'smooth', 'steps')])]), self.image])
+        if not comps or not len(_train_rows(history)):
+            raise ValueError("history has no logged training rows with 'raw/<component>' columns")
+        self.controls = c = _controls(comps, int(history['step'].min()), int(history['step'].max()))
+        self.figure = PngFigure(figsize=(15, 3.8), layout='constrained')
+        self.image = W.Image(format='png', layout=image_layout())
+        for w in c.values(): w.observe(lambda _: self.redraw(), names='value')
+        side = W.VBox([c[k] for k in ('view', 'smooth', 'steps')])
+        self.widget = W.VBox([W.HBox([c['components'], side]), self.image])
         self.redraw()
 
-    def redraw(self):
-        "Redraw the chart from the controls' values (with nothing selected, keep the last chart)."
-        c = self.controls
-        if not c['components'].value: return
-        panels = ('weighted', 'raw') if c['view'].value == 'both' else (c['view'].value,)
-        self.figure.set_size_inches(7.5 * len(panels), 3.8)
-        plot_loss_breakdown(self.history, list(c['components'].value), c['smooth'].value, tuple(c['steps'].value), panels, self.figure, self.units)
-        _show_png(self.image, self.figure, dpi=80)
+# %% ../nbs/08_viz.ipynb #d305e8a7
+@patch
+def redraw(self:LossExplorer):
+    "Redraw the chart from the controls' values (with nothing selected, keep the last chart)."
+    c = self.controls
+    if not c['components'].value: return
+    panels = ('weighted', 'raw') if c['view'].value == 'both' else (c['view'].value,)
+    self.figure.set_size_inches(7.5 * len(panels), 3.8)
+    plot_loss_breakdown(self.history, list(c['components'].value), c['smooth'].value,
+                        tuple(c['steps'].value), panels, self.figure, self.units)
+    show_png(self.image, self.figure, dpi=80)
 
-# %% ../nbs/08_viz.ipynb #52772206
+# %% ../nbs/08_viz.ipynb #fa2106c7
 @patch
 def _ipython_display_(self:LossExplorer):
     from IPython.display import display
     display(self.widget)
 
+# %% ../nbs/08_viz.ipynb #de778d8e
 def loss_explorer(history:pd.DataFrame, # the trainer's history
                   units:dict|None=None, # {component: unit} where it differs from `UNITS`
                  ) -> LossExplorer:

@@ -126,3 +126,14 @@ def test_editor_sliders_change_curriculum_and_figure():
     ed.sliders['layerwise']['end'].value = 0.2                    # before its start (0.4): the start follows
     lw = ed.curriculum.components['layerwise']; assert (lw.start, lw.end) == (0.2, 0.2)
     assert seed_curriculum().weights(0.1)['feature'] == 0.0       # the original preset is untouched
+
+def test_one_content_check_with_the_callers_names():
+    "Issue 26: `as_curriculum` checks a curriculum's content once, against the names its caller passes; the config checks only the knob's form."
+    from kd_toolkit.core import KDConfig
+    from kd_toolkit.curriculum import as_curriculum, preset
+    assert as_curriculum({'mine': 1.0}, known=['mine']).names == ['mine']            # the caller's names, not a list of its own
+    with pytest.raises(ValueError, match=r"unknown component\(s\) \['kd'\]"): as_curriculum('kd_lm', known=['lm'])
+    with pytest.raises(ValueError, match='weights nothing'): as_curriculum({'lm': Step(0, 0)}, known=['lm'])
+    with pytest.raises(ValueError, match="did you mean 'seed'"): preset('sed')
+    cur = seed_curriculum(); assert as_curriculum(cur, known=COMPONENTS) is cur
+    assert KDConfig(curriculum={'lm': 0.0}).curriculum == {'lm': 0.0}              # the form is right; the content is the trainer's check

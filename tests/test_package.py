@@ -74,3 +74,44 @@ def test_testing_reexports_the_assets():
              'require_asset', 'load_tokenizer', 'load_stories260k', 'read_text', 'tiny_llama']
     assert [n for n in names if getattr(testing, n) is not getattr(assets, n)] == []
     assert set(names) <= set(testing.__all__)
+
+def test_each_list_of_names_has_one_home():
+    "Issue 26: each list of names is defined once and the other rooms read that very object (the parts in core, curriculum, viz, train)."
+    import ast, warnings
+    from kd_toolkit import core, components, curriculum as cur, viz, train
+    assert core._CHOICES['divergence'] is core.DIVERGENCES                   # the config checks the names it exports
+    assert core._CHOICES['cross_vocab_loss'] is core.CROSS_VOCAB_LOSSES
+    assert cur.CURRICULUM_PRESETS is core.CURRICULUM_PRESETS                 # presets: named in core, built in curriculum
+    for name in core.CURRICULUM_PRESETS:
+        assert cur.preset(name).table().equals(getattr(cur, f'{name}_curriculum')().table()), name
+    assert viz.COMPONENTS is components.COMPONENTS and train.COMPONENTS is components.COMPONENTS
+    with warnings.catch_warnings(record=True) as seen:                       # the old tuple: a deprecated view of the registry
+        warnings.simplefilter('always'); old = cur.COMPONENTS
+    assert old == tuple(components.COMPONENTS) and seen[0].category is DeprecationWarning
+    defined = lambda mod: {n.targets[0].id for n in ast.parse((ROOT/'kd_toolkit'/f'{mod}.py').read_text()).body
+                           if isinstance(n, ast.Assign) and isinstance(n.targets[0], ast.Name)}
+    for mod in ('curriculum', 'viz', 'train', 'charts', 'checkpoint', 'card'):   # no second list under an old name
+        assert not defined(mod) & {'COMPONENTS', 'CURRICULUM_PRESETS', 'DIVERGENCES', 'CROSS_VOCAB_LOSSES'}, mod
+
+def test_a_registered_component_is_known_everywhere():
+    "A name added to the registry (its one home) is a curriculum name for `Curriculum`, the trainer's check, and the history's and charts' order."
+    import pandas as pd
+    from kd_toolkit import components, curriculum as cur, viz, train
+    reg = components.COMPONENTS; saved = dict(reg)
+    try:
+        reg.clear(); reg.update({'zz': saved['lm'], **saved})                # a new name, first in the registry
+        assert cur.Curriculum({'zz': 1.0}).names == ['zz'] and train._resolve_curriculum({'zz': 1.0}).names == ['zz']
+        assert viz.history_components(pd.DataFrame(columns=['step', 'raw/lm', 'raw/zz'])) == ['zz', 'lm']
+        h = train._history([{'step': 1, 'loss': 1.0, 'progress': 1.0, 'raw/lm': 1.0, 'raw/zz': 2.0}], 'full')
+        assert list(h.columns[3:5]) == ['raw/zz', 'raw/lm']
+    finally: reg.clear(); reg.update(saved)
+    import pytest
+    with pytest.raises(ValueError, match="unknown component"): cur.Curriculum({'zz': 1.0})
+
+def test_chart_plumbing_has_one_home():
+    "Issue 26: figures, images and line styles live in `charts`; curriculum keeps its public names as aliases, viz imports them."
+    from kd_toolkit import charts, curriculum as cur, viz
+    for name in ('figure_png', 'PngFigure', 'line_style', 'legend_outside'): assert getattr(cur, name) is getattr(charts, name)
+    for name in ('figure_png', 'PngFigure', 'image_layout', 'show_png', 'line_style', 'legend_outside'):
+        assert getattr(viz, name) is getattr(charts, name)
+    assert not hasattr(cur, '_image_layout') and not hasattr(cur, '_show_png')

@@ -290,3 +290,80 @@ def test_resume_is_exact_with_the_adaptive_balancer(tmp_path):
     res = run('half', resume=str(tmp_path/'half'/'checkpoint-4'))
     assert res.balancer.n['kd'] == full.balancer.n['kd'] == 8 and res.balancer.ema == full.balancer.ema
     assert max((p - q).abs().max().item() for p, q in zip(full.model.parameters(), res.model.parameters())) == 0.0
+
+PINNED_20 = {   # computed at base 3968f4b, before issue 26 split the trainer: the refactor must not move a number
+    'loss': [2.497661, 2.418024, 2.455166, 2.352772, 2.229881], 'raw/lm': [4.187545, 4.153174, 4.162, 4.165419, 4.160604],
+    'raw/kd': [0.0058976, 0.005348276, 0.005072862, 0.004174375, 0.00335937],
+    'raw/feature': [0.7962318, 0.7567818, 0.8285403, 0.8388836, 0.7458164],
+    'weighted/kd': [0.9896738, 0.9342104, 0.9401345, 0.8306854, 0.7623293],
+    'grad_norm': [4.794226, 4.803212, 5.442778, 4.333913, 5.778771],
+    'lr/student': [0.001, 0.001, 0.001, 0.001, 0.0001464466], 'lr/projector': [0.005, 0.005, 0.005, 0.005, 0.000732233]}
+
+def test_a_20_step_run_gives_the_pinned_history():
+    "Issue 26: splitting the trainer (checkpoint, card, the guard's state, keyword construction) leaves its numbers as they were."
+    cfg = make_config('smoke', output_dir=tempfile.mkdtemp(), max_steps=20, logging_steps=4, save_steps=100, kd_topk=8, balance='adaptive')
+    tr = KDTrainer(cfg, tiny_llama(vocab_size=64, seed=1), tiny_llama(vocab_size=64, hidden_size=32, num_layers=1), _ds(),
+                   curriculum={'lm': 1.0, 'kd': 1.0, 'feature': 0.5})
+    tr.train()
+    h = tr.history
+    assert tr.kd_path == 'topk' and h['step'].tolist() == [4, 8, 12, 16, 20]
+    for c, want in PINNED_20.items(): assert h[c].tolist() == pytest.approx(want, rel=2e-5), (c, h[c].tolist())
+
+def test_skipped_steps_are_counted_as_before():
+    "The non-finite guard's counters and the history of a run whose teacher returns NaN on steps 3 and 4 (pinned at base)."
+    n, teacher = [0], tiny_llama(vocab_size=64, seed=1)
+    def nan_on_3_4(m, i, o):
+        n[0] += 1
+        if n[0] in (3, 4): o.logits.fill_(float('nan'))
+    teacher.register_forward_hook(nan_on_3_4)
+    cfg = make_config('smoke', output_dir=tempfile.mkdtemp(), max_steps=6, logging_steps=2, save_steps=100, kd_topk=8)
+    tr = KDTrainer(cfg, teacher, tiny_llama(vocab_size=64, hidden_size=32, num_layers=1), _ds(), curriculum={'lm': 1.0, 'kd': 1.0})
+    tr.train()
+    s, h = tr.kd_state, tr.history
+    bad = ['kd'], ['student', 'student_no_decay']
+    assert (s['skipped_steps'], s['nonfinite_run'], s['nonfinite']) == (2, 0, [[3, *bad], [4, *bad]])
+    assert h['skipped_steps'].tolist() == [0, 2, 2] and h['raw/kd'].notna().tolist() == [True, False, True]
+    assert h['loss'].tolist()[::2] == pytest.approx([4.178866147994995, 4.163185119628906], rel=2e-5)
+
+def _train_ast():
+    import ast, inspect, kd_toolkit.train as kt
+    return ast.parse(inspect.getsource(kt))
+
+def test_plan_and_trainer_are_built_with_keywords_and_needs_asked_once():
+    "Issue 26: `Plan` and `KDTrainer` are built with keywords (KDTrainer: config, teacher, student, then keywords); set-up asks `needs` once."
+    import ast
+    calls = [n for n in ast.walk(_train_ast()) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)]
+    assert all(not c.args for c in calls if c.func.id == 'Plan')
+    assert [len(c.args) for c in calls if c.func.id == 'KDTrainer'] == [3]                      # distill's
+    assert [len(c.args) for c in calls if c.func.id == '_prepare'] == [3]                        # KDTrainer's
+    fns = {n.name: n for n in ast.walk(_train_ast()) if isinstance(n, ast.FunctionDef)}
+    asks = {name: sum(isinstance(c, ast.Call) and getattr(c.func, 'id', None) == 'needs' for c in ast.walk(f)) for name, f in fns.items()}
+    assert {k: v for k, v in asks.items() if v} == {'_prepare': 1, 'compute_loss': 1}             # once at set-up, once per step
+
+def test_the_callback_reads_no_private_attribute_of_the_trainer():
+    "Issue 26: the non-finite guard's state is one object the callback owns (`.guard`); the callback touches only the trainer's public attributes."
+    import ast
+    cb_fns = [n for n in ast.walk(_train_ast()) if isinstance(n, ast.FunctionDef) and n.args.args and
+              getattr(n.args.args[0].annotation, 'id', None) == '_KDCallback']
+    cls = next(n for n in _train_ast().body if isinstance(n, ast.ClassDef) and n.name == '_KDCallback')
+    private = {a.attr for f in cb_fns + [cls] for a in ast.walk(f) if isinstance(a, ast.Attribute) and a.attr.startswith('_')
+               and isinstance(a.value, ast.Attribute) and a.value.attr == 'tr'}
+    assert not private, private
+    tr = _trainer(max_steps=3)
+    cb = next(c for c in tr.callback_handler.callbacks if isinstance(c, _KDCallback))
+    assert cb.guard.counters is tr.kd_state and tr.stop_reason is None
+    tr.train()
+    assert tr.kd_state['skipped_steps'] == 0 and cb.guard.lrs and set(cb.guard.lrs) >= {'student'}
+
+def test_resume_is_decided_in_one_place(tmp_path):
+    "Issue 26: distill's `resume`, the CLI's `--resume` and `KDTrainer.train(resume_from_checkpoint=...)` go through `checkpoint.resume_from`."
+    from kd_toolkit import checkpoint
+    from kd_toolkit.train import resume_point
+    tr = _trainer(max_steps=4, save_steps=2, eval_steps=0, save_total_limit=2); tr.args.output_dir = str(tmp_path/'run'); tr.train()
+    ck = tmp_path/'run'/'checkpoint-4'
+    (ck/'optimizer.pt').write_bytes((ck/'optimizer.pt').read_bytes()[:-1])
+    with pytest.raises(ValueError) as a: resume_point(tmp_path/'run', resume=str(ck))
+    again = _trainer(max_steps=4); again.args.output_dir = str(tmp_path/'run')
+    with pytest.raises(ValueError) as b: again.train(resume_from_checkpoint=str(ck))         # refused the same way, before any step
+    assert str(a.value) == str(b.value) and 'optimizer.pt is truncated' in str(a.value)
+    assert resume_point(tmp_path/'run', resume=True) == checkpoint.resume_from(tmp_path/'run', True) == str(tmp_path/'run'/'checkpoint-2')

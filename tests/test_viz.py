@@ -193,3 +193,11 @@ def test_real_trainer_history_with_a_curriculum_and_a_live_chart():
     t = [l for k, l in _lines(fig.axes[1]).items() if k.startswith('teacher CE (eval)')]
     assert len(t) == 1 and t[0].get_ydata()[0] == pytest.approx(ev['eval/teacher_log_ppl'].iloc[-1])   # the teacher's reference
     assert live.n_draws >= 4 and live.last_step == 8
+
+def test_charts_come_from_the_charts_room():
+    "Issue 26: viz draws with `charts` (public names), and orders components by the loss registry."
+    from kd_toolkit import charts, components, viz
+    assert viz.PngFigure is charts.PngFigure and viz.show_png is charts.show_png and viz.image_layout is charts.image_layout
+    assert list(viz.UNITS) and set(viz.UNITS) == set(components.COMPONENTS)
+    h = synthetic_history(40, log_every=10, eval_every=None, curriculum=Curriculum({'kd': 1.0, 'lm': 1.0}))
+    assert history_components(h) == [c for c in components.COMPONENTS if c in ('kd', 'lm')]
