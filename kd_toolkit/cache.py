@@ -11,8 +11,9 @@ from typing import Callable
 import numpy as np, torch
 from fastcore.basics import patch
 from torch import nn
-from .align import gather_aligned, teacher_token_logprobs
-from .data import KDCollator
+from .align import gather_aligned
+from .data import KDCollator, teacher_key, teacher_view
+from .xvocab import teacher_token_logprobs
 from .losses import TopK, topk_teacher
 
 # %% auto #0
@@ -26,8 +27,8 @@ def teacher_forward(
     hidden:bool=False, # also return every layer's hidden states
     attn:bool=False, # also return attention maps
 ):
-    "The teacher's forward on its own tokens (`teacher_input_ids` when the tokenizers differ, else the student's)."
-    ids, mask = batch.get('teacher_input_ids', batch['input_ids']), batch.get('teacher_attention_mask', batch['attention_mask'])
+    "The teacher's forward on its own tokens (`data.teacher_view`: its own columns, or the student's)."
+    ids, mask = teacher_view(batch)
     return teacher(input_ids=ids, attention_mask=mask, output_hidden_states=hidden, output_attentions=attn)
 
 def aligned_logits(out, batch:dict) -> torch.Tensor:
@@ -63,7 +64,7 @@ def teacher_fields(out, batch:dict, names, **opts) -> dict:
 # %% ../nbs/07a_cache.ipynb #78921ea1
 def _row_counts(dataset, rows:str) -> np.ndarray:
     "Real positions per example: student tokens, or teacher tokens (the student's when the tokenizers are the same)."
-    col = 'teacher_input_ids' if rows == 'teacher' and 'teacher_input_ids' in dataset.column_names else 'input_ids'
+    col = teacher_key(dataset.column_names) if rows == 'teacher' else 'input_ids'
     return np.array([len(x) for x in dataset[col]], dtype=np.int64)
 
 def _open_arrays(tmp:Path, dataset, names) -> tuple[dict, dict]:

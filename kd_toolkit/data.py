@@ -16,7 +16,7 @@ from .align import (align_offsets, check_fast, check_pair, encode_offsets, end_o
 
 # %% auto #0
 __all__ = ['load_texts', 'special_tokens', 'build_kd_dataset', 'PackedStream', 'pack_stream', 'packed_windows', 'RandomWindows',
-           'pad_id', 'KDCollator']
+           'pad_id', 'KDCollator', 'teacher_key', 'teacher_view']
 
 # %% ../nbs/05_data.ipynb #bfa52911
 def _from_files(paths, sample_by): # one text per file ('document', read as is) or datasets' text loader
@@ -400,3 +400,15 @@ def __call__(self:KDCollator, features:list[dict]) -> dict[str, torch.Tensor]:
         b['align_idx'] = _pad([f['align_idx'] for f in features], 0)
         b['align_mask'] = _pad([f['align_mask'] for f in features], False, torch.bool)
     return b
+
+# %% ../nbs/05_data.ipynb #7912ae69
+def teacher_key(keys) -> str:
+    "The ids column the teacher reads: `teacher_input_ids` where there is one (two tokenizers), else `input_ids`."
+    return 'teacher_input_ids' if 'teacher_input_ids' in keys else 'input_ids'
+
+# %% ../nbs/05_data.ipynb #271062ad
+def teacher_view(batch:dict) -> tuple[torch.Tensor, torch.Tensor]:
+    "The teacher's `(ids, attention mask)` of a batch: its own columns across tokenizers, else the student's."
+    k = teacher_key(batch)
+    m = batch.get('attention_mask' if k == 'input_ids' else 'teacher_attention_mask')
+    return batch[k], (torch.ones_like(batch[k]) if m is None else m)

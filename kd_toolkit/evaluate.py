@@ -14,10 +14,11 @@ from tqdm.auto import tqdm
 from fastcore.basics import patch
 from .core import autocast_ctx, module_device, module_dtype, to_module
 from .losses import check_vocab, hidden_loss, kd_loss, kd_loss_topk, lm_loss, next_token_targets, topk_teacher
-from .align import bits_per_byte, gather_aligned
+from .align import gather_aligned
+from .data import teacher_key, teacher_view
 
 # %% auto #0
-__all__ = ['frozen_state', 'Evaluator', 'compare']
+__all__ = ['frozen_state', 'Evaluator', 'bits_per_byte', 'compare']
 
 # %% ../nbs/06_evaluate.ipynb #6254eb25
 def _state(m:nn.Module) -> dict:
@@ -146,12 +147,10 @@ def _compare(self:Evaluator, s_logits, t_logits, b, acc):
 # %% ../nbs/06_evaluate.ipynb #e6a70010
 @patch
 def _teacher_nll(self:Evaluator, b, hidden, acc):
-    "The teacher on its own tokens (or the student's), its NLL added to `acc`; returns its outputs."
-    if 'teacher_input_ids' in b:  # its own tokens: scored on its own next tokens
-        tid = b['teacher_input_ids']
-        tm = b.get('teacher_attention_mask', torch.ones_like(tid)).to(tid.device)
-        t_labels = tid.masked_fill(tm == 0, -100)
-    else: tid, tm, t_labels = b['input_ids'], b['attention_mask'], b['labels']
+    "The teacher on its side of the batch (`data.teacher_view`), its NLL added to `acc`; returns its outputs."
+    tid, tm = teacher_view(b)
+    own = teacher_key(b) != 'input_ids'  # its own tokens: scored on its own next tokens; else the student's labels
+    t_labels = tid.masked_fill(tm == 0, -100) if own else b['labels']
     t_out = self._forward(self.teacher, tid, tm, hidden)
     dev = t_out.logits.device
     nll_t, n_t = _nll_sum(t_out.logits, t_labels.to(dev), tm.to(dev), self.chunk_size)
@@ -175,6 +174,17 @@ def _feature(self:Evaluator, s_out, t_out, b) -> float:
         raise ValueError(f"the projector maps the student's hidden states to width {hs.shape[-1]}, but the teacher's is "
                          f"{ht.shape[-1]}: give a projector from student width to teacher width (the trainer's direction)")
     return float(hidden_loss(hs, ht.to(hs.device), m.to(hs.device)))
+
+# %% ../nbs/06_evaluate.ipynb #a8d456e8
+def bits_per_byte(
+    nll_nats_sum:torch.Tensor|float, # summed next-token NLL in nats over the scored tokens
+    n_bytes:torch.Tensor|int, # UTF-8 bytes of the text those tokens cover (a batch's `n_bytes`, summed)
+) -> float:
+    "NLL in bits per UTF-8 byte."
+    n = float(torch.as_tensor(n_bytes).sum())
+    if n <= 0: raise ValueError(f"n_bytes must be > 0 (the bytes of the scored text), got {n}")
+    nll = nll_nats_sum.detach().double().sum() if torch.is_tensor(nll_nats_sum) else nll_nats_sum
+    return float(nll) / (math.log(2) * n)
 
 # %% ../nbs/06_evaluate.ipynb #e6a70013
 def _ppl(r, prefix, nll, n, n_bytes): # perplexity, log-perplexity, overflow flag and bits-per-byte into r

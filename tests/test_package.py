@@ -53,3 +53,24 @@ def test_no_room_imports_a_higher_room():
                         [a.name for a in node.names] if node.module == 'kd_toolkit' or (node.level and not m) else []
                 bad += [(mod, n) for n in names if n in order and order[n] >= order[mod] and n != mod]
     assert not bad, f"rooms importing a higher (or same-level) room: {bad}"
+
+def test_moved_names_keep_an_alias_for_one_release():
+    "Issue 26: align's old names resolve lazily to their new rooms (above align) with a DeprecationWarning."
+    import importlib, warnings
+    import kd_toolkit.align as align
+    moved = {'uld_loss': 'xvocab', 'hybrid_loss': 'xvocab', 'token_logprobs': 'xvocab', 'boundary_tokens': 'xvocab',
+             'chunk_sums': 'xvocab', 'binary_kl': 'xvocab', 'chunk_likelihood_loss': 'xvocab',
+             'teacher_token_logprobs': 'xvocab', 'next_token_match': 'xvocab', 'kd_chunk': 'components',
+             'bits_per_byte': 'evaluate'}
+    for name, room in moved.items():
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter('always')
+            got = getattr(align, name)
+        assert got is getattr(importlib.import_module(f'kd_toolkit.{room}'), name), name
+        assert [x.category for x in w] == [DeprecationWarning] and f'kd_toolkit.{room}.{name}' in str(w[0].message)
+    import pytest
+    for name in ('PathMap', 'path_topk'):
+        with pytest.raises(ImportError, match='bench/pathmap.py'): getattr(align, name)
+    with pytest.raises(AttributeError): align.no_such_name
+    from kd_toolkit.components import MicroBatch, Step
+    assert Step is MicroBatch  # components.Step (a micro-batch) is now MicroBatch; curriculum.Step is a schedule
