@@ -16,32 +16,37 @@ __all__ = ['DIVERGENCES', 'next_token_targets', 'auto_chunk', 'kd_loss', 'TopK',
 
 # %% ../nbs/02_losses.ipynb #83a07bd0
 def next_token_targets(
-    labels:torch.Tensor, # (B, L) HF-style labels: `labels[i] = input_ids[i]`, `ignore_index` on padding
+    labels:torch.Tensor, # (B, L) HF-style labels: `input_ids`, `ignore_index` on padding
     ignore_index:int=-100, # the label that marks a position to ignore
 ) -> torch.Tensor:
-    "Targets for position-wise losses: `targets[..., i] = labels[..., i+1]`, the last position `ignore_index`."
+    "Targets for position-wise losses: `targets[..., i] = labels[..., i+1]`, the last: ignored."
     t = torch.full_like(labels, ignore_index)
     t[..., :-1] = labels[..., 1:]
     return t
 
 # %% ../nbs/02_losses.ipynb #78b978b8
 DIVERGENCES = ('fkl', 'rkl', 'jsd', 'skl', 'srkl', 'tvd')
-_FLOOR = -1e4  # log-probabilities are floored here: exp(-1e4) == 0, and no -inf arithmetic reaches autograd
+# log-probabilities are floored here: exp(-1e4) == 0, and no -inf arithmetic reaches autograd
+_FLOOR = -1e4
 
+# %% ../nbs/02_losses.ipynb #57e52e06
 def _logprobs(z, temperature): # (n, V) logits of any float dtype -> fp32 log-probabilities, floored
     z = z.float()
     lp = F.log_softmax(z if temperature == 1 else z / temperature, dim=-1)
-    return lp.clamp_min(_FLOOR) if lp.requires_grad else lp.clamp_min_(_FLOOR)  # in place for targets: one buffer less
+    # in place for targets: one buffer less
+    return lp.clamp_min(_FLOOR) if lp.requires_grad else lp.clamp_min_(_FLOOR)
 
 # %% ../nbs/02_losses.ipynb #78b978c1
 def _kl(la, lb): # KL(a || b) per row from floored log-probabilities (..., V) -> (...)
     return (la.exp() * (la - lb)).sum(-1)
 
+# %% ../nbs/02_losses.ipynb #015696f8
 def _mix(la, lb, wa): # log(wa*a + (1-wa)*b), 0 < wa < 1
     return torch.logaddexp(la + math.log(wa), lb + math.log1p(-wa))
 
 # %% ../nbs/02_losses.ipynb #78b978c3
-def _token_div(ls, lt, divergence, beta, skew): # student, teacher log-probs (n, V) -> divergence per row (n,)
+# student, teacher log-probs (n, V) -> divergence per row (n,)
+def _token_div(ls, lt, divergence, beta, skew):
     if divergence == 'fkl': return _kl(lt, ls)
     if divergence == 'rkl': return _kl(ls, lt)
     if divergence == 'jsd':
@@ -56,28 +61,33 @@ def _token_div(ls, lt, divergence, beta, skew): # student, teacher log-probs (n,
 
 # %% ../nbs/02_losses.ipynb #78b978c5
 def _check_div(divergence, temperature, beta, skew):
-    if divergence not in DIVERGENCES: raise ValueError(f"unknown divergence {divergence!r}: use one of {DIVERGENCES}")
+    if divergence not in DIVERGENCES:
+        raise ValueError(f"unknown divergence {divergence!r}: use one of {DIVERGENCES}")
     if not temperature > 0: raise ValueError(f"temperature must be > 0, got {temperature}")
-    if not 0 <= beta <= 1: raise ValueError(f"beta must be in [0, 1] (the teacher's weight in the JSD mixture), got {beta}")
+    if not 0 <= beta <= 1:
+        raise ValueError(f"beta must be in [0, 1] (the teacher's weight in the JSD mix): {beta}")
     if not 0 <= skew < 1: raise ValueError(f"skew must be in [0, 1) (DistiLLM's alpha), got {skew}")
 
 # %% ../nbs/02_losses.ipynb #f2b8c9fe
-def _autograd_step(f): # a loss f(x, i) -> scalar as a chunk step (x, i, need_grad) -> (loss, fp32 grad of x or None)
+# a loss f(x, i) -> scalar as a chunk step (x, i, need_grad) -> (loss, fp32 grad of x or None)
+def _autograd_step(f):
     def step(x, i, need):
         if not need:
             with torch.no_grad(): return f(x, i), None
         with torch.enable_grad():
-            xc = x.detach().float().requires_grad_()   # the chunk's gradient stays fp32 until the upstream scale
+            # the chunk's gradient stays fp32 until the upstream scale
+            xc = x.detach().float().requires_grad_()
             loss = f(xc, i)
         return loss.detach(), torch.autograd.grad(loss, xc)[0]
     return step
 
 # %% ../nbs/02_losses.ipynb #1d6e0a03
 class _ChunkGrad(torch.autograd.Function):
-    "Sum of `step(x[i:i+c], i)` over row chunks of `x`; each chunk's fp32 gradient is scaled by `g` before one rounding."
+    "Sum of `step(x[i:i+c], i)` over row chunks; each fp32 chunk gradient scaled by `g`, rounded."
     @staticmethod
     def forward(ctx, x, step, chunk_size):
-        eager = ctx.needs_input_grad[0] and x.dtype == torch.float32   # fp32: keep the gradient now, one pass
+        # fp32: keep the gradient now, one pass
+        eager = ctx.needs_input_grad[0] and x.dtype == torch.float32
         grad = torch.empty_like(x) if eager else None
         total = torch.zeros((), dtype=torch.float32, device=x.device)
         for i in range(0, x.shape[0], chunk_size):
@@ -85,19 +95,23 @@ class _ChunkGrad(torch.autograd.Function):
             if eager: grad[i:i+chunk_size] = gc
             total += loss
         ctx.grad, ctx.step, ctx.chunk_size, ctx.used = grad, step, chunk_size, False
-        if not eager: ctx.save_for_backward(x)                       # fp16/bf16: recompute in backward
+        # fp16/bf16: recompute in backward
+        if not eager: ctx.save_for_backward(x)
         return total
 
     @staticmethod
     def backward(ctx, g): # g: the upstream gradient (the loss scale times the component's weight)
-        if ctx.used: raise RuntimeError("chunked loss: backward called twice (retain_graph is not supported)")
+        if ctx.used:
+            raise RuntimeError("chunked loss: backward called twice (retain_graph: not supported)")
         ctx.used = True
-        if ctx.grad is not None:                                    # fp32, made in forward: scale it in place
+        # fp32, made in forward: scale it in place
+        if ctx.grad is not None:
             grad, ctx.grad = ctx.grad, None
             return (grad if g.item() == 1 else grad.mul_(g)), None, None
         x, = ctx.saved_tensors
         grad, c = torch.empty_like(x), ctx.chunk_size
-        for i in range(0, x.shape[0], c):                           # fp32 gradient × g, then ONE rounding to x's dtype
+        # fp32 gradient × g, then ONE rounding to x's dtype
+        for i in range(0, x.shape[0], c):
             grad[i:i+c] = ctx.step(x[i:i+c], i, True)[1].mul_(g)
         return grad, None, None
 
@@ -106,55 +120,63 @@ def auto_chunk(
     n:int, # positions (rows of the logits)
     vocab:int, # columns of the logits
 ) -> int:
-    "Positions per chunk for `chunk_size='auto'`: N/32 (temporaries ≈ 0.03 (N, V) each), at most 2^24/V rows, at least 16."
+    "Positions per chunk for `chunk_size='auto'`: N/32 (0.03 (N, V) each), 16 to 2^24/V."
     return max(16, min(-(-n // 32), (1 << 24) // max(vocab, 1)))
 
-def _chunk_rows(chunk_size, n, vocab): # None (plain autograd) | 'auto' | positive int -> None or an int
+# %% ../nbs/02_losses.ipynb #b701b5fc
+def _chunk_rows(chunk_size, n, vocab): # None (plain autograd), 'auto', an int -> rows, or None
     if chunk_size is None: return None
     if isinstance(chunk_size, str) and chunk_size == 'auto': return auto_chunk(n, vocab)
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive number of positions, 'auto' or None, got {chunk_size!r}")
+    integral = isinstance(chunk_size, numbers.Integral) and not isinstance(chunk_size, bool)
+    if not integral or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive number of positions, 'auto' or None, got "
+                         f"{chunk_size!r}")
     return int(chunk_size)
 
 # %% ../nbs/02_losses.ipynb #1d6e0a07
-def _chunked(x, fn, chunk_size, step=None): # plain autograd of fn(x, 0) when chunk_size is None, else _ChunkGrad
+# plain autograd of fn(x, 0) when chunk_size is None, else _ChunkGrad
+def _chunked(x, fn, chunk_size, step=None):
     c = _chunk_rows(chunk_size, x.shape[0], x.shape[-1])
     if c is None: return fn(x, 0)
     step = step or _autograd_step(fn)
     if x.requires_grad and torch.is_grad_enabled(): return _ChunkGrad.apply(x, step, c)
-    return sum((step(x[i:i+c], i, False)[0] for i in range(0, x.shape[0], c)), torch.zeros((), device=x.device))
+    zero = torch.zeros((), device=x.device)
+    return sum((step(x[i:i+c], i, False)[0] for i in range(0, x.shape[0], c)), zero)
 
 # %% ../nbs/02_losses.ipynb #1d6e0a0a
-def _flat_mask(mask, lead, device): # mask (...) matching the leading dims -> (N,) float weights summing to 1
-    if mask is None: m = torch.ones(lead, device=device)
-    else:
-        if tuple(mask.shape) != tuple(lead):
-            raise ValueError(f"mask has shape {tuple(mask.shape)} but the logits' positions are {tuple(lead)}: "
-                             "give one entry per position (nonzero = counts)")
-        m = mask.to(device).reshape(-1).bool().float()
+def _flat_mask(mask, lead, device): # mask (...) on the leading dims -> (N,) weights summing to 1
+    if mask is not None and tuple(mask.shape) != tuple(lead):
+        raise ValueError(f"mask has shape {tuple(mask.shape)} but the logits' positions are "
+                         f"{tuple(lead)}: give one entry per position (nonzero = counts)")
+    m = torch.ones(lead, device=device) if mask is None else mask.to(device).bool().float()
     m = m.reshape(-1)
     return m / m.sum().clamp_min(1)
 
 # %% ../nbs/02_losses.ipynb #af88088b
 def _check_logits(student_logits, teacher_logits):
     if student_logits.shape[-1] != teacher_logits.shape[-1]:
-        raise ValueError(f"vocabulary mismatch: student logits have {student_logits.shape[-1]} columns, teacher logits "
-                         f"{teacher_logits.shape[-1]}. If both models use the same tokenizer and only pad the embedding, "
-                         "slice both to check_vocab(...) columns; if the tokenizers differ, use the cross-tokenizer path "
-                         "(kd_toolkit.align: VocabMap / uld_loss).")
+        raise ValueError(f"vocabulary mismatch: student logits have {student_logits.shape[-1]} "
+                         f"columns, teacher logits {teacher_logits.shape[-1]}. If both models use "
+                         "the same tokenizer and only pad the embedding, slice both to "
+                         "check_vocab(...) columns; if the tokenizers differ, use the "
+                         "cross-tokenizer path "
+                         "(kd_toolkit.align: VocabMap; kd_toolkit.xvocab: uld_loss).")
     if student_logits.shape != teacher_logits.shape:
-        raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} "
-                         "cover different positions: align them first (kd_toolkit.align.gather_aligned)")
+        raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
+                         f"{tuple(teacher_logits.shape)} cover different positions: align them "
+                         "first (kd_toolkit.align.gather_aligned)")
 
 # %% ../nbs/02_losses.ipynb #af88088e
 def _kd_fns(t, w, divergence, temperature, beta, skew):
-    "The KD loss of a chunk of student logits against teacher logits `t` (N, V): as autograd fn and as chunk step."
+    "KD of a chunk of student logits against teacher logits `t` (N, V): autograd fn and chunk step."
     T2 = temperature**2
     def fn(x, i):
         n = x.shape[0]
-        d = _token_div(_logprobs(x, temperature), _logprobs(t[i:i+n], temperature), divergence, beta, skew)
+        ls, lt = _logprobs(x, temperature), _logprobs(t[i:i+n], temperature)
+        d = _token_div(ls, lt, divergence, beta, skew)
         return torch.where(w[i:i+n] > 0, d, 0.).mul(w[i:i+n]).sum() * T2
-    def fkl_step(x, i, need): # forward KL by hand, in place: 3 chunk buffers instead of ~8 under autograd
+    # forward KL by hand, in place: 3 chunk buffers instead of ~8 under autograd
+    def fkl_step(x, i, need):
         n = x.shape[0]; wi = w[i:i+n]
         with torch.no_grad():
             ls, lt = _logprobs(x, temperature), _logprobs(t[i:i+n], temperature)
@@ -162,8 +184,10 @@ def _kd_fns(t, w, divergence, temperature, beta, skew):
             loss = torch.where(wi > 0, lt.sub_(ls).mul_(p).sum(-1), 0.).mul(wi).sum() * T2
             if not need: return loss, None
             # d/dx of T²·w·KL(p || softmax(x/T)) = T·w·(q - p); rows with w = 0 get exactly 0
-            return loss, ls.exp_().sub_(p).mul_((wi * temperature)[:, None]).masked_fill_((wi == 0)[:, None], 0.)
-    return fn, (fkl_step if divergence == 'fkl' or (divergence == 'jsd' and beta == 0) else _autograd_step(fn))
+            grad = ls.exp_().sub_(p).mul_((wi * temperature)[:, None])
+            return loss, grad.masked_fill_((wi == 0)[:, None], 0.)
+    fkl = divergence == 'fkl' or (divergence == 'jsd' and beta == 0)
+    return fn, (fkl_step if fkl else _autograd_step(fn))
 
 # %% ../nbs/02_losses.ipynb #af880890
 def kd_loss(
@@ -174,9 +198,10 @@ def kd_loss(
     temperature:float=1.0, # softmax temperature T; the result is multiplied by T²
     beta:float=0.5, # 'jsd': the teacher's weight in the mixture (TRL's convention)
     skew:float=0.1, # 'skl'/'srkl': DistiLLM's alpha
-    chunk_size:int|str|None=None, # positions per chunk (memory ~ one (N, V) buffer), 'auto' (`auto_chunk`); None: plain autograd
+    # positions per chunk (memory ~ one (N, V) buffer), 'auto' (`auto_chunk`); None: plain autograd
+    chunk_size:int|str|None=None,
 ) -> torch.Tensor:
-    "Divergence between teacher and student next-token distributions, times T², mean over valid positions (fp32)."
+    "Divergence of teacher and student next-token distributions, times T², mean over positions."
     _check_div(divergence, temperature, beta, skew)
     _check_logits(student_logits, teacher_logits)
     V = student_logits.shape[-1]
@@ -187,11 +212,13 @@ def kd_loss(
 
 # %% ../nbs/02_losses.ipynb #379c4008
 class TopK(NamedTuple):
-    "A teacher's top-k next-token distribution over flattened positions, with the mass outside the top k."
-    logprobs:torch.Tensor # (N, k) fp32 log-probabilities of the top-k tokens (at the temperature it was built with)
+    "A teacher's top-k next-token distribution over flattened positions, with the mass outside it."
+    # (N, k) fp32 log-probabilities of the top-k tokens (at the temperature it was built with)
+    logprobs:torch.Tensor
     ids:torch.Tensor # (N, k) long token ids
     tail:torch.Tensor # (N,) fp32 log of the probability mass outside the top k
 
+# %% ../nbs/02_losses.ipynb #67269df2
 def _tail(lp, ids): # log of the mass outside `ids`, from floored log-probs (n, V) and ids (n, k)
     return torch.logsumexp(lp.scatter(-1, ids, _FLOOR), -1).clamp_min(_FLOOR)
 
@@ -201,11 +228,13 @@ def topk_teacher(
     teacher_logits:torch.Tensor, # (..., V) teacher logits
     k:int, # how many tokens to keep per position
     temperature:float=1.0, # the softmax temperature; use the same one in `kd_loss_topk`
-    chunk_size:int|str=1024, # positions per chunk (one fp32 chunk × V at a time), or 'auto' (`auto_chunk`)
+    # positions per chunk (one fp32 chunk × V at a time), or 'auto' (`auto_chunk`)
+    chunk_size:int|str=1024,
 ) -> TopK:
     "The teacher's top-k log-probabilities, ids and tail bucket, flattened over positions."
     V = teacher_logits.shape[-1]
-    if not 1 <= k <= V: raise ValueError(f"k must be between 1 and the vocabulary size {V}, got {k}")
+    if not 1 <= k <= V:
+        raise ValueError(f"k must be between 1 and the vocabulary size {V}, got {k}")
     if not temperature > 0: raise ValueError(f"temperature must be > 0, got {temperature}")
     t = teacher_logits.reshape(-1, V)
     chunk_size = _chunk_rows(chunk_size, t.shape[0], V) or t.shape[0] or 1
@@ -215,26 +244,32 @@ def topk_teacher(
         v, ids = lp.topk(k, dim=-1)
         out.append((v, ids, _tail(lp, ids)))
     return TopK(*(torch.cat(x) for x in zip(*out))) if out else TopK(
-        t.new_zeros(0, k, dtype=torch.float32), t.new_zeros(0, k, dtype=torch.long), t.new_zeros(0, dtype=torch.float32))
+        t.new_zeros(0, k, dtype=torch.float32), t.new_zeros(0, k, dtype=torch.long),
+        t.new_zeros(0, dtype=torch.float32))
 
 # %% ../nbs/02_losses.ipynb #32fde7c1
-def _topk_buckets(x, topk, i, temperature): # student logits chunk -> (student, teacher) log-probs over k+1 buckets
+# student logits chunk -> (student, teacher) log-probs over k+1 buckets
+def _topk_buckets(x, topk, i, temperature):
     n = x.shape[0]
     ls, ids = _logprobs(x, temperature), topk.ids[i:i+n].to(x.device)
     s = torch.cat([ls.gather(-1, ids), _tail(ls, ids)[:, None]], -1)
-    t = torch.cat([topk.logprobs[i:i+n], topk.tail[i:i+n, None]], -1).to(x.device).float().clamp_min(_FLOOR)
+    t = torch.cat([topk.logprobs[i:i+n], topk.tail[i:i+n, None]], -1)
+    t = t.to(x.device).float().clamp_min(_FLOOR)
     return s, t
 
 # %% ../nbs/02_losses.ipynb #32fde7c3
 def _check_topk(student_logits, topk):
-    if not isinstance(topk, TopK): raise TypeError(f"expected a TopK (from topk_teacher), got {type(topk).__name__}")
+    if not isinstance(topk, TopK):
+        raise TypeError(f"expected a TopK (from topk_teacher), got {type(topk).__name__}")
     N = student_logits.shape[0]
     if student_logits.dim() != 2 or topk.ids.shape[0] != N:
-        raise ValueError(f"student logits must be (N, V) with N = {topk.ids.shape[0]} positions of the TopK, got "
-                         f"{tuple(student_logits.shape)}: flatten with logits.reshape(-1, V)")
+        raise ValueError(f"student logits must be (N, V) with N = {topk.ids.shape[0]} positions of "
+                         f"the TopK, got {tuple(student_logits.shape)}: flatten with "
+                         "logits.reshape(-1, V)")
     if topk.ids.numel() and int(topk.ids.max()) >= student_logits.shape[-1]:
-        raise ValueError(f"TopK ids reach {int(topk.ids.max())} but the student has {student_logits.shape[-1]} columns: "
-                         "map the teacher's vocabulary first (kd_toolkit.align.VocabMap.map_topk)")
+        raise ValueError(f"TopK ids reach {int(topk.ids.max())} but the student has "
+                         f"{student_logits.shape[-1]} columns: map the teacher's vocabulary first "
+                         "(kd_toolkit.align.VocabMap.map_topk)")
 
 # %% ../nbs/02_losses.ipynb #32fde7c5
 def _topk_fn(topk, w, divergence, temperature, beta, skew):
@@ -245,6 +280,7 @@ def _topk_fn(topk, w, divergence, temperature, beta, skew):
         return torch.where(w[i:i+n] > 0, d, 0.).mul(w[i:i+n]).sum() * temperature**2
     return fn
 
+# %% ../nbs/02_losses.ipynb #bb4de9e1
 def kd_loss_topk(
     student_logits:torch.Tensor, # (N, V) student logits
     topk:TopK, # the teacher's top-k distribution over the same N positions (`topk_teacher`)
@@ -253,27 +289,31 @@ def kd_loss_topk(
     temperature:float=1.0, # applied to the student; the TopK must be built at the same temperature
     beta:float=0.5, # 'jsd': the teacher's weight in the mixture
     skew:float=0.1, # 'skl'/'srkl': DistiLLM's alpha
-    chunk_size:int|str|None=None, # positions per chunk, 'auto' (`auto_chunk`); None: one plain autograd pass
+    # positions per chunk, 'auto' (`auto_chunk`); None: one plain autograd pass
+    chunk_size:int|str|None=None,
 ) -> torch.Tensor:
-    "KD against a top-k teacher: the divergence over the k teacher tokens plus a tail bucket, times T², mean over valid positions."
+    "KD against a top-k teacher: the divergence over its k tokens and a tail bucket, times T²."
     _check_div(divergence, temperature, beta, skew)
     _check_topk(student_logits, topk)
     w = _flat_mask(mask, student_logits.shape[:-1], student_logits.device)
-    return _chunked(student_logits, _topk_fn(topk, w, divergence, temperature, beta, skew), chunk_size)
+    fn = _topk_fn(topk, w, divergence, temperature, beta, skew)
+    return _chunked(student_logits, fn, chunk_size)
 
 # %% ../nbs/02_losses.ipynb #cf685502
 def _check_targets(targets, V, ignore_index):
     bad = (targets != ignore_index) & ((targets < 0) | (targets >= V))
     if bad.any():
-        raise ValueError(f"targets hold ids outside [0, {V}) (e.g. {int(targets[bad][0])}): the labels come from a "
-                         f"different tokenizer, or padding is not marked with ignore_index={ignore_index}")
+        raise ValueError(f"targets hold ids outside [0, {V}) (e.g. {int(targets[bad][0])}): the "
+                         "labels come from a different tokenizer, or padding is not marked with "
+                         f"ignore_index={ignore_index}")
 
 # %% ../nbs/02_losses.ipynb #cf685504
 def _ce_fns(tg, w, ignore_index):
-    "Cross-entropy of a chunk of logits against targets `tg` (N,): as autograd fn and as chunk step."
+    "Cross-entropy of a chunk of logits against targets `tg` (N,): as autograd fn and chunk step."
     def fn(x, i):
         n = x.shape[0]
-        return F.cross_entropy(x.float(), tg[i:i+n], ignore_index=ignore_index, reduction='none').mul(w[i:i+n]).sum()
+        ce = F.cross_entropy(x.float(), tg[i:i+n], ignore_index=ignore_index, reduction='none')
+        return ce.mul(w[i:i+n]).sum()
     def step(x, i, need): # by hand, in place: one chunk buffer
         n = x.shape[0]; wi, ti = w[i:i+n], tg[i:i+n]
         with torch.no_grad():
@@ -282,20 +322,24 @@ def _ce_fns(tg, w, ignore_index):
             if not need: return loss, None
             g = lp.exp_()
             g.scatter_add_(1, safe, torch.full_like(safe, -1, dtype=g.dtype))
-            return loss, g.mul_(wi[:, None]).masked_fill_((wi == 0)[:, None], 0.)  # d/dx = w·(softmax(x) - onehot)
+            # d/dx = w·(softmax(x) - onehot)
+            return loss, g.mul_(wi[:, None]).masked_fill_((wi == 0)[:, None], 0.)
     return fn, step
 
 # %% ../nbs/02_losses.ipynb #cf685506
 def lm_loss(
     logits:torch.Tensor, # (..., V) logits
-    targets:torch.Tensor, # (...) next-token ids (`next_token_targets`), `ignore_index` where nothing is scored
+    # (...) next-token ids (`next_token_targets`), `ignore_index` where nothing is scored
+    targets:torch.Tensor,
     ignore_index:int=-100, # the target id to skip
-    chunk_size:int|str|None=None, # positions per chunk, 'auto' (`auto_chunk`); None: one plain autograd pass
+    # positions per chunk, 'auto' (`auto_chunk`); None: one plain autograd pass
+    chunk_size:int|str|None=None,
 ) -> torch.Tensor:
     "Next-token cross-entropy in fp32, mean over the positions whose target is not `ignore_index`."
     V = logits.shape[-1]
     if tuple(targets.shape) != tuple(logits.shape[:-1]):
-        raise ValueError(f"targets {tuple(targets.shape)} must match the logits' positions {tuple(logits.shape[:-1])}")
+        raise ValueError(f"targets {tuple(targets.shape)} must match the logits' positions "
+                         f"{tuple(logits.shape[:-1])}")
     _check_targets(targets, V, ignore_index)
     x, tg = logits.reshape(-1, V), targets.reshape(-1).to(logits.device)
     w = _flat_mask(tg != ignore_index, tg.shape, x.device)
@@ -303,10 +347,12 @@ def lm_loss(
     return _chunked(x, fn, chunk_size, step)
 
 # %% ../nbs/02_losses.ipynb #ec21e4ba
-def _common(h, W, b): # cast the weight and bias once to the promoted dtype of hidden states and weight
+# cast the weight and bias once to the promoted dtype of hidden states and weight
+def _common(h, W, b):
     dt = torch.promote_types(h.dtype, W.dtype)
     return dt, W.to(dt), None if b is None else b.to(dt)
 
+# %% ../nbs/02_losses.ipynb #f017f3f1
 def _fused_sum(h, W, b, steps, chunk_size): # forward only: (n_out,) sums of each chunk step's loss
     dt, W, b = _common(h, W, b)
     total = torch.zeros(len(steps), device=h.device)
@@ -317,12 +363,13 @@ def _fused_sum(h, W, b, steps, chunk_size): # forward only: (n_out,) sums of eac
 
 # %% ../nbs/02_losses.ipynb #ec21e4bd
 class _FusedLinear(torch.autograd.Function):
-    "Per-chunk losses of the logits `hidden[i:i+c] @ W.T + b`, summed over chunks; backward recomputes each chunk."
+    "Per-chunk losses of the logits `hidden[i:i+c] @ W.T + b`, summed; backward recomputes chunks."
     @staticmethod
     def forward(ctx, h, W, b, steps, chunk_size):
         ctx.save_for_backward(h, W, b)
         dev = h.device.type   # backward remakes the logits under the same autocast as here
-        ctx.steps, ctx.chunk_size, ctx.amp = steps, chunk_size, (torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev))
+        ctx.steps, ctx.chunk_size = steps, chunk_size
+        ctx.amp = torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev)
         return _fused_sum(h, W, b, steps, chunk_size)
 
     @staticmethod
@@ -336,61 +383,82 @@ class _FusedLinear(torch.autograd.Function):
         W32 = Wc.float()
         for i in range(0, h.shape[0], c):
             hc = h[i:i+c].to(dt)
-            with torch.autocast(dev, dtype=ctx.amp[1], enabled=ctx.amp[0]): z = F.linear(hc, Wc, bc)   # (c, V) again
+            # (c, V) again
+            with torch.autocast(dev, dtype=ctx.amp[1], enabled=ctx.amp[0]): z = F.linear(hc, Wc, bc)
             with torch.autocast(dev, enabled=False):
                 gz = torch.zeros(z.shape, device=z.device) if not g.any() else None
-                for gk, st in zip(g.tolist(), ctx.steps):             # fp32 chunk gradients × g, summed in fp32
-                    if gk: gz = st(z, i, True)[1].mul_(gk) if gz is None else gz.add_(st(z, i, True)[1], alpha=gk)
-                if need_h: gh[i:i+c] = gz @ W32                        # fp32, rounded once into h's dtype
+                # fp32 chunk gradients × g, summed in fp32
+                for gk, st in zip(g.tolist(), ctx.steps):
+                    if not gk: continue
+                    gs = st(z, i, True)[1]
+                    gz = gs.mul_(gk) if gz is None else gz.add_(gs, alpha=gk)
+                # fp32, rounded once into h's dtype
+                if need_h: gh[i:i+c] = gz @ W32
                 if need_W: gW.addmm_(gz.T, hc.float())
                 if need_b: gb += gz.sum(0)
-        return gh, None if gW is None else gW.to(W.dtype), None if gb is None else gb.to(b.dtype), None, None
+        gW, gb = (None if t is None else t.to(p.dtype) for t, p in ((gW, W), (gb, b)))
+        return gh, gW, gb, None, None
 
 # %% ../nbs/02_losses.ipynb #ec21e4bf
-def _fused_steps(teacher, targets, N, V, mask, divergence, temperature, beta, skew, ignore_index, device):
-    "The chunk steps of `fused_kd_lm_loss`, named: 'kd' (logits or TopK teacher) and 'lm' (targets), after checking shapes."
+def _fused_steps(teacher, targets, N, V, mask, divergence, temperature, beta, skew, ignore_index,
+                 device):
+    "The chunk steps of `fused_kd_lm_loss`, named 'kd' (logits or TopK) and 'lm' (targets)."
     names, steps = [], []
     if teacher is not None:
         _check_div(divergence, temperature, beta, skew)
         if isinstance(teacher, TopK): _check_topk(torch.empty(N, V, device='meta'), teacher)
         else:
-            if teacher.shape[-1] != V: _check_logits(torch.empty(N, V, device='meta'), teacher.reshape(-1, teacher.shape[-1]))
+            if teacher.shape[-1] != V:
+                flat = teacher.reshape(-1, teacher.shape[-1])
+                _check_logits(torch.empty(N, V, device='meta'), flat)
             teacher = teacher.detach().reshape(-1, V)
-            if teacher.shape[0] != N: raise ValueError(f"teacher logits cover {teacher.shape[0]} positions, hidden states {N}")
+            if teacher.shape[0] != N:
+                raise ValueError(f"teacher logits cover {teacher.shape[0]} positions, hidden {N}")
         w = _flat_mask(None if mask is None else mask.reshape(-1), (N,), device)
-        names.append('kd'); steps.append(_autograd_step(_topk_fn(teacher, w, divergence, temperature, beta, skew))
-                                         if isinstance(teacher, TopK) else _kd_fns(teacher, w, divergence, temperature, beta, skew)[1])
+        div = divergence, temperature, beta, skew
+        names.append('kd')
+        steps.append(_autograd_step(_topk_fn(teacher, w, *div)) if isinstance(teacher, TopK) else
+                     _kd_fns(teacher, w, *div)[1])
     if targets is not None:
         tg = targets.reshape(-1).to(device)
-        if tg.shape[0] != N: raise ValueError(f"targets cover {tg.shape[0]} positions, hidden states {N}")
+        if tg.shape[0] != N:
+            raise ValueError(f"targets cover {tg.shape[0]} positions, hidden states {N}")
         _check_targets(tg, V, ignore_index)
-        names.append('lm'); steps.append(_ce_fns(tg, _flat_mask(tg != ignore_index, (N,), device), ignore_index)[1])
+        names.append('lm')
+        steps.append(_ce_fns(tg, _flat_mask(tg != ignore_index, (N,), device), ignore_index)[1])
     return names, steps
 
 # %% ../nbs/02_losses.ipynb #ec21e4c1
 def fused_kd_lm_loss(
-    hidden:torch.Tensor, # (N, H) the student's last hidden states (after the final norm), or (..., H)
+    # (N, H) the student's last hidden states (after the final norm), or (..., H)
+    hidden:torch.Tensor,
     lm_head_weight:torch.Tensor, # (V, H) the student's output projection
     teacher:torch.Tensor|TopK|None, # (N, V) teacher logits, or a `TopK`; None: only the LM loss
-    targets:torch.Tensor|None=None, # (N,) next-token ids, `ignore_index` where nothing is scored; None: no LM loss
+    # (N,) next-token ids, `ignore_index` where nothing is scored; None: no LM loss
+    targets:torch.Tensor|None=None,
     mask:torch.Tensor|None=None, # (N,) nonzero where the KD term counts; None: every position
     divergence:str='fkl', # one of `DIVERGENCES`
     temperature:float=1.0, # KD softmax temperature (T² scaling); the LM loss is always at T = 1
-    chunk_size:int|str|None=None, # positions per chunk (memory ~ 4-8 × chunk_size × V fp32); None or 'auto': `auto_chunk`
+    # positions per chunk (memory ~ 4-8 × chunk_size × V fp32); None or 'auto': `auto_chunk`
+    chunk_size:int|str|None=None,
     lm_head_bias:torch.Tensor|None=None, # (V,) the output bias, if the model has one
     beta:float=0.5, # 'jsd': the teacher's weight in the mixture
     skew:float=0.1, # 'skl'/'srkl': DistiLLM's alpha
     ignore_index:int=-100, # the target id to skip
 ) -> dict[str, torch.Tensor]:
-    "KD (`kd`) and next-token CE (`lm`) from hidden states and the `lm_head` weight, one chunk of logits at a time."
-    if teacher is None and targets is None: raise ValueError("give a teacher (for `kd`), targets (for `lm`), or both")
+    "KD (`kd`) and next-token CE (`lm`) from hidden states and the `lm_head` weight, in chunks."
+    if teacher is None and targets is None:
+        raise ValueError("give a teacher (for `kd`), targets (for `lm`), or both")
     H, (V, Hw) = hidden.shape[-1], lm_head_weight.shape
-    if H != Hw: raise ValueError(f"hidden states have width {H} but lm_head_weight is {tuple(lm_head_weight.shape)}: "
-                                 "pass model.lm_head.weight (V, H) and the last hidden states")
+    if H != Hw: raise ValueError(f"hidden states have width {H} but lm_head_weight is "
+                                 f"{tuple(lm_head_weight.shape)}: pass model.lm_head.weight (V, H) "
+                                 "and the last hidden states")
     h = hidden.reshape(-1, H); N = h.shape[0]
     chunk_size = _chunk_rows('auto' if chunk_size is None else chunk_size, N, V)
-    names, parts = _fused_steps(teacher, targets, N, V, mask, divergence, temperature, beta, skew, ignore_index, h.device)
-    if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (h, lm_head_weight, lm_head_bias)):
+    names, parts = _fused_steps(teacher, targets, N, V, mask, divergence, temperature, beta, skew,
+                                ignore_index, h.device)
+    params = h, lm_head_weight, lm_head_bias
+    if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in params):
         out = _FusedLinear.apply(h, lm_head_weight, lm_head_bias, parts, chunk_size)
     else:
         with torch.no_grad(): out = _fused_sum(h, lm_head_weight, lm_head_bias, parts, chunk_size)
@@ -401,18 +469,22 @@ def hidden_loss(
     student_h:torch.Tensor, # (..., H) student hidden states, projected to the teacher's width
     teacher_h:torch.Tensor, # (..., H) teacher hidden states (a target: no gradient)
     mask:torch.Tensor|None=None, # (...) nonzero where a position counts
-    kind:str='nmse', # 'nmse': MSE of per-token RMS-normalized states; 'cosine': 1 - cosine similarity
+    # 'nmse': MSE of per-token RMS-normalized states; 'cosine': 1 - cosine similarity
+    kind:str='nmse',
 ) -> torch.Tensor:
     "Scale-invariant distance between hidden states, mean over valid positions (fp32)."
     if student_h.shape[-1] != teacher_h.shape[-1]:
-        raise ValueError(f"hidden widths differ (student {student_h.shape[-1]}, teacher {teacher_h.shape[-1]}): project "
-                         "the student's states first (kd_toolkit.projector.Projector(student_dim, teacher_dim))")
+        raise ValueError(f"hidden widths differ (student {student_h.shape[-1]}, teacher "
+                         f"{teacher_h.shape[-1]}): project the student's states first "
+                         "(kd_toolkit.projector.Projector(student_dim, teacher_dim))")
     if student_h.shape != teacher_h.shape:
-        raise ValueError(f"student {tuple(student_h.shape)} and teacher {tuple(teacher_h.shape)} states cover different "
-                         "positions: align them first (kd_toolkit.align.gather_aligned)")
+        raise ValueError(f"student {tuple(student_h.shape)} and teacher {tuple(teacher_h.shape)} "
+                         "states cover different positions: align them first "
+                         "(kd_toolkit.align.gather_aligned)")
     t = teacher_h.detach()
     if kind == 'nmse': d = (rms_normalize(student_h) - rms_normalize(t)).pow(2).mean(-1)
-    elif kind == 'cosine': d = 1 - F.cosine_similarity(student_h.float(), t.float(), dim=-1, eps=1e-6)
+    elif kind == 'cosine':
+        d = 1 - F.cosine_similarity(student_h.float(), t.float(), dim=-1, eps=1e-6)
     else: raise ValueError(f"unknown kind {kind!r}: use 'nmse' or 'cosine'")
     return masked_mean(d, mask)
 
@@ -421,19 +493,23 @@ def layer_map(
     n_student:int, # number of student layers (blocks)
     n_teacher:int, # number of teacher layers (blocks)
 ) -> list[int]:
-    "For each student layer, the teacher layer it learns from: spread uniformly, the last onto the last."
-    if n_student < 1 or n_teacher < 1: raise ValueError(f"layer counts must be >= 1, got {n_student} and {n_teacher}")
-    return [max(0, min(n_teacher - 1, int(math.floor((i + 1) * n_teacher / n_student + 0.5)) - 1)) for i in range(n_student)]
+    "For each student layer, the teacher layer it learns from: spread uniformly, last onto last."
+    if min(n_student, n_teacher) < 1:
+        raise ValueError(f"layer counts must be >= 1, got {n_student} and {n_teacher}")
+    j = lambda i: int(math.floor((i + 1) * n_teacher / n_student + 0.5)) - 1
+    return [max(0, min(n_teacher - 1, j(i))) for i in range(n_student)]
 
 # %% ../nbs/02_losses.ipynb #9985b383
 def _pool_heads(a, g): # (B, H, L, L) -> (B, g, L, L), averaging groups of H/g consecutive heads
     B, H, L, K = a.shape
     return a if H == g else a.reshape(B, g, H // g, L, K).mean(2)
 
+# %% ../nbs/02_losses.ipynb #dd56c275
 def _check_attn(attn, who):
     if attn is None or len(attn) == 0 or any(a is None or a.numel() == 0 for a in attn):
-        raise ValueError(f"{who} attentions are missing: transformers returns them only for models loaded with "
-                         "attn_implementation=\"eager\" (e.g. AutoModelForCausalLM.from_pretrained(..., "
+        raise ValueError(f"{who} attentions are missing: transformers returns them only for models "
+                         "loaded with attn_implementation=\"eager\" (e.g. AutoModelForCausalLM."
+                         "from_pretrained(..., "
                          "attn_implementation=\"eager\")) and called with output_attentions=True")
 
 # %% ../nbs/02_losses.ipynb #9985b384
@@ -441,24 +517,28 @@ def attention_loss(
     student_attn:list[torch.Tensor], # per student layer: (B, Hs, L, L) attention probabilities
     teacher_attn:list[torch.Tensor], # per teacher layer: (B, Ht, L, L)
     mask:torch.Tensor|None=None, # (B, L) nonzero at valid query positions
-    layer_map:list[int]|None=None, # teacher layer for each student layer; None: `layer_map(n_s, n_t)`
+    # teacher layer for each student layer; None: `layer_map(n_s, n_t)`
+    layer_map:list[int]|None=None,
     eps:float=1e-6, # probability floor inside the log (representable in fp16)
 ) -> torch.Tensor:
-    "Row-wise KL(teacher ‖ student) between attention maps, mean over valid query rows, heads and mapped layers."
+    "Row-wise KL(teacher ‖ student) of attention maps, mean over query rows, heads, mapped layers."
     _check_attn(student_attn, 'student'); _check_attn(teacher_attn, 'teacher')
-    lmap = globals()['layer_map'](len(student_attn), len(teacher_attn)) if layer_map is None else list(layer_map)
+    ns, nt = len(student_attn), len(teacher_attn)
+    lmap = globals()['layer_map'](ns, nt) if layer_map is None else list(layer_map)
     if len(lmap) != len(student_attn) or not all(0 <= j < len(teacher_attn) for j in lmap):
-        raise ValueError(f"layer_map needs one teacher layer in [0, {len(teacher_attn)}) per student layer "
-                         f"({len(student_attn)}), got {lmap}")
+        raise ValueError(f"layer_map needs one teacher layer in [0, {nt}) per student layer "
+                         f"({ns}), got {lmap}")
     total = 0.
     for i, j in enumerate(lmap):
         s, t = student_attn[i], teacher_attn[j].detach()
         if s.shape[0] != t.shape[0] or s.shape[-2:] != t.shape[-2:]:
-            raise ValueError(f"attention maps of student layer {i} {tuple(s.shape)} and teacher layer {j} "
-                             f"{tuple(t.shape)} differ in batch or length: attention transfer needs the same tokens")
+            raise ValueError(f"attention maps of student layer {i} {tuple(s.shape)} and teacher "
+                             f"layer {j} {tuple(t.shape)} differ in batch or length: attention "
+                             "transfer needs the same tokens")
         gh = math.gcd(s.shape[1], t.shape[1])
         s, t = _pool_heads(s.float(), gh), _pool_heads(t.float(), gh)
-        kl = (torch.xlogy(t, t) - t * s.clamp_min(eps).log()).sum(-1).mean(1)       # (B, L): KL per row, mean over heads
+        # (B, L): KL per row, mean over heads
+        kl = (torch.xlogy(t, t) - t * s.clamp_min(eps).log()).sum(-1).mean(1)
         total = total + masked_mean(kl, mask)
     return total / len(lmap)
 
@@ -469,35 +549,42 @@ def contrastive_loss(
     mask:torch.Tensor|None=None, # (...) nonzero where a position counts
     temperature:float=0.1, # InfoNCE temperature on cosine similarities
 ) -> torch.Tensor:
-    "Token InfoNCE (student token -> its teacher token among the batch's), divided by log N: 1 at chance."
+    "Token InfoNCE (student token -> its teacher token among the batch's) / log N: 1 at chance."
     if student_h.shape != teacher_h.shape:
-        raise ValueError(f"student {tuple(student_h.shape)} and teacher {tuple(teacher_h.shape)} must have the same "
-                         "shape: project the student (kd_toolkit.projector.Projector) and align positions first")
+        raise ValueError(f"student {tuple(student_h.shape)} and teacher {tuple(teacher_h.shape)} "
+                         "must have the same shape: project the student (kd_toolkit.projector."
+                         "Projector) and align positions first")
     if not temperature > 0: raise ValueError(f"temperature must be > 0, got {temperature}")
     H = student_h.shape[-1]
     s, t = student_h.reshape(-1, H), teacher_h.detach().reshape(-1, H)
     if mask is not None: keep = mask.reshape(-1).bool().to(s.device); s, t = s[keep], t[keep]
     n = s.shape[0]
-    if n < 2: return student_h.float().sum() * 0.                                    # nothing to contrast: 0 with a grad
-    logits = F.normalize(s.float(), dim=-1, eps=1e-6) @ F.normalize(t.float(), dim=-1, eps=1e-6).T / temperature
+    # nothing to contrast: 0 with a grad
+    if n < 2: return student_h.float().sum() * 0.
+    unit = lambda x: F.normalize(x.float(), dim=-1, eps=1e-6)
+    logits = unit(s) @ unit(t).T / temperature
     return F.cross_entropy(logits, torch.arange(n, device=s.device)) / math.log(n)
 
 # %% ../nbs/02_losses.ipynb #26068f76
 def check_vocab(
     student_vocab:int, # the student's number of logit columns (`logits.shape[-1]`)
     teacher_vocab:int, # the teacher's number of logit columns
-    real_vocab:int|None=None, # the shared tokenizer's size (`len(tokenizer)`, or the tokenizer itself)
+    # the shared tokenizer's size (`len(tokenizer)`, or the tokenizer itself)
+    real_vocab:int|None=None,
 ) -> int:
-    "How many logit columns to keep (`logits[..., :n]`) so student and teacher share a vocabulary; raises if they cannot."
+    "How many logit columns to keep (`logits[..., :n]`) so both share a vocabulary; raises if none."
     if real_vocab is not None and not isinstance(real_vocab, int): real_vocab = len(real_vocab)
-    cross = ("if the tokenizers differ, use the cross-tokenizer path: kd_toolkit.align (VocabMap.from_tokenizers, "
-             "align_offsets, uld_loss / hybrid_loss)")
+    cross = ("if the tokenizers differ, use the cross-tokenizer path: kd_toolkit.align "
+             "(VocabMap.from_tokenizers, align_offsets) and"
+             " kd_toolkit.xvocab (uld_loss, hybrid_loss)")
     if real_vocab is None:
         if student_vocab == teacher_vocab: return student_vocab
-        raise ValueError(f"vocabulary mismatch: student has {student_vocab} logit columns, teacher {teacher_vocab}. If both "
-                         f"use the same tokenizer and only pad the embedding (Qwen: 151,936 vs 152,064), pass "
-                         f"real_vocab=len(tokenizer) and slice logits[..., :n]; {cross}")
+        raise ValueError(f"vocabulary mismatch: student has {student_vocab} logit columns, teacher "
+                         f"{teacher_vocab}. If both use the same tokenizer and only pad the "
+                         "embedding (Qwen: 151,936 vs 152,064), pass real_vocab=len(tokenizer) and "
+                         f"slice logits[..., :n]; {cross}")
     if real_vocab > min(student_vocab, teacher_vocab):
-        raise ValueError(f"vocabulary mismatch: the tokenizer has {real_vocab} tokens but the student has {student_vocab} "
-                         f"and the teacher {teacher_vocab} logit columns, so they do not share it; {cross}")
+        raise ValueError(f"vocabulary mismatch: the tokenizer has {real_vocab} tokens but the "
+                         f"student has {student_vocab} and the teacher {teacher_vocab} logit "
+                         f"columns, so they do not share it; {cross}")
     return real_vocab
