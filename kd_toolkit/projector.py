@@ -18,23 +18,26 @@ __all__ = ['INITS', 'Projector', 'projected_logits', 'logit_path_flops', 'param_
 INITS = ('lstsq', 'ridge', 'orthogonal', 'identity', 'normal', 'xavier')
 
 def _shape_error(what, expected, given, hint=''):
-    return ValueError(f"{what}: expected shape {expected}, got {tuple(given)}" + (f"; {hint}" if hint else ''))
+    msg = f"{what}: expected shape {expected}, got {tuple(given)}"
+    return ValueError(msg + (hint and f"; {hint}"))
 
-def _init_weight(init, out_dim, in_dim, std=0.01): # an fp32 (out_dim, in_dim) weight drawn on the CPU by `init`
-    "A starting weight: identity (truncated), normal(std), Glorot-uniform, or semi-orthogonal (also the fit inits' start)."
-    w = torch.empty(out_dim, in_dim)                 # fp32 on CPU: the same values for any dtype/device
+# %% ../nbs/01_projector.ipynb #42e1d26f
+def _init_weight(init, out_dim, in_dim, std=0.01): # an fp32 (out_dim, in_dim) weight, on the CPU
+    "A starting weight: identity (cut), normal(std), Glorot-uniform or semi-orthogonal."
+    w = torch.empty(out_dim, in_dim)  # fp32 on CPU: the same values for any dtype/device
     if init == 'identity': return nn.init.eye_(w)    # truncated identity when the dims differ
     if init == 'normal': return nn.init.normal_(w, std=std)
     if init == 'xavier': return nn.init.xavier_uniform_(w)
-    return nn.init.orthogonal_(w)                    # semi-orthogonal: orthonormal rows (out <= in) or columns
+    # semi-orthogonal: orthonormal rows (out <= in) or columns
+    return nn.init.orthogonal_(w)
 
 # %% ../nbs/01_projector.ipynb #e83ab6a2
 class Projector(nn.Module):
-    "A linear map `in_dim → out_dim` (either direction) with principled inits; casts its input to its own dtype."
+    "A linear map `in_dim → out_dim` (either way) with principled inits; inputs cast to its dtype."
     def __init__(self,
-                 in_dim:int, # width of the input hidden states (student width for student → teacher)
+                 in_dim:int, # the input width (the student's, for student → teacher)
                  out_dim:int, # width of the output
-                 init:str='lstsq', # one of `INITS`; 'lstsq'/'ridge' start orthogonal until `fit` is called
+                 init:str='lstsq', # one of `INITS` ('lstsq'/'ridge': orthogonal until `fit`)
                  bias:bool=True, # learn a bias (the fit sets it to mean(Y) - mean(X) @ W.T)
                  std:float=0.01, # std of the 'normal' init (the seed's value)
                  dtype:torch.dtype|None=None, # parameter dtype (default: torch's default, fp32)
@@ -42,14 +45,16 @@ class Projector(nn.Module):
                 ):
         super().__init__()
         if init not in INITS: raise ValueError(f"unknown init {init!r}; choose one of {INITS}")
-        if in_dim < 1 or out_dim < 1: raise ValueError(f"in_dim and out_dim must be >= 1, got {in_dim} and {out_dim}")
+        if in_dim < 1 or out_dim < 1:
+            raise ValueError(f"in_dim and out_dim must be >= 1, got {in_dim} and {out_dim}")
         self.in_dim, self.out_dim, self.init, self.std = in_dim, out_dim, init, std
-        self.weight = nn.Parameter(torch.empty(out_dim, in_dim, dtype=dtype, device=device))  # (out, in), like nn.Linear
+        # (out, in), like nn.Linear
+        self.weight = nn.Parameter(torch.empty(out_dim, in_dim, dtype=dtype, device=device))
         self.bias = nn.Parameter(torch.zeros(out_dim, dtype=dtype, device=device)) if bias else None
         self.reset_parameters()
 
     def reset_parameters(self):
-        "(Re)initialise by `self.init` (bias 0); the fit-based inits start semi-orthogonal until `fit` is called."
+        "(Re)initialise by `self.init` (bias 0); fit-based inits are semi-orthogonal until `fit`."
         with torch.no_grad():
             self.weight.copy_(_init_weight(self.init, self.out_dim, self.in_dim, self.std))
             if self.bias is not None: self.bias.zero_()
@@ -57,46 +62,57 @@ class Projector(nn.Module):
 
 # %% ../nbs/01_projector.ipynb #e83ab6a3
 @patch
-def extra_repr(self:Projector): return f"in_dim={self.in_dim}, out_dim={self.out_dim}, init={self.init!r}, bias={self.bias is not None}"
+def extra_repr(self:Projector):
+    bias = self.bias is not None
+    return f"in_dim={self.in_dim}, out_dim={self.out_dim}, init={self.init!r}, bias={bias}"
 
 # %% ../nbs/01_projector.ipynb #e83ab6a7
 @patch
 def forward(self:Projector, x:torch.Tensor, # (..., in_dim), any float dtype
-           ) -> torch.Tensor: # (..., out_dim) in the projector's parameter dtype (also under autocast)
+           # (..., out_dim) in the projector's parameter dtype (also under autocast)
+           ) -> torch.Tensor:
     "Project `x`; the input is cast to the projector's dtype and device, and so is the output."
     if x.shape[-1] != self.in_dim:
-        raise _shape_error("Projector input", f"(..., {self.in_dim})", x.shape,
-                           f"this projector maps {self.in_dim} -> {self.out_dim}; check its direction")
+        hint = f"this projector maps {self.in_dim} -> {self.out_dim}; check its direction"
+        raise _shape_error("Projector input", f"(..., {self.in_dim})", x.shape, hint)
     if self.init in ('lstsq', 'ridge') and not self.fitted and not getattr(self, '_warned', False):
         self._warned = True
-        warnings.warn(f"Projector(init={self.init!r}) used before .fit(X, Y): it is still the semi-orthogonal "
-                      "placeholder; fit it on calibration activations first", stacklevel=2)
+        warnings.warn(f"Projector(init={self.init!r}) used before .fit(X, Y): it is still the "
+                      "semi-orthogonal placeholder; fit it on calibration activations first",
+                      stacklevel=2)
     return F.linear(to_module(x, self), self.weight, self.bias).to(self.weight.dtype)
 
 # %% ../nbs/01_projector.ipynb #24482d0a
-def _check_fit_shapes(p, X, Y, mask): # a Projector, (..., in), (..., out), (...) mask: raise on any mismatch
-    "Shapes for `Projector.fit`: X's width, Y's width, the same positions, and a mask of exactly those positions."
+# a Projector, (..., in), (..., out), (...) mask: raise on any mismatch
+def _check_fit_shapes(p, X, Y, mask):
+    "Shapes for `Projector.fit`: X's and Y's widths, the same positions, a mask of those positions."
     if X.shape[-1] != p.in_dim: raise _shape_error("Projector.fit X", f"(N, {p.in_dim})", X.shape)
     if Y.shape[-1] != p.out_dim: raise _shape_error("Projector.fit Y", f"(N, {p.out_dim})", Y.shape)
     lead = tuple(X.shape[:-1])
     if lead != tuple(Y.shape[:-1]):
-        raise _shape_error("Projector.fit Y", f"{(*lead, p.out_dim)} (the same positions as X {tuple(X.shape)})", Y.shape)
-    if mask is not None and tuple(mask.shape) != lead:   # same size is not enough: (5, 2) is not (2, 5)
-        raise _shape_error("Projector.fit mask", lead, mask.shape, f"one entry per position of X {tuple(X.shape)}")
+        want = f"{(*lead, p.out_dim)} (the same positions as X {tuple(X.shape)})"
+        raise _shape_error("Projector.fit Y", want, Y.shape)
+    # same size is not enough: (5, 2) is not (2, 5)
+    if mask is not None and tuple(mask.shape) != lead:
+        hint = f"one entry per position of X {tuple(X.shape)}"
+        raise _shape_error("Projector.fit mask", lead, mask.shape, hint)
 
 # %% ../nbs/01_projector.ipynb #68fc4d56
-def _fit_rows(X, Y, mask): # (..., in), (..., out), (...) -> fp64 (n, in), (n, out): the rows where mask is set
+# (..., in), (..., out), (...) -> fp64 (n, in), (n, out): the rows where mask is set
+def _fit_rows(X, Y, mask):
     "The calibration rows in fp64, padding dropped; at least 2, all finite."
     X, Y = X.reshape(-1, X.shape[-1]).double(), Y.reshape(-1, Y.shape[-1]).to(X.device).double()
     if mask is not None: keep = mask.reshape(-1).to(X.device).bool(); X, Y = X[keep], Y[keep]
-    if X.shape[0] < 2: raise ValueError(f"Projector.fit needs at least 2 calibration positions, got {X.shape[0]}")
+    if X.shape[0] < 2:
+        raise ValueError(f"Projector.fit needs at least 2 calibration positions, got {X.shape[0]}")
     if not (torch.isfinite(X).all() and torch.isfinite(Y).all()):
-        raise ValueError("Projector.fit: calibration tensors contain inf/NaN (an fp16 overflow?); pass finite activations")
+        raise ValueError("Projector.fit: calibration tensors contain inf/NaN (an fp16 overflow?); "
+                         "pass finite activations")
     return X, Y
 
 # %% ../nbs/01_projector.ipynb #68fc4d58
 def _lstsq(X, Y, ridge, bias): # fp64 (n, in), (n, out) -> W (out, in), b (out,) or None, on the CPU
-    "Closed-form (ridge) least squares on centered normal equations; minimum norm when rank-deficient."
+    "Closed-form (ridge) least squares, centered normal equations; minimum norm if rank-deficient."
     mx, my = (X.mean(0), Y.mean(0)) if bias else (X.new_zeros(X.shape[1]), Y.new_zeros(Y.shape[1]))
     Xc, Yc = X - mx, Y - my
     G = Xc.T @ Xc                                                   # (in, in)
@@ -108,12 +124,15 @@ def _lstsq(X, Y, ridge, bias): # fp64 (n, in), (n, out) -> W (out, in), b (out,)
 @patch
 @torch.no_grad()
 def fit(self:Projector,
-        X:torch.Tensor, # (N, in_dim) or (..., in_dim) calibration inputs (e.g. student hidden states)
-        Y:torch.Tensor, # (N, out_dim) or (..., out_dim) targets at the same positions (e.g. teacher hidden states)
-        ridge:float|None=None, # relative ridge λ/(mean eigenvalue of X_c'X_c); None: 1e-2 for init='ridge', else 0
+        # (N, in_dim) or (..., in_dim) calibration inputs (e.g. student hidden states)
+        X:torch.Tensor,
+        # (N, out_dim) or (..., out_dim) targets at the same positions (e.g. teacher hidden states)
+        Y:torch.Tensor,
+        # relative ridge λ/(mean eigenvalue of X_c'X_c); None: 1e-2 for init='ridge', else 0
+        ridge:float|None=None,
         mask:torch.Tensor|None=None, # X's leading shape (...), nonzero where a position counts
        ) -> Projector:
-    "Set weight and bias to the closed-form (ridge) least-squares fit of `Y` on `X`, solved in fp64; returns self."
+    "Weight and bias := the (ridge) least-squares fit of `Y` on `X`, solved in fp64; returns self."
     _check_fit_shapes(self, X, Y, mask)
     ridge = (1e-2 if self.init == 'ridge' else 0.) if ridge is None else float(ridge)
     if ridge < 0: raise ValueError(f"ridge must be >= 0, got {ridge}")
@@ -127,9 +146,10 @@ def fit(self:Projector,
 def projected_logits(
     teacher_hidden:torch.Tensor, # (..., d_t) the teacher's last hidden state (any float dtype)
     projector:nn.Module, # teacher → student map, d_t → d_s (e.g. `Projector(d_t, d_s)`)
-    lm_head:nn.Module, # the student's output layer, d_s → V (e.g. `student.get_output_embeddings()`)
+    # the student's output layer, d_s → V (e.g. `student.get_output_embeddings()`)
+    lm_head:nn.Module,
 ) -> torch.Tensor: # (..., V) in the lm_head's dtype
-    "Student-vocabulary logits from teacher hidden states: `lm_head(projector(h))`, each stage fed its own dtype."
+    "Student-vocabulary logits from teacher states: `lm_head(projector(h))`, each in its dtype."
     return lm_head(to_module(projector(to_module(teacher_hidden, projector)), lm_head))
 
 # %% ../nbs/01_projector.ipynb #49c1269a
@@ -139,14 +159,14 @@ def logit_path_flops(
     teacher_dim:int, # d_t
     student_dim:int, # d_s
 ) -> dict[str, float]:
-    "FLOPs (2 per multiply-add) of the seed's `softmax(logits) @ embedding` path vs the direct hidden-state path."
+    "FLOPs (2 per multiply-add) of the seed's `softmax(logits) @ embedding` path vs the direct one."
     direct = 2 * n_tokens * (teacher_dim * student_dim + student_dim * vocab)
     seed = 2 * n_tokens * vocab * teacher_dim + direct
     return dict(seed=float(seed), direct=float(direct), ratio=seed / direct)
 
 # %% ../nbs/01_projector.ipynb #fbd2ba52
 def _decay_split(mod, seen): # parameters of `mod` not in `seen` (updated) -> (decay, no_decay)
-    "Trainable parameters with >= 2 dims (matrices, embeddings) and the rest (biases, norm weights); each once."
+    "Trainable parameters with >= 2 dims (matrices, embeddings) and the rest (biases, norms); once."
     decay, no_decay = [], []
     for p in mod.parameters():
         if not p.requires_grad or id(p) in seen: continue
@@ -156,23 +176,28 @@ def _decay_split(mod, seen): # parameters of `mod` not in `seen` (updated) -> (d
 
 # %% ../nbs/01_projector.ipynb #fbd2ba54
 def param_groups(
-    named_modules:dict[str, nn.Module|None], # {'student': ..., 'projector': ..., 'router': ...}; None values skipped
+    # {'student': ..., 'projector': ..., 'router': ...}; None values skipped
+    named_modules:dict[str, nn.Module|None],
     lr:float, # base learning rate (the student's)
-    multipliers:dict[str, float]|None=None, # LR multiplier per name; None: {'projector': 5, 'router': 5}; others 1
+    # LR multiplier per name; None: {'projector': 5, 'router': 5}; others 1
+    multipliers:dict[str, float]|None=None,
     weight_decay:float=0.01, # decay on matrices and embeddings; 0 on biases and norms
-) -> list[dict]: # torch optimizer param groups, each with a `name` ('<module>' or '<module>_no_decay')
-    "Optimizer param groups: LR × multiplier per module, no weight decay on biases and norm weights."
+) -> list[dict]: # param groups, each with a `name` ('<module>' or '<module>_no_decay')
+    "Optimizer param groups: LR × multiplier per module, no weight decay on biases and norms."
     multipliers = {'projector': 5.0, 'router': 5.0} if multipliers is None else multipliers
     for k, v in multipliers.items():
-        if not (isinstance(v, (int, float)) and v > 0): raise ValueError(f"LR multiplier for {k!r} must be a number > 0, got {v!r}")
+        if not (isinstance(v, (int, float)) and v > 0):
+            raise ValueError(f"LR multiplier for {k!r} must be a number > 0, got {v!r}")
     groups, seen = [], set()
     for name, mod in named_modules.items():
         if mod is None: continue
-        if not isinstance(mod, nn.Module): raise TypeError(f"named_modules[{name!r}] must be an nn.Module, got {type(mod).__name__}")
+        if not isinstance(mod, nn.Module):
+            raise TypeError(f"named_modules[{name!r}] is a {type(mod).__name__}, not an nn.Module")
         decay, no_decay = _decay_split(mod, seen)
         mlr = lr * multipliers.get(name, 1.0)
         if decay: groups.append(dict(params=decay, lr=mlr, weight_decay=weight_decay, name=name))
-        if no_decay: groups.append(dict(params=no_decay, lr=mlr, weight_decay=0.0, name=f'{name}_no_decay'))
+        if no_decay:
+            groups.append(dict(params=no_decay, lr=mlr, weight_decay=0.0, name=f'{name}_no_decay'))
     return groups
 
 # %% ../nbs/01_projector.ipynb #a49150cd
@@ -180,13 +205,14 @@ def _pick_layers(n_layers, n_experts):
     "Indexes of `n_experts` of `n_layers` layers, uniform, last included."
     return [round((i + 1) * n_layers / n_experts) - 1 for i in range(n_experts)]
 
+# %% ../nbs/01_projector.ipynb #8e8c99ab
 def _nmse_tokens(a, b):
-    "Per-token scale-invariant distance `mean((rms_norm(a) - rms_norm(b))²)` = 2·(1 - cos), fp32 (...)."
+    "Per-token scale-invariant distance `mean((rms_norm(a) - rms_norm(b))²)` = 2·(1 - cos), fp32."
     return (rms_normalize(a) - rms_normalize(b)).pow(2).mean(-1)
 
 # %% ../nbs/01_projector.ipynb #a49150cf
 class KnowledgeRouter(nn.Module):
-    "Student hidden states route each token to top-k teacher layers; returns RAW feature, router_attention, balance."
+    "Student states route each token to top-k teacher layers: RAW feature, attention, balance."
     def __init__(self,
                  student_dim:int, # d_s
                  teacher_dim:int, # d_t
@@ -195,65 +221,77 @@ class KnowledgeRouter(nn.Module):
                  key_dim:int|None=None, # query/key width; None: min(d_s, d_t)
                 ):
         super().__init__()
-        if not 1 <= top_k <= n_experts: raise ValueError(f"top_k must be in [1, n_experts={n_experts}], got {top_k}")
-        self.student_dim, self.teacher_dim, self.n_experts, self.top_k = student_dim, teacher_dim, n_experts, top_k
+        if not 1 <= top_k <= n_experts:
+            raise ValueError(f"top_k must be in [1, n_experts={n_experts}], got {top_k}")
+        self.student_dim, self.teacher_dim = student_dim, teacher_dim
+        self.n_experts, self.top_k = n_experts, top_k
         kd = key_dim or min(student_dim, teacher_dim)
         self.query = Projector(student_dim, kd, init='orthogonal', bias=False)
         self.key = Projector(teacher_dim, kd, init='orthogonal', bias=False)
         self.expert_bias = nn.Parameter(torch.zeros(n_experts))
-        self.projector = Projector(student_dim, teacher_dim, init='orthogonal')   # student → teacher (feature)
-        self.value = Projector(teacher_dim, student_dim, init='orthogonal')       # teacher → student (attention read-out)
-
-    def extra_repr(self): return f"n_experts={self.n_experts}, top_k={self.top_k}"
+        # student → teacher (feature)
+        self.projector = Projector(student_dim, teacher_dim, init='orthogonal')
+        # teacher → student (attention read-out)
+        self.value = Projector(teacher_dim, student_dim, init='orthogonal')
 
 # %% ../nbs/01_projector.ipynb #a49150d1
 @patch
+def extra_repr(self:KnowledgeRouter): return f"n_experts={self.n_experts}, top_k={self.top_k}"
+
+# %% ../nbs/01_projector.ipynb #fcc045bf
+@patch
 def _check(self:KnowledgeRouter, s, ts, mask, align_idx, align_mask):
-    "Every shape the router needs, checked before any work, with what was expected and what was given."
+    "Every shape the router needs, checked before any work: what was expected and what was given."
     B, Ls, Ds = s.shape if s.dim() == 3 else (None,) * 3
     if s.dim() != 3 or Ds != self.student_dim:
         raise _shape_error("KnowledgeRouter student_h", f"(B, Ls, {self.student_dim})", s.shape)
     if len(ts) < self.n_experts:
-        raise ValueError(f"KnowledgeRouter: expected at least n_experts={self.n_experts} teacher layers, got {len(ts)}")
+        raise ValueError(f"KnowledgeRouter: expected at least n_experts={self.n_experts} teacher "
+                         f"layers, got {len(ts)}")
     Lt = ts[0].shape[1] if ts[0].dim() == 3 else None
     for t in ts:
         if t.dim() != 3 or t.shape[0] != B or t.shape[2] != self.teacher_dim or t.shape[1] != Lt:
-            raise _shape_error("KnowledgeRouter teacher layer", f"(B={B}, Lt={Lt}, {self.teacher_dim})", t.shape)
+            want = f"(B={B}, Lt={Lt}, {self.teacher_dim})"
+            raise _shape_error("KnowledgeRouter teacher layer", want, t.shape)
     for nm, m in (('mask', mask), ('align_idx', align_idx), ('align_mask', align_mask)):
-        if m is not None and tuple(m.shape) != (B, Ls): raise _shape_error(f"KnowledgeRouter {nm}", (B, Ls), m.shape)
+        if m is not None and tuple(m.shape) != (B, Ls):
+            raise _shape_error(f"KnowledgeRouter {nm}", (B, Ls), m.shape)
     if align_idx is None and Lt != Ls:
-        raise ValueError(f"KnowledgeRouter: teacher length {Lt} != student length {Ls}; pass align_idx/align_mask "
-                         "(the batch's, from kd_toolkit.align.align_offsets) to pair positions")
+        raise ValueError(f"KnowledgeRouter: teacher length {Lt} != student length {Ls}; pass "
+                         "align_idx/align_mask (the batch's, from kd_toolkit.align.align_offsets) "
+                         "to pair positions")
 
 # %% ../nbs/01_projector.ipynb #a49150d3
 @patch
 def _teacher_at(self:KnowledgeRouter, teacher_layers, B, Ls, mask, align_idx, align_mask):
-    "The routed teacher layers at the student's positions (B, Ls, E, Dt), detached, and which positions count (B, Ls)."
+    "The routed teacher layers at student positions (B, Ls, E, Dt), detached; which count (B, Ls)."
     ts = [teacher_layers[i] for i in _pick_layers(len(teacher_layers), self.n_experts)]
-    t = torch.stack([to_module(x, self) for x in ts], 2).detach()            # (B, Lt, E, Dt): the teacher is a target
+    # (B, Lt, E, Dt): the teacher is a target
+    t = torch.stack([to_module(x, self) for x in ts], 2).detach()
     valid = torch.ones(B, Ls, dtype=torch.bool, device=t.device)
     if mask is not None: valid &= mask.to(t.device).bool()
     if align_idx is not None:
         idx = align_idx.to(t.device).long()
         if align_mask is not None: valid &= align_mask.to(t.device).bool()
         valid &= (idx >= 0) & (idx < t.shape[1])
-        t = t[torch.arange(B, device=t.device)[:, None], idx.clamp(0, t.shape[1] - 1)]   # (B, Ls, E, Dt)
+        # (B, Ls, E, Dt)
+        t = t[torch.arange(B, device=t.device)[:, None], idx.clamp(0, t.shape[1] - 1)]
     return t, valid
 
 # %% ../nbs/01_projector.ipynb #a49150d5
 @patch
 def _route(self:KnowledgeRouter, s, tn):
-    "Routing probabilities (B, Ls, E) from the student's state `s` and the unit-RMS teacher layers `tn`; top-k gates."
-    q = rms_normalize(self.query(rms_normalize(s).to(s.dtype)))              # (B, Ls, K)
-    k = rms_normalize(self.key(tn))                                          # (B, Ls, E, K)
+    "Routing probabilities (B, Ls, E) from student state `s`, unit-RMS teacher layers `tn`; gates."
+    q, k = rms_normalize(self.query(rms_normalize(s).to(s.dtype))), rms_normalize(self.key(tn))
     scores = torch.einsum('blk,blek->ble', q, k) / math.sqrt(q.shape[-1]) + self.expert_bias.float()
     probs = scores.softmax(-1)                                               # (B, Ls, E) fp32
     top_p, top_i = probs.topk(self.top_k, -1)                                # (B, Ls, k)
     return probs, top_p / top_p.sum(-1, keepdim=True), top_i
 
 # %% ../nbs/01_projector.ipynb #a49150e0
-def _balance(probs, valid): # (B, L, E) routing probabilities, (B, L) valid positions -> Switch load balance (fp32)
-    "Switch-style `E · Σ_i f_i·P_i`: `f_i` first-choice share, `P_i` mean probability of expert i, over valid positions."
+# (B, L, E) routing probabilities, (B, L) valid positions -> Switch load balance (fp32)
+def _balance(probs, valid):
+    "Switch-style `E · Σ_i f_i·P_i`: `f_i` first-choice share, `P_i` expert i's mean probability."
     vf, E = valid.float()[..., None], probs.shape[-1]
     n = vf.sum().clamp_min(1)
     f = (F.one_hot(probs.argmax(-1), E).float() * vf).sum((0, 1)) / n
@@ -263,19 +301,23 @@ def _balance(probs, valid): # (B, L, E) routing probabilities, (B, L) valid posi
 @patch
 def forward(self:KnowledgeRouter,
             student_h:torch.Tensor, # (B, Ls, Ds) student hidden states (e.g. the last layer)
-            teacher_layers:list[torch.Tensor], # E' >= n_experts tensors (B, Lt, Dt), e.g. hidden_states[1:]
+            # E' >= n_experts tensors (B, Lt, Dt), e.g. hidden_states[1:]
+            teacher_layers:list[torch.Tensor],
             mask:torch.Tensor|None=None, # (B, Ls) nonzero on real student tokens
             align_idx:torch.Tensor|None=None, # (B, Ls) teacher position for each student position
             align_mask:torch.Tensor|None=None, # (B, Ls) nonzero where align_idx is valid
-           ) -> dict[str, torch.Tensor]: # RAW fp32 scalars: feature, router_attention, balance (+ `probs` (B, Ls, E))
+           # RAW fp32 scalars: feature, router_attention, balance (+ `probs` (B, Ls, E))
+           ) -> dict[str, torch.Tensor]:
     "Route each student token to its top-k teacher layers; the three RAW losses, each of order 1."
     teacher_layers = list(teacher_layers)
     self._check(student_h, teacher_layers, mask, align_idx, align_mask)
     t, valid = self._teacher_at(teacher_layers, *student_h.shape[:2], mask, align_idx, align_mask)
-    s, tn = to_module(student_h, self), rms_normalize(t).to(t.dtype)         # (B, Ls, Ds), (B, Ls, E, Dt) unit RMS
+    # (B, Ls, Ds), (B, Ls, E, Dt) unit RMS
+    s, tn = to_module(student_h, self), rms_normalize(t).to(t.dtype)
     probs, gates, top_i = self._route(s, tn)
     sel = tn.gather(2, top_i[..., None].expand(-1, -1, -1, tn.shape[-1]))   # (B, Ls, k, Dt)
     routed = (gates[..., None] * sel.float()).sum(2)                         # (B, Ls, Dt)
     readout = (gates[..., None] * self.value(sel).float()).sum(2)            # (B, Ls, Ds)
     return dict(feature=masked_mean(_nmse_tokens(self.projector(s), routed), valid),
-                router_attention=masked_mean(_nmse_tokens(readout, s), valid), balance=_balance(probs, valid), probs=probs)
+                router_attention=masked_mean(_nmse_tokens(readout, s), valid),
+                balance=_balance(probs, valid), probs=probs)
