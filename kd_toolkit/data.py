@@ -58,7 +58,8 @@ def load_texts(
 ) -> datasets.Dataset:
     "A `datasets.Dataset` with one `text` column, from texts, text files or a Dataset."
     if isinstance(source, datasets.DatasetDict):
-        raise TypeError(f"got a DatasetDict with splits {list(source)}: pass one (ds['train'])")
+        raise TypeError(f"got a DatasetDict with splits {list(source)}: pass one split, "
+                        "e.g. ds['train']")
     if isinstance(source, datasets.Dataset): ds = _from_dataset(source, text_column)
     elif _is_paths(source):
         paths = [source] if isinstance(source, (str, os.PathLike)) else source
