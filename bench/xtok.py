@@ -22,7 +22,7 @@ Held-out: bits per byte = summed next-token NLL (nats, / ln 2) over the held-out
 student tokens overlapping by one (every token after the first predicted exactly once) / its UTF-8 bytes.
 
 Methods (`--method`): `lm` (CE only); `kd` (same tokenizer: (1 - a)·CE + a·KL(teacher || student), T=1, a = --alpha
-default 0.5); cross-tokenizer, all `CE + alpha·term` at aligned positions: `chunk` (align.chunk_likelihood_loss,
+default 0.5); cross-tokenizer, all `CE + alpha·term` at aligned positions: `chunk` (xvocab.chunk_likelihood_loss,
 options --tau --debias --merge --match), `map` (teacher top-32 mapped onto student ids, forward KL, the toolkit's
 default `cross_vocab_loss`), `uld`, `hybrid`, `trunc` (the seed's pairing of position i with position i + map).
 """
@@ -35,8 +35,10 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from kd_toolkit.testing import load_stories260k, load_tokenizer, read_text
 from kd_toolkit.data import KDCollator, RandomWindows, pack_stream, packed_windows, PackedStream, pad_id
-from kd_toolkit.align import (PathMap, VocabMap, boundary_tokens, chunk_likelihood_loss, gather_aligned, hybrid_loss,
-                              next_token_match, path_topk, token_logprobs, uld_loss)
+from kd_toolkit.align import VocabMap, gather_aligned
+from kd_toolkit.xvocab import (boundary_tokens, chunk_likelihood_loss, hybrid_loss, next_token_match, token_logprobs,
+                               uld_loss)
+from pathmap import PathMap, path_topk
 from kd_toolkit.losses import kd_loss, kd_loss_topk, next_token_targets, topk_teacher
 
 def student_model(vocab:int, seed:int):

@@ -13,7 +13,8 @@ Shapes: N = 1,024 positions (80% valid: per-position weight 1/820), V = 512. At 
 import copy, math
 import pytest, torch
 import torch.nn.functional as F
-from kd_toolkit.align import VocabMap, hybrid_loss, uld_loss
+from kd_toolkit.align import VocabMap
+from kd_toolkit.xvocab import hybrid_loss, uld_loss
 from kd_toolkit.losses import (DIVERGENCES, TopK, attention_loss, contrastive_loss, fused_kd_lm_loss, hidden_loss, kd_loss,
                                kd_loss_topk, lm_loss, next_token_targets, topk_teacher)
 from kd_toolkit.projector import KnowledgeRouter

@@ -115,3 +115,24 @@ def test_chart_plumbing_has_one_home():
     for name in ('figure_png', 'PngFigure', 'image_layout', 'show_png', 'line_style', 'legend_outside'):
         assert getattr(viz, name) is getattr(charts, name)
     assert not hasattr(cur, '_image_layout') and not hasattr(cur, '_show_png')
+
+def test_moved_names_keep_an_alias_for_one_release():
+    "Issue 26: align's old names resolve lazily to their new rooms (above align) with a DeprecationWarning."
+    import importlib, warnings
+    import kd_toolkit.align as align
+    moved = {'uld_loss': 'xvocab', 'hybrid_loss': 'xvocab', 'token_logprobs': 'xvocab', 'boundary_tokens': 'xvocab',
+             'chunk_sums': 'xvocab', 'binary_kl': 'xvocab', 'chunk_likelihood_loss': 'xvocab',
+             'teacher_token_logprobs': 'xvocab', 'next_token_match': 'xvocab', 'kd_chunk': 'components',
+             'bits_per_byte': 'evaluate'}
+    for name, room in moved.items():
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter('always')
+            got = getattr(align, name)
+        assert got is getattr(importlib.import_module(f'kd_toolkit.{room}'), name), name
+        assert [x.category for x in w] == [DeprecationWarning] and f'kd_toolkit.{room}.{name}' in str(w[0].message)
+    import pytest
+    for name in ('PathMap', 'path_topk'):
+        with pytest.raises(ImportError, match='bench/pathmap.py'): getattr(align, name)
+    with pytest.raises(AttributeError): align.no_such_name
+    from kd_toolkit.components import MicroBatch, Step
+    assert Step is MicroBatch  # components.Step (a micro-batch) is now MicroBatch; curriculum.Step is a schedule

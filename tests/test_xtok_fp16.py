@@ -1,7 +1,7 @@
 """fp16 / bf16 gradients of the chunk-likelihood objective (issue 16) against an fp32 reference, under loss scaling.
 
 The student's logits are the only half-precision tensor (as under autocast: the LM head's output); everything after
-them runs in fp32 inside `align.token_logprobs` and `align.chunk_likelihood_loss`, and the gradient reaches the fp16
+them runs in fp32 inside `xvocab.token_logprobs` and `xvocab.chunk_likelihood_loss`, and the gradient reaches the fp16
 logits in one cast, after the upstream loss scale has multiplied it. So the fp16 gradient, unscaled, must equal the
 fp32 reference (the same fp16 logits upcast, fp32 autograd) up to fp16 rounding: cosine >= 0.9999 and relative norm
 error <= 1e-3 at loss scales 1, 2^8, 2^16 and 2^24 (issue 14's criterion). Sizes: 4,096 student positions, about
@@ -9,7 +9,7 @@ error <= 1e-3 at loss scales 1, 2^8, 2^16 and 2^24 (issue 14's criterion). Sizes
 fp16's 65,504, and at scale 1 most of the gradient's norm is above fp16's smallest normal number (6e-5).
 """
 import math, pytest, torch
-from kd_toolkit.align import chunk_likelihood_loss, token_logprobs, binary_kl
+from kd_toolkit.xvocab import chunk_likelihood_loss, token_logprobs, binary_kl
 
 SCALES = [1.0, 2.0**8, 2.0**16, 2.0**24]
 
@@ -113,18 +113,17 @@ def _chunk_component_case(B=8, Ls=512, Lt=900, V=512, seed=3):
 
 @pytest.mark.parametrize('chunk_size,tau', [(None, 1.0), (700, 100.0)], ids=['plain-tau1', 'chunked-tau100'])
 def test_chunk_component_fp16_bf16_grad_check(chunk_size, tau):
-    """`align.kd_chunk` as the trainer calls it (a `components.Step`, the teacher's rows from the cache) on fp16 / bf16
+    """`components.kd_chunk` as the trainer calls it (a `components.MicroBatch`, the teacher's rows from the cache) on fp16 / bf16
     student logits under loss scales 1..2^24: `fp16_grad_check`'s bounds on every row (cosine, relative error over the
     dtype's own rounding, no non-finite entry, no extra zeros), and fp16 from 2^8 on within cos >= 0.9999, rel <= 1e-3."""
     from types import SimpleNamespace
-    from kd_toolkit.align import kd_chunk
-    from kd_toolkit.components import KD_LOSSES, Plan, Step
+    from kd_toolkit.components import KD_LOSSES, MicroBatch, Plan, kd_chunk
     from kd_toolkit.testing import fp16_grad_check
     logits, batch, rows = _chunk_component_case()
     plan = Plan('cached', 'chunk', temperature=tau, chunk_size=chunk_size)
     assert KD_LOSSES['chunk'].fn is kd_chunk and KD_LOSSES['chunk'].teacher == ('token_logprobs',)
-    loss = lambda s: kd_chunk(Step(batch, plan, SimpleNamespace(logits=s), {'token_logprobs': rows}))
-    ref = lambda s: kd_chunk(Step(batch, Plan('cached', 'chunk', temperature=tau), SimpleNamespace(logits=s), {'token_logprobs': rows}))
+    loss = lambda s: kd_chunk(MicroBatch(batch, plan, SimpleNamespace(logits=s), {'token_logprobs': rows}))
+    ref = lambda s: kd_chunk(MicroBatch(batch, Plan('cached', 'chunk', temperature=tau), SimpleNamespace(logits=s), {'token_logprobs': rows}))
     df = fp16_grad_check(loss, dict(s=logits), ['s'], reference=ref)
     assert df[~df.ok].empty, df.to_string()
     assert (df.nonfinite == 0).all() and (df.overflow == 0).all(), df.to_string()
