@@ -15,7 +15,7 @@ import numpy as np, torch, datasets
 from transformers import LlamaConfig, LlamaForCausalLM
 from kd_toolkit.core import make_config
 from kd_toolkit.evaluate import Evaluator
-from kd_toolkit.testing import load_stories260k, load_tokenizer, read_text
+from kd_toolkit.assets import load_stories260k, load_tokenizer, read_text
 from kd_toolkit.train import distill
 
 L, B = 128, 16

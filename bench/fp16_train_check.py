@@ -43,7 +43,7 @@ def load_losses(path=None):
 @torch.no_grad()
 def synthetic(n_tokens=8192, seed=3):
     "A random Llama teacher (vocab 512, 3 x 64, sharpened head) and a corpus sampled from it: a language it models well."
-    from kd_toolkit.testing import tiny_llama
+    from kd_toolkit.assets import tiny_llama
     teacher = tiny_llama(512, 64, num_layers=3, seed=seed)
     teacher.lm_head.weight.mul_(4)
     g, x = torch.Generator().manual_seed(seed), torch.randint(0, 512, (n_tokens // 128, 1), generator=torch.Generator().manual_seed(seed))
@@ -54,7 +54,7 @@ def synthetic(n_tokens=8192, seed=3):
 
 def data(smoke=False, synthetic_data=False):
     "Train and held-out token streams and the teacher: the real stories260K and TinyStories, else a synthetic pair."
-    from kd_toolkit.testing import has_asset, load_stories260k, load_tokenizer, read_text, STORIES260K
+    from kd_toolkit.assets import has_asset, load_stories260k, load_tokenizer, read_text, STORIES260K
     if smoke or synthetic_data or not has_asset(STORIES260K):
         if not (smoke or synthetic_data):
             raise SystemExit("the real stories260K teacher is not in ../shared/data: pass --synthetic (a random teacher "

@@ -44,7 +44,7 @@ if [ $SMOKE = 1 ]; then
   part presets 300 "$PY" bench/fp16_gpu_shapes.py --smoke --json "$RES"
 else
   part gpu_tests 200 "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py -k "not training_quality"   # part 2 runs it in full
-  if "$PY" -c 'import sys; from kd_toolkit.testing import has_asset, STORIES260K; sys.exit(0 if has_asset(STORIES260K) else 1)'; then DATA=""; else DATA="--synthetic"; fi
+  if "$PY" -c 'import sys; from kd_toolkit.assets import has_asset, STORIES260K; sys.exit(0 if has_asset(STORIES260K) else 1)'; then DATA=""; else DATA="--synthetic"; fi
   part training 180 "$PY" bench/fp16_train_check.py --device cuda --modes fp32 autocast --paths chunked topk fused --steps 300 --seeds 1 2 3 $DATA --json "$RES"
   part presets 90 "$PY" bench/fp16_gpu_shapes.py --cap-gb 16 --json "$RES"
 fi

@@ -30,7 +30,6 @@ import argparse, json, os, statistics, subprocess, sys, time
 
 # rough peak of each method in (N, V) fp32 buffers beyond the inputs (from earlier runs), to skip what cannot fit
 EST = dict(naive=5, trl_jsd=15, liger_jsd=2, ours_chunked=2.5, ours_topk=2.5, ours_fused=1, ours_fused_lm=1)
-DIVERGENCES = ('fkl', 'rkl', 'jsd', 'skl', 'srkl', 'tvd')
 HIDDEN = 576  # SmolLM2-135M's width
 DTYPES = dict(fp32='float32', fp16='float16', bf16='bfloat16')
 
@@ -155,6 +154,7 @@ def main():
         return worker(a.worker, a.N, a.V[0], a.device, _chunk(a.chunk[0]), a.fused_chunk, a.reps, a.dtype, a.before)
     V_list = a.V or ([49152] if a.divergences else [49152, 151936])
     chunks = a.chunk or (['1024', 'auto'] if a.divergences else ['128'])
+    from kd_toolkit.core import DIVERGENCES   # the one list of divergence names (the parent only)
     methods = a.methods or ([f'chunked_{d}' for d in DIVERGENCES] + ['chunked_lm', 'ours_topk', 'ours_fused'] if a.divergences
                             else list(EST))
     # glibc raises its mmap threshold up to 32 MB after a free, and then keeps freed chunks in the heap: the high-water

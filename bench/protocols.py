@@ -43,13 +43,13 @@ class Protocol:
 
 @lru_cache(None)
 def tokenizer():
-    from kd_toolkit.testing import load_tokenizer
+    from kd_toolkit.assets import load_tokenizer
     return load_tokenizer('tok512')
 
 @lru_cache(None)
 def teacher():
     "stories260K with sdpa attention (2.3x faster than eager on CPU; logits within 3e-5)."
-    from kd_toolkit.testing import load_stories260k
+    from kd_toolkit.assets import load_stories260k
     return load_stories260k(attn='sdpa').eval().requires_grad_(False)
 
 @lru_cache(None)
@@ -69,7 +69,7 @@ def _windows(ids:torch.Tensor) -> tuple[torch.Tensor, int]:
     return w, int(_token_bytes()[w[:, 1:]].sum())
 
 def _split_excerpt():
-    from kd_toolkit.testing import read_text
+    from kd_toolkit.assets import read_text
     ids = torch.tensor(tokenizer()(read_text('tinystories'), add_special_tokens=False)['input_ids'])   # no BOS (as measured)
     n = int(0.8 * len(ids))
     return ids[:n], ids[n:]
@@ -99,7 +99,7 @@ PROTOCOLS = {'reference': reference, 'rich': data_rich}
 
 def student(seed:int=0, init:str=''):
     """The reference student after `torch.manual_seed(1 + seed)`. `init='teacher:k'`: the teacher's width with k layers,
-    initialised by `kd_toolkit.train.init_from_teacher` (embeddings, every (n-1)//(k-1)-th layer, final norm, head);
+    initialised by `kd_toolkit.prepare.init_from_teacher` (embeddings, every (n-1)//(k-1)-th layer, final norm, head);
     'teacher:k/e': every e-th layer; 'random:k': the same shape, random init."""
     from transformers import LlamaConfig, LlamaForCausalLM
     torch.manual_seed(1 + seed)
@@ -110,7 +110,7 @@ def student(seed:int=0, init:str=''):
         tc, k = teacher().config, int(k)
         s = LlamaForCausalLM(LlamaConfig(**{**tc.to_dict(), 'num_hidden_layers': k}))
         if kind == 'teacher':
-            from kd_toolkit.train import init_from_teacher
+            from kd_toolkit.prepare import init_from_teacher
             init_from_teacher(s, teacher(), every=int(e) if e else max((tc.num_hidden_layers - 1) // max(k - 1, 1), 1))
         return s.train()
     cfg = LlamaConfig(vocab_size=512, hidden_size=32, intermediate_size=86, num_hidden_layers=2, num_attention_heads=4,

@@ -17,7 +17,7 @@ os.environ.setdefault('OMP_NUM_THREADS', '1')
 import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from flops import md_table
-from kd_toolkit.testing import load_stories260k, load_tokenizer, read_text, tiny_llama, require_asset
+from kd_toolkit.assets import load_stories260k, load_tokenizer, read_text, tiny_llama, require_asset
 
 warnings.filterwarnings('ignore')
 

@@ -24,7 +24,7 @@ def cache_path(n_tokens:int, seed:int) -> Path:
 
 @torch.no_grad()
 def _sample(n_tokens:int, seed:int, batch:int=512, new_tokens:int=512, log=print) -> list[str]:
-    from kd_toolkit.testing import load_stories260k, load_tokenizer
+    from kd_toolkit.assets import load_stories260k, load_tokenizer
     model, tok = load_stories260k().eval(), load_tokenizer('tok512')
     bos = tok.bos_token_id
     torch.manual_seed(seed)

@@ -5,7 +5,7 @@
     .venv/bin/python bench/step_bench.py --workload lm --vocab 8192 --rounds 9 --steps 3   # issue 15: an LM-only run vs a plain loop
     python bench/step_bench.py --device cuda              # the same on a GPU (fp32, TF32 off; memory from the CUDA allocator)
 
-Teacher: Llama 4 layers x 256; student: 2 x 128 (kd_toolkit.testing.tiny_llama); B=4, L=128, fp32 on CPU.
+Teacher: Llama 4 layers x 256; student: 2 x 128 (kd_toolkit.assets.tiny_llama); B=4, L=128, fp32 on CPU.
 Every method does the same work on the same batches from the same weights: teacher forward (no grad), student
 forward, forward KL (T=1, mean over valid next-token positions) [+ next-token CE], backward, grad clip at 1.0,
 AdamW step. The first losses are checked equal before anything is timed. Workloads: `kd+lm` (KD + CE), `kd` (KD
@@ -21,7 +21,8 @@ from __future__ import annotations
 import argparse, contextlib, io, json, os, statistics, subprocess, sys, tempfile, time, warnings
 os.environ.setdefault('OMP_NUM_THREADS', '1'); os.environ.setdefault('TRL_EXPERIMENTAL_SILENCE', '1')
 import torch, torch.nn.functional as F
-from kd_toolkit.testing import tiny_llama, rand_batch
+from kd_toolkit.assets import tiny_llama
+from kd_toolkit.testing import rand_batch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from flops import md_table
 

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from kd_toolkit.testing import load_stories260k, load_tokenizer, read_text
+from kd_toolkit.assets import load_stories260k, load_tokenizer, read_text
 from kd_toolkit.data import KDCollator, RandomWindows, pack_stream, packed_windows, PackedStream, pad_id
 from kd_toolkit.align import VocabMap, gather_aligned
 from kd_toolkit.xvocab import (boundary_tokens, chunk_likelihood_loss, hybrid_loss, next_token_match, token_logprobs,

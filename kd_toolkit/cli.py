@@ -116,8 +116,9 @@ def _demo_config(steps:int, max_length:int, batch_size:int, kd_topk:int, seed:in
 def _train_students(t_model, tok, train_ds, eval_ds, tmp:Path, steps:int, max_length:int,
                     batch_size:int, kd_topk:int, seed:int, log) -> tuple[dict, dict]:
     "The KD and LM-only students (same seed and steps; the teacher's top-k cached) and histories."
+    from kd_toolkit.cache import build_teacher_cache
     from kd_toolkit.data import KDCollator, pad_id
-    from kd_toolkit.train import build_teacher_cache, distill
+    from kd_toolkit.train import distill
     cache = tmp/'teacher_cache'
     build_teacher_cache(t_model, train_ds, cache, kd_topk, batch_size=batch_size,
                         data_collator=KDCollator(pad_id(tok)))
@@ -358,7 +359,7 @@ def _check_output(folder:str, path:str):
 # %% ../nbs/09_cli.ipynb #a17f0102
 def _run_folder(cfg, path:str, resume:bool, overwrite:bool) -> str|None:
     "The checkpoint to continue from (None: afresh); warnings (a damaged one skipped): a line each."
-    from kd_toolkit.train import resume_point
+    from kd_toolkit.checkpoint import resume_point
     _check_output(cfg.output_dir, path)
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter('always')

@@ -10,6 +10,7 @@ from typing import Callable
 import torch
 from fastcore.basics import patch
 from torch import nn
+from .core import CROSS_VOCAB_LOSSES
 from .align import gather_aligned
 from .cache import FIELDS, aligned_logits, teacher_fields, teacher_forward
 from .data import teacher_view
@@ -190,12 +191,12 @@ COMPONENTS = {
     'balance': Component(balance, _H, _H),
     'router_attention': Component(router_attention, _H, _H),
 }
-KD_LOSSES = {  # the forms of `kd` by `cross_vocab_loss`; the objectives are `xvocab`'s
-    'map': COMPONENTS['kd'],
-    'uld': Component(kd_uld, ('logits',), ('topk',)),
-    'hybrid': Component(kd_hybrid, ('logits',), ('topk',)),
-    'chunk': Component(kd_chunk, ('logits',), ('token_logprobs',)),  # chunk likelihoods (issue 16)
-}
+KD_LOSSES = dict(zip(CROSS_VOCAB_LOSSES, (  # the forms of `kd` by `cross_vocab_loss`: core's names, in order
+    COMPONENTS['kd'],                                        # 'map'
+    Component(kd_uld, ('logits',), ('topk',)),               # 'uld' (the objectives are `xvocab`'s)
+    Component(kd_hybrid, ('logits',), ('topk',)),            # 'hybrid'
+    Component(kd_chunk, ('logits',), ('token_logprobs',)),   # 'chunk': chunk likelihoods (issue 16)
+), strict=True))
 
 # %% ../nbs/07b_components.ipynb #18c74cce
 def component(name:str, plan:Plan) -> Component:

@@ -17,7 +17,7 @@ from .charts import PngFigure, figure_png, image_layout, legend_outside, line_st
 # %% auto #0
 __all__ = ['Schedule', 'Constant', 'Linear', 'Cosine', 'Step', 'WarmupHold', 'progress', 'check_names', 'Curriculum',
            'seed_curriculum', 'kd_lm_curriculum', 'preset', 'as_curriculum', 'AdaptiveBalancer', 'plot_curriculum',
-           'CurriculumEditor', 'curriculum_editor']
+           'CurriculumEditor', 'curriculum_editor', 'figure_png', 'PngFigure', 'line_style', 'legend_outside']
 
 # %% ../nbs/04_curriculum.ipynb #53d506bf
 def _check_p(p, what='progress p') -> float:
@@ -313,6 +313,9 @@ def __call__(self:AdaptiveBalancer,
     if update: self.update({k: raw[k] for k in weights if weights[k] > 0})
     s = self.scales()
     return sum(weights[k] * s[k] * raw[k] for k in weights if weights[k] > 0)
+
+# %% ../nbs/04_curriculum.ipynb #27cf824c
+_all_ = ['figure_png', 'PngFigure', 'line_style', 'legend_outside']   # (home: `charts`)
 
 # %% ../nbs/04_curriculum.ipynb #40e9a964
 def _draw_weights(ax, cur:Curriculum, p:np.ndarray):

@@ -8,11 +8,11 @@ import math, numbers
 from typing import NamedTuple
 import torch
 import torch.nn.functional as F
-from .core import masked_mean, rms_normalize
+from .core import DIVERGENCES, masked_mean, rms_normalize
 
 # %% auto #0
-__all__ = ['DIVERGENCES', 'next_token_targets', 'auto_chunk', 'kd_loss', 'TopK', 'topk_teacher', 'kd_loss_topk', 'lm_loss',
-           'fused_kd_lm_loss', 'hidden_loss', 'layer_map', 'attention_loss', 'contrastive_loss', 'check_vocab']
+__all__ = ['next_token_targets', 'auto_chunk', 'kd_loss', 'TopK', 'topk_teacher', 'kd_loss_topk', 'lm_loss', 'fused_kd_lm_loss',
+           'hidden_loss', 'layer_map', 'attention_loss', 'contrastive_loss', 'check_vocab', 'DIVERGENCES']
 
 # %% ../nbs/02_losses.ipynb #83a07bd0
 def next_token_targets(
@@ -25,7 +25,7 @@ def next_token_targets(
     return t
 
 # %% ../nbs/02_losses.ipynb #78b978b8
-DIVERGENCES = ('fkl', 'rkl', 'jsd', 'skl', 'srkl', 'tvd')
+_all_ = ['DIVERGENCES']   # the divergence names (home: `core`)
 # log-probabilities are floored here: exp(-1e4) == 0, and no -inf arithmetic reaches autograd
 _FLOOR = -1e4
 

@@ -8,6 +8,7 @@ import math
 import pandas as pd
 import torch
 from torch import nn
+from .core import CURRICULUM_PRESETS
 from .data import pad_id
 
 # %% auto #0
@@ -15,18 +16,18 @@ __all__ = ['RESULT_ROWS', 'pick_curriculum', 'eval_batches', 'projector_start', 
            'greedy_sample', 'plot_heldout_ppl']
 
 # %% ../nbs/09b_recipe.ipynb #a8afa4b1
-def pick_curriculum(name:str, # 'auto', 'kd_lm', 'kd_lm_feature' or 'seed'
+def pick_curriculum(name:str, # 'auto', 'kd_lm_feature' or a preset (`core.CURRICULUM_PRESETS`)
                     student_width:int, # the student's hidden size
                     teacher_width:int, # the teacher's hidden size
                    ):
     "A curriculum by name; 'auto' adds a feature loss (ramping up over 30%) if the widths differ."
-    from kd_toolkit.curriculum import Linear, kd_lm_curriculum, seed_curriculum
-    feature = lambda: kd_lm_curriculum().replace(feature=Linear(0.0, 0.5, 0.0, 0.3))
-    options = {'kd_lm': kd_lm_curriculum, 'seed': seed_curriculum, 'kd_lm_feature': feature}
+    from kd_toolkit.curriculum import Linear, preset
     if name == 'auto': name = 'kd_lm_feature' if student_width != teacher_width else 'kd_lm'
-    if name not in options:
-        raise ValueError(f"unknown curriculum {name!r}; valid: 'auto' or one of {sorted(options)}")
-    return options[name]()
+    if name == 'kd_lm_feature': return preset('kd_lm').replace(feature=Linear(0.0, 0.5, 0.0, 0.3))
+    if name not in CURRICULUM_PRESETS:
+        valid = sorted(('kd_lm_feature', *CURRICULUM_PRESETS))
+        raise ValueError(f"unknown curriculum {name!r}; valid: 'auto' or one of {valid}")
+    return preset(name)
 
 # %% ../nbs/09b_recipe.ipynb #a86c2a05
 def eval_batches(dataset, # tokenized examples (`data.build_kd_dataset`)

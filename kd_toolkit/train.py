@@ -4,467 +4,37 @@
 
 # %% ../nbs/07_train.ipynb #a18aaae2
 from __future__ import annotations
-import contextlib, math, os, re, time
-from collections import defaultdict
-from dataclasses import dataclass, field, replace
+import math
+from dataclasses import dataclass, replace
 from pathlib import Path
-import numpy as np, pandas as pd, torch
+import pandas as pd, torch
 from fastcore.basics import patch
 from torch import nn
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
-from .core import KDConfig, as_config, gpu_preflight, module_dtype, teacher_dtype, _val
+from .core import KDConfig, as_config
 from .align import VocabMap
-from .projector import KnowledgeRouter, Projector, param_groups
+from .projector import param_groups
 from . import curriculum as C
 from .data import KDCollator, build_kd_dataset, load_texts, pad_id
 from .evaluate import Evaluator
-from .losses import check_vocab
-from .cache import FIELDS, IndexCollator, TeacherCache, build_teacher_cache
-from .calibrate import fit_projector
-from .components import COMPONENTS, Plan, Step, component, needs, pick_kd_path
-from .components import student_pass, teacher_outputs
-from .checkpoint import checkpoint_damage, clear_run, last_complete_checkpoint
-from .checkpoint import resume_from
-from .checkpoint import load_extras, promote, quiet_saves, read_kd_state, resume_point
+from .components import MicroBatch, Plan, component, needs, student_pass, teacher_outputs
+from .checkpoint import checkpoint_damage, clear_run, last_complete_checkpoint, resume_point
+from .checkpoint import load_extras, promote, quiet_saves, read_kd_state, resume_from
 from .checkpoint import save_extras, staging, write_kd_state
 from .card import describe_data, describe_teacher, upload_student, write_card
 from . import card
+from .prepare import _prepare, init_from_teacher
+from .guard import LiveCallback, NonFiniteError, _KDCallback, _history, _kd_state
+from .guard import _split_callbacks
 
 # %% auto #0
-__all__ = ['init_from_teacher', 'NonFiniteError', 'KDTrainer', 'model_card', 'DistillResult', 'distill', 'checkpoint_damage',
+__all__ = ['KDTrainer', 'model_card', 'DistillResult', 'distill', 'init_from_teacher', 'NonFiniteError', 'checkpoint_damage',
            'last_complete_checkpoint', 'resume_point']
 
 # %% ../nbs/07_train.ipynb #fe5f0725
-_all_ = ['checkpoint_damage', 'last_complete_checkpoint', 'resume_point']   # (home: `checkpoint`)
-
-# %% ../nbs/07_train.ipynb #a26b6770
-def _layer_list(m:nn.Module) -> tuple[str, nn.ModuleList]:
-    "The name and ModuleList of `m`'s decoder layers (the longest ModuleList)."
-    cands = [(n, c) for n, c in m.named_modules() if isinstance(c, nn.ModuleList) and len(c)]
-    if not cands: raise ValueError(f"{type(m).__name__} has no ModuleList of layers")
-    return max(cands, key=lambda nc: len(nc[1]))
-
-# %% ../nbs/07_train.ipynb #8d9955ed
-def _copy_plan(student:nn.Module, teacher:nn.Module, every:int|None) -> dict:
-    "{student tensor: teacher tensor} for `init_from_teacher`, each pair of one shape."
-    (sname, slayers), (tname, tlayers) = _layer_list(student), _layer_list(teacher)
-    if sname != tname: raise ValueError(
-        f"student layers live at {sname!r}, teacher layers at {tname!r}: not the same architecture")
-    every, n_s, n_t = every or max(len(tlayers) // len(slayers), 1), len(slayers), len(tlayers)
-    if (n_s-1)*every >= n_t:
-        raise ValueError(f"every={every} needs {(n_s-1)*every+1} teacher layers, "
-                         f"the teacher has {n_t}")
-    tsd, pat, plan = teacher.state_dict(), re.compile(rf"^{re.escape(sname)}\.(\d+)\.(.*)$"), {}
-    for k, v in student.state_dict().items():
-        src = f"{sname}.{int(m[1])*every}.{m[2]}" if (m := pat.match(k)) else k
-        if src not in tsd or tsd[src].shape != v.shape: raise ValueError(
-            f"cannot initialise the student from the teacher: student {k} {tuple(v.shape)} vs "
-            f"teacher {src} {tuple(tsd[src].shape) if src in tsd else 'missing'}; "
-            "use the same architecture and width")
-        plan[k] = src
-    return plan
-
-# %% ../nbs/07_train.ipynb #fb82721a
-@torch.no_grad()
-def init_from_teacher(
-    student:nn.Module, # modified in place
-    teacher:nn.Module, # read only
-    every:int|None=None, # teacher layer i*every into student layer i; None: n_teacher // n_student
-) -> list[str]:
-    "Copy the teacher's embeddings, every k-th layer, final norm and head into the student."
-    plan, sd, tsd = _copy_plan(student, teacher, every), student.state_dict(), teacher.state_dict()
-    for k, src in plan.items(): sd[k].copy_(tsd[src])
-    return list(plan)
-
-# %% ../nbs/07_train.ipynb #6c673c55
-_DP = ("{} GPUs are visible to this one process (Kaggle 'T4 x2' in a notebook, say), so "
-       "transformers would use torch.nn.DataParallel, which splits the student's batch but not the "
-       "teacher's and is slower than one GPU. Either train on one GPU: "
-       "os.environ['CUDA_VISIBLE_DEVICES'] = '0' before torch is imported (restart the kernel); "
-       "or use both with one process per GPU: `accelerate launch --num_processes 2 train.py` "
-       "(or torchrun), with the fp16_16gb_ddp preset. Nothing was trained.")
-
-# %% ../nbs/07_train.ipynb #183ffe34
-def _check_machine(args:KDConfig):
-    "Refuse a GPU the build cannot run, DataParallel, and an output folder that is not writable."
-    if not (pf := gpu_preflight()).ok: raise RuntimeError(pf.message)
-    if args.n_gpu > 1: raise RuntimeError(_DP.format(args.n_gpu))
-    try:
-        (d := Path(args.output_dir)).mkdir(parents=True, exist_ok=True)
-        (probe := d/f'.write_probe_{os.getpid()}').write_text('ok'); probe.unlink()
-    except OSError as e: raise PermissionError(
-        f"output_dir {str(d)!r} is not writable ({e.strerror or e}): "
-        "choose a writable folder (on Kaggle: /kaggle/working/...)") from None
-
-# %% ../nbs/07_train.ipynb #f784b121
-def _resolve_curriculum(cur, temperature:float=1.0):
-    "The run's curriculum from a preset, {component: weight or Schedule} or a Curriculum; checked."
-    return C.as_curriculum(cur, list(COMPONENTS), temperature)
-
-# %% ../nbs/07_train.ipynb #2b74f027
-def _vocab(m:nn.Module) -> int: return m.get_output_embeddings().weight.shape[0]
-
-# %% ../nbs/07_train.ipynb #2ffdb634
-def _check_vocab(args:KDConfig, teacher, student):
-    "One vocabulary for teacher and student unless `cross_tokenizer`; the error names the knob."
-    if teacher is None or args.cross_tokenizer: return
-    try: check_vocab(_vocab(student), _vocab(teacher))
-    except ValueError as e: raise ValueError(
-        f"{e}\nIn a KDConfig: set cross_tokenizer=True and kd_topk > 0, and pass both tokenizers "
-        "to "
-        "distill(); with one tokenizer and a padded embedding, resize the student's embeddings "
-        "(student.resize_token_embeddings) to the teacher's size.") from None
-
-# %% ../nbs/07_train.ipynb #eff4e4ec
-def _check_xtok(args:KDConfig, names, plan:Plan, cached:set):
-    "Refuse cross-tokenizer runs that lack what they need, naming it."
-    topk = plan.kd_path in ('topk', 'cached') and (plan.vocab_map is not None or 'topk' in cached)
-    if args.cross_tokenizer and 'kd' in names and not topk: raise ValueError(
-        "cross_tokenizer=True needs a vocab_map (align.VocabMap.from_tokenizers) and kd_topk > 0")
-    if args.cross_vocab_loss == 'hybrid' and plan.vocab_map is None: raise ValueError(
-        "cross_vocab_loss='hybrid' needs a vocab_map (align.VocabMap.from_tokenizers) for its "
-        "exact-match KL part")
-    if args.cross_tokenizer and 'attention' in names: raise ValueError("the 'attention' component "
-        "compares (L, L) maps position by position: it needs one tokenizer")
-
-# %% ../nbs/07_train.ipynb #6d6ee273
-def _check_models(args:KDConfig, teacher, student, names, plan:Plan, need:set, cached:set):
-    "Refuse teacher/student/curriculum combinations that cannot run, naming the knob to turn."
-    _check_vocab(args, teacher, student); _check_xtok(args, names, plan, cached)
-    if teacher is None and (live := need - cached): raise ValueError(
-        f"no teacher, but the curriculum {names} needs the teacher's {sorted(live)}: pass the "
-        "teacher model" + (" (a teacher cache holds only per-position fields such as the top-k)"
-                           if cached else ", or config.teacher_cache=<folder>"))
-    if (r := {'balance', 'router_attention'} & set(names)) and plan.router is None:
-        raise ValueError(
-        f"components {sorted(r)} come from the knowledge router: set router_experts > 0 or pass "
-        "router=")
-    if args.init_from_teacher and teacher is None:
-        raise ValueError("init_from_teacher=True needs the teacher model")
-
-# %% ../nbs/07_train.ipynb #69a45ba0
-def _build_cache(args:KDConfig, teacher, dataset, collate, plan:Plan, fields:list, T:float):
-    "Build the run's teacher cache with `fields` (rank 0 under DDP; the others then read it)."
-    if teacher is None or not args.kd_topk:
-        raise ValueError("building the teacher cache needs the teacher and kd_topk > 0")
-    from accelerate import PartialState
-    path, vm = Path(args.teacher_cache), plan.vocab_map if plan.maps_topk else None
-    with PartialState().main_process_first():
-        if not (path/'meta.json').exists(): build_teacher_cache(
-            teacher, dataset, path, args.kd_topk, T, args.per_device_train_batch_size, collate, vm,
-            tuple(fields))
-
-# %% ../nbs/07_train.ipynb #50448b89
-def _open_cache(args:KDConfig, teacher, dataset, collate, plan:Plan, cur, fields:list):
-    "Open (building it first if missing) and check the run's teacher cache, or None without one."
-    if not args.teacher_cache or not fields: return None   # (no component reads a cacheable field)
-    if (T := cur.temperature(0)) != cur.temperature(1):
-        raise ValueError("a teacher cache holds log-probs at one temperature; "
-                         "the curriculum's changes")
-    if not (Path(args.teacher_cache)/'meta.json').exists():
-        _build_cache(args, teacher, dataset, collate, plan, fields, T)
-    cache = TeacherCache(args.teacher_cache)
-    cache.check(dataset, fields, T, student_ids=plan.maps_topk)
-    return cache
-
-# %% ../nbs/07_train.ipynb #3fcd5073
-def _lora(student:nn.Module, args:KDConfig, peft_config=None) -> nn.Module:
-    "The student wrapped for LoRA by `peft`, from `peft_config` or the `config.lora` keywords."
-    from peft import LoraConfig, get_peft_model
-    from kd_toolkit.core import _check_keys
-    if peft_config is None:
-        _check_keys(args.lora, list(LoraConfig.__dataclass_fields__), 'LoraConfig',
-                    {'rank': 'r', 'alpha': 'lora_alpha', 'dropout': 'lora_dropout'})
-        peft_config = LoraConfig(**{'task_type': 'CAUSAL_LM', **args.lora})
-    student = get_peft_model(student, peft_config)
-    if args.gradient_checkpointing: student.enable_input_require_grads()   # (frozen embeddings)
-    return student
-
-# %% ../nbs/07_train.ipynb #ea6cc521
-def _prepare_student(student:nn.Module, teacher, args:KDConfig, peft_config=None) -> nn.Module:
-    "The student to train: started from the teacher if asked, wrapped for LoRA when asked."
-    if args.init_from_teacher and teacher is not None: init_from_teacher(student, teacher)
-    lora = peft_config is not None or args.lora is not None
-    return _lora(student, args, peft_config) if lora else student
-
-# %% ../nbs/07_train.ipynb #3ba5db9b
-def _extra_modules(args:KDConfig, teacher, student, hidden:bool, projector=None, router=None):
-    "(projector, router, fit): the modules beside the student; whether to fit the projector."
-    ds, dt = student.config.hidden_size, teacher.config.hidden_size if teacher is not None else None
-    if router is None and args.router_experts and teacher is not None:
-        router = KnowledgeRouter(ds, dt, args.router_experts)
-    if projector is None and router is None and teacher is not None and hidden and ds != dt:
-        return Projector(ds, dt), router, True
-    return projector, router, False
-
-# %% ../nbs/07_train.ipynb #e4a54a0d
-def _fit_projector(projector, student, teacher, dataset, collate, device, n:int=32):
-    "Start the projector from `calibrate.fit_projector` (least squares) on the first `n` examples."
-    batch = collate([dataset[i] for i in range(min(n, len(dataset)))])
-    batch = {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)}
-    fit_projector(projector, student, teacher, batch)
-
-# %% ../nbs/07_train.ipynb #d91ec40f
-_PLAN_KNOBS = ('cross_vocab_loss', 'temperature', 'divergence', 'chunk_size', 'kd_topk',
-               'hidden_kind', 'contrastive_temperature')   # `components.Plan` fields that are knobs
-
-def _plan(args:KDConfig, kd_path:str, **modules) -> Plan:
-    "The run's `components.Plan`: the KD path, the config's knobs, `modules` (head, vocab_map...)."
-    return Plan(kd_path=kd_path, **{k: getattr(args, k) for k in _PLAN_KNOBS}, **modules)
-
-# %% ../nbs/07_train.ipynb #57727f48
-def _indexed(dataset): return dataset.add_column('kd_index', list(range(len(dataset))))
-
-# %% ../nbs/07_train.ipynb #dec64846
-@dataclass
-class _Run:
-    "A run after every check: what `KDTrainer` hands the engine and keeps."
-    args:KDConfig; teacher:nn.Module|None; student:nn.Module; curriculum:object; plan:Plan
-    cache:TeacherCache|None; train:object; collate:object
-
-# %% ../nbs/07_train.ipynb #0df0982d
-def _prepare(config, teacher, student, train_dataset=None, eval_dataset=None, data_collator=None,
-             curriculum=None, projector=None, router=None, vocab_map=None, peft_config=None):
-    "Check everything once, in order; decide the run (config, machine, curriculum, models, cache)."
-    args = as_config(config)
-    if eval_dataset is None and _val(args.eval_strategy) != 'no':
-        args = args.replace(eval_strategy='no')
-    _check_machine(args)
-    cur = args.curriculum if curriculum is None else curriculum
-    cur = _resolve_curriculum(cur, args.temperature)
-    if teacher is not None:
-        dt = teacher_dtype(args.teacher_dtype, module_dtype(teacher), args.device)
-        teacher.to(device=args.device, dtype=dt).eval()
-    student = _prepare_student(student, teacher, args, peft_config)
-    path = pick_kd_path(args.kd_path, student, cur.names, bool(args.teacher_cache), args.kd_topk,
-                        args.chunk_size)
-    plan = _plan(args, path, vocab_map=vocab_map, head=student.get_output_embeddings())
-    need = needs(cur.names, plan)[1]   # the set-up's one `needs`: what is read from the teacher
-    projector, router, fit = _extra_modules(args, teacher, student, 'hidden' in need, projector,
-                                            router)
-    plan = replace(plan, projector=projector, router=router)
-    collate = data_collator or KDCollator(pad_id=0)
-    fields = sorted(need & set(FIELDS))   # what a cache could give of it
-    cache = _open_cache(args, teacher, train_dataset, collate, plan, cur, fields)
-    cached = set(cache.fields) if cache else set()
-    _check_models(args, teacher, student, cur.names, plan, need, cached)
-    if fit: _fit_projector(projector, student, teacher, train_dataset, collate, args.device)
-    if cache: train_dataset, collate = _indexed(train_dataset), IndexCollator(collate)
-    return _Run(args, teacher, student, cur, plan, cache, train_dataset, collate)
-
-# %% ../nbs/07_train.ipynb #70efbf27
-class _Window:
-    "The micro-batches since the last log: per component (raw, weight, scale), totals, tokens."
-    def __init__(self):
-        self.comp, self.total, self.tokens, self.t0 = defaultdict(list), [], 0, time.time()
-    def add(self, raw:dict, w:dict, scales:dict, total, n_tokens) -> set:
-        "Record a micro-batch (`w`: all weights; `raw`: active ones); the non-finite (none kept)."
-        vals = [raw[k].detach().float() for k in raw] + [total.detach().float(), n_tokens.float()]
-        *vals, tot, n = torch.stack(vals).tolist()
-        if bad := {k for k, v in zip(raw, vals) if not math.isfinite(v)}: return bad
-        got = dict(zip(raw, vals))
-        for k, wk in w.items():   # (an inactive component: raw NaN)
-            self.comp[k].append((got.get(k, math.nan), wk, scales.get(k, 1.0)))
-        self.total.append(tot); self.tokens += int(n)
-        return set()
-
-# %% ../nbs/07_train.ipynb #4bf280cd
-@patch
-def logs(self:_Window, balanced:bool=False) -> dict:
-    "Means over the window: `loss`; per component `raw/` (where computed), `weight/`, `weighted/`."
-    out = {'loss': float(np.mean(self.total)) if self.total else float('nan'),
-           'tokens_per_s': self.tokens / max(time.time() - self.t0, 1e-9)}
-    for k, vs in self.comp.items():
-        (r, w, s), on = np.array(vs).T, ~np.isnan(np.array(vs)[:, 0])
-        out |= {f'raw/{k}': r[on].mean() if on.any() else math.nan, f'weight/{k}': w.mean(),
-                f'weighted/{k}': np.where(on, r*w*s, 0).mean()}
-        if balanced: out[f'scale/{k}'] = s.mean()
-    return out
-
-# %% ../nbs/07_train.ipynb #afc316c7
-def _history(log_history:list, kd_path:str) -> pd.DataFrame:
-    "The run's history from the engine's log history: a row per logged step and per evaluation."
-    is_train = lambda r: 'loss' in r and 'progress' in r
-    is_eval = lambda r: any(k.startswith('eval_') for k in r)
-    train = lambda r: {k: v for k, v in r.items() if k not in ('learning_rate', 'epoch')}
-    ev = lambda r: {'step': r['step']} | {f'eval/{k[5:]}': v for k, v in r.items()
-                                          if k.startswith('eval_')}
-    df = pd.DataFrame([train(r) | {'kd_path': kd_path} if is_train(r) else ev(r)
-                       for r in log_history if is_train(r) or is_eval(r)])
-    comps = [c for c in COMPONENTS if f'raw/{c}' in df]
-    lead = ['step', 'progress', 'loss'] + [f'{k}/{c}' for c in comps for k in ('raw', 'weight',
-                                                                                'weighted')]
-    lrs = sorted((c for c in df if c.startswith('lr/')), key=lambda c: (c[:10] != 'lr/student', c))
-    tail = ['grad_norm', 'loss_scale', 'tokens_per_s', 'skipped_steps', 'kd_path']
-    order = [c for c in lead + lrs + tail if c in df]
-    return df[order + sorted(c for c in df if c not in order)]
-
-# %% ../nbs/07_train.ipynb #34e174f2
-@dataclass
-class _Guard:
-    "The guard's state, owned by the trainer's callback: the log window, this step's findings, LRs."
-    counters:dict # the trainer's `kd_state` (checkpointed): skipped_steps, nonfinite_run, ...
-    win:_Window=field(default_factory=_Window) # the micro-batches since the last log
-    bad:set=field(default_factory=set) # components non-finite in this optimizer step
-    groups:list=field(default_factory=list) # parameter groups with a non-finite gradient, this step
-    active:set=field(default_factory=set) # components active in this step
-    active_run:set=field(default_factory=set) # components active over the run of skipped steps
-    lrs:dict=field(default_factory=dict) # each parameter group's LR at the last optimizer step
-    stop_reason:str|None=None # 'early_stopping' or 'time_budget' when the callback stopped the run
-
-# %% ../nbs/07_train.ipynb #ea1db900
-@patch
-def record(self:_Guard, raw:dict, weights:dict, scales:dict, total, n_tokens):
-    "One micro-batch: its numbers into the window, its non-finite and active components noted."
-    self.bad |= self.win.add(raw, weights, scales, total, n_tokens)
-    self.active |= {n for n, w in weights.items() if w > 0}
-
-# %% ../nbs/07_train.ipynb #1c5f517f
-def _nonfinite_groups(param_groups) -> list[str]:
-    "The optimizer groups with a non-finite gradient: a fused norm per group, one copy to the host."
-    named = [(g.get('name', f'group{i}'), [p.grad for p in g['params'] if p.grad is not None])
-             for i, g in enumerate(param_groups)]
-    if not (named := [(n, gs) for n, gs in named if gs]): return []
-    dev = named[0][1][0].device
-    norms = torch.stack([torch.nn.utils.get_total_norm(gs).to(dev) for _, gs in named])
-    return [n for (n, _), ok in zip(named, torch.isfinite(norms).tolist()) if not ok]
-
-# %% ../nbs/07_train.ipynb #dfde3da9
-@patch
-def check_grads(self:_Guard, param_groups) -> bool:
-    "Before the optimizer step: the real LRs, the non-finite groups; whether to skip the step."
-    self.lrs = {g.get('name', f'group{i}'): g['lr'] for i, g in enumerate(param_groups)}
-    self.groups = _nonfinite_groups(param_groups)
-    return bool(self.bad or self.groups)
-
-# %% ../nbs/07_train.ipynb #7c05ec82
-@patch
-def end_step(self:_Guard, step:int, scaler_skipped:bool=False) -> int:
-    "After the optimizer step: count it if skipped, else start over; the run of skipped steps."
-    s = self.counters
-    if self.bad or self.groups or scaler_skipped:
-        s['skipped_steps'] += 1; s['nonfinite_run'] += 1
-        s['nonfinite'] = (s['nonfinite'] + [[step, sorted(self.bad), self.groups]])[-50:]
-        self.active_run |= self.active
-    else: s['nonfinite_run'], self.active_run = 0, set()
-    self.bad, self.groups, self.active = set(), [], set()
-    return s['nonfinite_run']
-
-# %% ../nbs/07_train.ipynb #11a6c327
-class NonFiniteError(RuntimeError):
-    "Training stopped: too many consecutive steps had a non-finite loss or gradient."
-
-# %% ../nbs/07_train.ipynb #6efaba99
-@patch
-def diagnosis(self:_Guard, scaler=None) -> str:
-    "Which components or groups went non-finite over the last skipped steps; the fp16 loss scale."
-    s = self.counters
-    last = s['nonfinite'][-s['nonfinite_run']:]
-    comps, groups = sorted({n for e in last for n in e[1]}), sorted({g for e in last for g in e[2]})
-    what = (f"non-finite loss component(s): {', '.join(comps)}" if comps else
-            f"the gradients overflowed (parameter group(s) {groups or 'skipped by the fp16 scaler'}"
-            ")"
-            f" while every active loss component ({', '.join(sorted(self.active_run))}) was finite")
-    scale = '' if scaler is None else (f"; the fp16 loss scale has fallen to {scaler.get_scale():g}"
-                                       " (it halves on each skipped step)")
-    return (f"{len(last)} consecutive optimizer steps (up to step {last[-1][0]}) were skipped: "
-            f"{what}{scale}. Nothing was applied to the weights on those steps "
-            f"({s['skipped_steps']} skipped in all). Check the teacher's outputs and that "
-            "component's inputs; lower the learning rate or that component's weight; in fp16, a "
-            "collapsed scale means the loss overflows even unscaled.")
-
-# %% ../nbs/07_train.ipynb #c9c23ec1
-@patch
-def flush(self:_Guard, balanced:bool=False) -> dict:
-    "The window's means and each group's LR, for one history row; a new window starts."
-    logs = self.win.logs(balanced) | {f'lr/{g}': lr for g, lr in self.lrs.items()}
-    self.win = _Window()
-    return logs
-
-# %% ../nbs/07_train.ipynb #de48f4e0
-class _KDCallback(TrainerCallback):
-    "The non-finite guard, real LRs, extras' clipping, time budget, early stopping, one quiet bar."
-    def __init__(self, tr): self.tr, self.bar, self.guard = tr, None, _Guard(tr.kd_state)
-    def on_train_begin(self, args, state, control, **kw):
-        self.t0, self.guard.win = time.time(), _Window()
-        if args.progress_bar and state.is_local_process_zero:
-            from tqdm.auto import tqdm
-            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc='distill',
-                            dynamic_ncols=True)
-
-# %% ../nbs/07_train.ipynb #e1e11d3a
-@patch
-def on_log(self:_KDCallback, args, state, control, logs=None, **kw):
-    if self.bar is None or not logs or 'loss' not in logs: return
-    pf = {'loss': f"{logs['loss']:.3g}"}
-    if 'raw/kd' in logs: pf['kd'] = f"{logs['raw/kd']:.3g}"
-    if lr := next(iter(self.guard.lrs.values()), None): pf['lr'] = f"{lr:.1e}"
-    if n := self.guard.counters['skipped_steps']: pf['skip'] = n
-    self.bar.set_postfix(pf, refresh=False)
-
-# %% ../nbs/07_train.ipynb #eeb6b0e4
-@patch
-def on_pre_optimizer_step(self:_KDCallback, args, state, control, **kw):
-    tr = self.tr
-    skip = self.guard.check_grads(tr.optimizer.param_groups)
-    if args.max_grad_norm > 0 and len(tr.extras):
-        torch.nn.utils.clip_grad_norm_(tr.extras.parameters(), args.max_grad_norm)
-    if skip and tr.accelerator.scaler is None:
-        for p in (p for g in tr.optimizer.param_groups for p in g['params']): p.grad = None
-
-# %% ../nbs/07_train.ipynb #be925954
-@patch
-def on_optimizer_step(self:_KDCallback, args, state, control, **kw):
-    self.tr.extras.zero_grad(set_to_none=True)
-
-# %% ../nbs/07_train.ipynb #7b90f410
-@patch
-def on_step_end(self:_KDCallback, args, state, control, **kw):
-    acc, g = self.tr.accelerator, self.guard
-    if g.end_step(state.global_step, acc.optimizer_step_was_skipped) >= args.max_nonfinite_steps:
-        raise NonFiniteError(g.diagnosis(acc.scaler))
-    if args.time_budget_hours is not None and time.time() - self.t0 > args.time_budget_hours*3600:
-        g.stop_reason, control.should_save, control.should_training_stop = 'time_budget', True, True
-    if self.bar is not None: self.bar.update(state.global_step - self.bar.n)
-
-# %% ../nbs/07_train.ipynb #759a809f
-@patch
-def on_evaluate(self:_KDCallback, args, state, control, metrics=None, **kw):
-    s, v = self.guard.counters, (metrics or {}).get(f'eval_{args.early_stopping_metric}')
-    if v is None or not args.early_stopping_patience: return
-    if s['best'] is None or v < s['best']: s['best'], s['bad_evals'] = v, 0
-    elif state.global_step >= args.early_stopping_warmup*state.max_steps: s['bad_evals'] += 1
-    if s['bad_evals'] >= args.early_stopping_patience:
-        self.guard.stop_reason, control.should_training_stop = 'early_stopping', True
-
-# %% ../nbs/07_train.ipynb #6dff0b87
-@patch
-def on_train_end(self:_KDCallback, args, state, control, **kw):
-    if self.bar is not None: self.bar.close(); self.bar = None
-    if args.load_best_model_at_end and state.best_model_checkpoint:
-        load_extras(self.tr.extras, state.best_model_checkpoint)
-
-# %% ../nbs/07_train.ipynb #2baccaa0
-class _LiveCallback(TrainerCallback):
-    "Drive a live chart (`.update(history, force=False)`, `viz.LiveLossChart`) from the history."
-    def __init__(self, trainer, chart): self.trainer, self.chart = trainer, chart
-    def on_log(self, args, state, control, **kw):
-        if state.is_world_process_zero: self.chart.update(self.trainer.history)
-    def on_train_end(self, args, state, control, **kw):   # the last steps, whatever `every`
-        if state.is_world_process_zero: self.chart.update(self.trainer.history, force=True)
-
-# %% ../nbs/07_train.ipynb #22ab3980
-def _split_callbacks(callbacks) -> tuple[list, list]:
-    "Engine callbacks (TrainerCallback classes or instances) and live charts (with `.update`)."
-    engine, charts = [], []
-    for c in callbacks:
-        if isinstance(c, TrainerCallback) or isinstance(c, type) and issubclass(c, TrainerCallback):
-            engine.append(c)
-        elif callable(getattr(c, 'update', None)): charts.append(c)
-        else: raise TypeError(f"callback {c!r} is neither a transformers.TrainerCallback "
-                              "nor a live chart with .update(history)")
-    return engine, charts
+_all_ = ['init_from_teacher', 'NonFiniteError',   # (homes: `prepare`, `guard`)
+        'checkpoint_damage', 'last_complete_checkpoint', 'resume_point']   # (home: `checkpoint`)
 
 # %% ../nbs/07_train.ipynb #3ee8fe23
 def _extras(plan:Plan, device) -> nn.ModuleDict:
@@ -476,12 +46,6 @@ def _extras(plan:Plan, device) -> nn.ModuleDict:
 def _path_label(plan:Plan, args:KDConfig) -> str:
     "The KD path as logged: across tokenizers with the cross-vocabulary loss, e.g. 'topk+uld'."
     return f"{plan.kd_path}+{plan.cross_vocab_loss}" if args.cross_tokenizer else plan.kd_path
-
-# %% ../nbs/07_train.ipynb #740154ad
-def _kd_state(balancer) -> dict:
-    "The distillation's counters, checkpointed as `kd_state.json` (with the balancer's means)."
-    s = dict(skipped_steps=0, nonfinite_run=0, nonfinite=[], best=None, bad_evals=0)
-    return s | ({'balancer': dict(ema=balancer.ema, n=balancer.n)} if balancer else {})
 
 # %% ../nbs/07_train.ipynb #725b6c8d
 class KDTrainer(Trainer):
@@ -518,7 +82,7 @@ class KDTrainer(Trainer):
         self.kd_state, self._staging = _kd_state(self.balancer), None
         cb = _KDCallback(self)
         self._guard = cb.guard   # the guard's state: the callback's; compute_loss and log use it
-        for c in [cb, *(_LiveCallback(self, c) for c in charts)]: self.add_callback(c)
+        for c in [cb, *(LiveCallback(self, c) for c in charts)]: self.add_callback(c)
 
     kd_path = property(lambda self: self.plan.kd_path)   # 'full', 'chunked', 'topk', 'fused', ...
     kd_path_label = property(lambda self: _path_label(self.plan, self.args))   # as logged
@@ -545,7 +109,7 @@ def compute_loss(self:KDTrainer, model, inputs, return_outputs=False, num_items_
     plan = replace(self.plan, temperature=float(self.curriculum.temperature(p)))
     s_need, t_need = needs(w, plan)
     teacher = self._teacher(inputs, idx, t_need, plan)
-    step = Step(inputs, plan, student_pass(model, inputs, s_need), teacher)
+    step = MicroBatch(inputs, plan, student_pass(model, inputs, s_need), teacher)
     raw = {n: component(n, plan).fn(step) for n in w}
     zero = torch.zeros((), device=inputs['input_ids'].device, requires_grad=not w)   # (none active)
     total = self.balancer(raw, w) if self.balancer and w else sum((w[n]*raw[n] for n in w), zero)

@@ -12,6 +12,7 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, MaxNLocat
 from .charts import PngFigure, figure_png, image_layout, legend_outside, line_style, show_png
 from .curriculum import Curriculum, seed_curriculum
 from .components import COMPONENTS
+from .guard import LiveCallback
 
 # %% auto #0
 __all__ = ['UNITS', 'synthetic_history', 'history_components', 'readable_log_ticks', 'plot_loss_breakdown', 'LiveLossChart',
@@ -251,14 +252,9 @@ def update(self:LiveLossChart, history:pd.DataFrame, force:bool=False) -> bool:
 
 # %% ../nbs/08_viz.ipynb #723ba928
 @patch
-def callback(self:LiveLossChart, trainer):
+def callback(self:LiveLossChart, trainer) -> LiveCallback:
     "A `transformers.TrainerCallback` that calls `update(trainer.history)` at every log."
-    from transformers import TrainerCallback
-    chart = self
-    class _Live(TrainerCallback):
-        def on_log(self, args, state, control, **kw): chart.update(trainer.history)
-        def on_train_end(self, args, state, control, **kw): chart.update(trainer.history, force=True)
-    return _Live()
+    return LiveCallback(trainer, self)
 
 # %% ../nbs/08_viz.ipynb #7ec3be76
 def _controls(comps:list, lo:int, hi:int) -> dict:

@@ -46,14 +46,14 @@ def test_bad_inputs_raise_clear_errors(bad, msg):
     assert msg in str(e.value), str(e.value)
 
 def test_plugs_into_the_trainer_adapter():
-    from kd_toolkit import train
-    assert tuple(COMPONENTS) == tuple(train.COMPONENTS)
-    cur = train._resolve_curriculum({'lm': 1.0, 'kd': Linear(0, 1, 0, 0.5)}, temperature=2.0)
+    from kd_toolkit import prepare   # (the trainer's set-up: `train` calls `prepare._prepare`)
+    assert tuple(COMPONENTS) == tuple(prepare.COMPONENTS)
+    cur = prepare._resolve_curriculum({'lm': 1.0, 'kd': Linear(0, 1, 0, 0.5)}, temperature=2.0)
     assert isinstance(cur, Curriculum) and cur.names == ['lm', 'kd'] and cur.temperature(0.3) == 2.0
     assert cur.weights(0.25) == {'lm': 1.0, 'kd': 0.5}
-    assert train._resolve_curriculum('seed').weights(0.5)['layerwise'] == pytest.approx(1/3)
-    assert train._resolve_curriculum('kd_lm').weights(0.9) == {'lm': 0.25, 'kd': 0.75}
-    seed = seed_curriculum(); assert train._resolve_curriculum(seed) is seed
+    assert prepare._resolve_curriculum('seed').weights(0.5)['layerwise'] == pytest.approx(1/3)
+    assert prepare._resolve_curriculum('kd_lm').weights(0.9) == {'lm': 0.25, 'kd': 0.75}
+    seed = seed_curriculum(); assert prepare._resolve_curriculum(seed) is seed
 
 def test_temperature_schedule_and_kd_lm_preset():
     cur = kd_lm_curriculum(kd=0.3, lm=0.7, temperature=Linear(4.0, 1.0, 0.0, 0.5))

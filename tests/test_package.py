@@ -75,34 +75,57 @@ def test_testing_reexports_the_assets():
     assert [n for n in names if getattr(testing, n) is not getattr(assets, n)] == []
     assert set(names) <= set(testing.__all__)
 
+def _literal_name_lists(mod:str) -> list:
+    "Every tuple, list or set literal (and every dict literal's keys) of plain strings in a module, as a set of names."
+    import ast
+    out = []
+    for n in ast.walk(ast.parse((ROOT/'kd_toolkit'/f'{mod}.py').read_text())):
+        items = n.keys if isinstance(n, ast.Dict) else n.elts if isinstance(n, (ast.Tuple, ast.List, ast.Set)) else []
+        names = {x.value for x in items if isinstance(x, ast.Constant) and isinstance(x.value, str)}
+        if len(names) > 1: out.append(names)
+    return out
+
 def test_each_list_of_names_has_one_home():
-    "Issue 26: each list of names is defined once and the other rooms read that very object (the parts in core, curriculum, viz, train)."
+    "Issue 26: the four lists of names (components, curriculum presets, divergences, cross-vocabulary losses) are each defined once; the rooms that read them (config, curriculum, losses, components, prepare and guard for train, recipe, viz) use that very object."
     import ast, warnings
-    from kd_toolkit import core, components, curriculum as cur, viz, train
-    assert core._CHOICES['divergence'] is core.DIVERGENCES                   # the config checks the names it exports
-    assert core._CHOICES['cross_vocab_loss'] is core.CROSS_VOCAB_LOSSES
-    assert cur.CURRICULUM_PRESETS is core.CURRICULUM_PRESETS                 # presets: named in core, built in curriculum
-    for name in core.CURRICULUM_PRESETS:
+    from kd_toolkit import core, components, curriculum as cur, losses, viz, recipe, prepare, guard, train
+    homes = {'COMPONENTS': (components, 'components'), 'CURRICULUM_PRESETS': (core, 'core'),
+             'DIVERGENCES': (core, 'core'), 'CROSS_VOCAB_LOSSES': (core, 'core')}
+    lists = {k: tuple(getattr(m, k)) for k, (m, _) in homes.items()}
+    # the config checks its knobs against the names it exports
+    assert core._CHOICES['divergence'] is core.DIVERGENCES and core._CHOICES['cross_vocab_loss'] is core.CROSS_VOCAB_LOSSES
+    assert losses.DIVERGENCES is core.DIVERGENCES and 'DIVERGENCES' in losses.__all__      # losses re-exports core's
+    assert tuple(components.KD_LOSSES) == core.CROSS_VOCAB_LOSSES                              # the forms of kd, keyed by core's
+    assert cur.CURRICULUM_PRESETS is core.CURRICULUM_PRESETS and recipe.CURRICULUM_PRESETS is core.CURRICULUM_PRESETS
+    for name in core.CURRICULUM_PRESETS:                                                        # presets: named in core, made in curriculum
         assert cur.preset(name).table().equals(getattr(cur, f'{name}_curriculum')().table()), name
-    assert viz.COMPONENTS is components.COMPONENTS and train.COMPONENTS is components.COMPONENTS
+        assert recipe.pick_curriculum(name, 1, 2).table().equals(cur.preset(name).table()), name
+    for room in (viz, prepare, guard): assert room.COMPONENTS is components.COMPONENTS, room    # the registry, read as is
+    assert train._prepare is prepare._prepare and train._history is guard._history             # the trainer reads them there
     with warnings.catch_warnings(record=True) as seen:                       # the old tuple: a deprecated view of the registry
         warnings.simplefilter('always'); old = cur.COMPONENTS
     assert old == tuple(components.COMPONENTS) and seen[0].category is DeprecationWarning
+    # no second list anywhere in the library: no other room writes all the names of one list in one literal
+    # (viz.UNITS is a unit per registered component, a table and not a list: test_viz checks its keys are the registry's)
+    bad = [(mod, k) for mod in _room_order() for k, names in lists.items() if mod != homes[k][1]
+           for found in _literal_name_lists(mod) if set(names) <= found and (mod, k) != ('viz', 'COMPONENTS')]
+    assert not bad, f"a list of names written again outside its home: {bad}"
     defined = lambda mod: {n.targets[0].id for n in ast.parse((ROOT/'kd_toolkit'/f'{mod}.py').read_text()).body
                            if isinstance(n, ast.Assign) and isinstance(n.targets[0], ast.Name)}
-    for mod in ('curriculum', 'viz', 'train', 'charts', 'checkpoint', 'card'):   # no second list under an old name
-        assert not defined(mod) & {'COMPONENTS', 'CURRICULUM_PRESETS', 'DIVERGENCES', 'CROSS_VOCAB_LOSSES'}, mod
+    again = [(mod, k) for mod in _room_order() for k in lists if mod != homes[k][1] and k in defined(mod)]
+    assert not again, f"a list defined again under its old name: {again}"      # (losses' DIVERGENCES: core's, imported)
+    assert any(set(lists['DIVERGENCES']) <= f for f in _literal_name_lists('core'))           # (the scan finds the home's own)
 
 def test_a_registered_component_is_known_everywhere():
     "A name added to the registry (its one home) is a curriculum name for `Curriculum`, the trainer's check, and the history's and charts' order."
     import pandas as pd
-    from kd_toolkit import components, curriculum as cur, viz, train
+    from kd_toolkit import components, curriculum as cur, viz, prepare, guard
     reg = components.COMPONENTS; saved = dict(reg)
     try:
         reg.clear(); reg.update({'zz': saved['lm'], **saved})                # a new name, first in the registry
-        assert cur.Curriculum({'zz': 1.0}).names == ['zz'] and train._resolve_curriculum({'zz': 1.0}).names == ['zz']
+        assert cur.Curriculum({'zz': 1.0}).names == ['zz'] and prepare._resolve_curriculum({'zz': 1.0}).names == ['zz']
         assert viz.history_components(pd.DataFrame(columns=['step', 'raw/lm', 'raw/zz'])) == ['zz', 'lm']
-        h = train._history([{'step': 1, 'loss': 1.0, 'progress': 1.0, 'raw/lm': 1.0, 'raw/zz': 2.0}], 'full')
+        h = guard._history([{'step': 1, 'loss': 1.0, 'progress': 1.0, 'raw/lm': 1.0, 'raw/zz': 2.0}], 'full')
         assert list(h.columns[3:5]) == ['raw/zz', 'raw/lm']
     finally: reg.clear(); reg.update(saved)
     import pytest

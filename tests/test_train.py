@@ -326,8 +326,9 @@ def test_skipped_steps_are_counted_as_before():
     assert h['loss'].tolist()[::2] == pytest.approx([4.178866147994995, 4.163185119628906], rel=2e-5)
 
 def _train_ast():
-    import ast, inspect, kd_toolkit.train as kt
-    return ast.parse(inspect.getsource(kt))
+    "The trainer's code: `train` and the rooms split out of it below it (`prepare`, `guard`)."
+    import ast, inspect, kd_toolkit.train as kt, kd_toolkit.prepare as kp, kd_toolkit.guard as kg
+    return ast.parse('\n'.join(inspect.getsource(m) for m in (kt, kp, kg)))
 
 def test_plan_and_trainer_are_built_with_keywords_and_needs_asked_once():
     "Issue 26: `Plan` and `KDTrainer` are built with keywords (KDTrainer: config, teacher, student, then keywords); set-up asks `needs` once."
