@@ -74,15 +74,12 @@ def teacher_folder(root:str, device:str) -> str:
     if device == 'cuda': m = m.half()
     m.save_pretrained(f'{root}/teacher'); return f'{root}/teacher'
 
-def load(folder:str, placement:str, off:str, budget:dict|None=None):
-    "The teacher from `folder`: 'memory' (one device), or dispatched by accelerate over 'cpu+disk', 'disk', 'gpu+cpu'."
+def load(folder:str, placement:str, off:str, budget:dict|None=None, device:str='cpu'):
+    "The teacher from `folder`: 'memory' (all on `device`), or dispatched by accelerate over 'cpu+disk', 'disk', 'gpu+cpu'."
     from transformers import AutoModelForCausalLM
     kw = dict(attn_implementation='sdpa')
-    if placement == 'memory':
-        m = AutoModelForCausalLM.from_pretrained(folder, **kw)
-        return m.to('cuda') if budget and budget.get('cuda') else m
+    if placement == 'memory': return AutoModelForCausalLM.from_pretrained(folder, **kw).to(device)
     mem = budget or {'disk': {'cpu': '1KB'}, 'cpu+disk': {'cpu': '700KB'}}[placement]
-    mem = {k: v for k, v in mem.items() if k != 'cuda'}
     return AutoModelForCausalLM.from_pretrained(folder, device_map='auto', max_memory=mem, offload_folder=off, **kw)
 
 def token_dataset(n:int, lens, vocab:int=512, seed:int=0):
@@ -161,8 +158,21 @@ def faked_gpu_map() -> dict:
     return {'embedding on cpu, executed on cuda:0': f"teacher_device -> {teacher_device(m)}; first parameter on "
                                                      f"{next(m.parameters()).device}; is_dispatched {is_dispatched(m)}"}
 
+def pcie(mb:int=1024, reps:int=3) -> dict:
+    "Host-to-GPU GB/s of a pageable tensor (what accelerate's hooks copy) and of a pinned one."
+    out = {}
+    for kind in ('pageable', 'pinned'):
+        x = torch.empty(mb << 20, dtype=torch.uint8)
+        if kind == 'pinned': x = x.pin_memory()
+        best = 0.0
+        for _ in range(reps):
+            torch.cuda.synchronize(); t = time.perf_counter(); y = x.to('cuda'); torch.cuda.synchronize()
+            best = max(best, (mb << 20)/(time.perf_counter() - t)/1e9); del y
+        out[f'H2D {kind} GB/s'] = best
+    return out
+
 # ---- 3. timing ----
-def timing(root:str, device:str, dims:list[int], batches:list[int], seq:int, budget:dict|None, reps:int=3) -> list[dict]:
+def timing(root:str, device:str, dims:list[int], batches:list[int], seq:int, gpu_gb:float|None=None, reps:int=3) -> list[dict]:
     "Seconds per token of build_teacher_cache, in memory vs offloaded, over batch sizes (synthetic Llama `dims`)."
     import kd_toolkit.cache as C
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -170,13 +180,16 @@ def timing(root:str, device:str, dims:list[int], batches:list[int], seq:int, bud
     cfg = LlamaConfig(vocab_size=V, hidden_size=d, intermediate_size=4*d, num_hidden_layers=L, num_attention_heads=max(1, d//64),
                       num_key_value_heads=max(1, d//256), tie_word_embeddings=False, max_position_embeddings=max(2048, seq))
     torch.manual_seed(0)
-    m = LlamaForCausalLM(cfg).to(torch.float16 if device == 'cuda' else torch.float32)
+    with torch.device('meta'): m = LlamaForCausalLM(cfg)
+    m = m.to_empty(device='cpu').to(torch.float16 if device == 'cuda' else torch.float32)
+    for p in m.parameters(): p.data.normal_(0, 0.02)   # fast init (the rotary buffers are rebuilt when it is loaded)
     m.save_pretrained(f'{root}/big'); n_bytes = sum(p.numel()*p.element_size() for p in m.parameters()); del m
+    budget = {0: int(gpu_gb*1e9 if gpu_gb else 0.4*n_bytes), 'cpu': '60GB'} if device == 'cuda' else None   # 60% streamed
     ds, one = token_dataset(max(batches), [seq], vocab=V, seed=1), token_dataset(1, [1], vocab=V, seed=1)
     clock = time.perf_counter if device == 'cuda' else time.process_time   # CPU: this process's CPU time (the machine is shared)
     rows = []
     for placement in ('memory', 'gpu+cpu' if device == 'cuda' else 'disk'):
-        T = load(f'{root}/big', placement, f'{root}/off_big', budget)
+        T = load(f'{root}/big', placement, f'{root}/off_big', budget, device)
         C.build_teacher_cache(T, ds.select(range(1)), f'{root}/c_t', k=16, batch_size=1)   # warm-up
         pts = []
         for bs in [0] + batches:   # one pass of bs rows (0: a one-token pass), the fastest of `reps`
@@ -229,17 +242,14 @@ if __name__ == '__main__':
                 {'teacher_device': str(teacher_device(off)), 'is_dispatched': is_dispatched(off)} | equalities(ref, off, ds, root, texts, tok))
     else:
         out['how'] = install_prototype()
-        ref = load(folder, 'memory', f'{root}/off', {'cuda': 1})
+        out['PCIe'] = pcie()
+        ref = load(folder, 'memory', f'{root}/off', device='cuda')
         off = load(folder, 'gpu+cpu', f'{root}/off', {0: '300KB', 'cpu': '10GB'})
         out[f'after, gpu+cpu {off.hf_device_map}'] = {'teacher_device': str(teacher_device(off))} | equalities(ref, off, ds, root, texts, tok)
     for k, v in out.items(): print(f'\n## {k}\n' + (v if isinstance(v, str) else '\n'.join(f'- {n}: {x}' for n, x in v.items())))
     rows = []
     if not a.skip_timing:
-        budget = None
-        if a.device == 'cuda':
-            d, L, V = a.dims; total = 2*(L*(4*d*d + 12*d*d) + 2*V*d)   # rough fp16 bytes (q,o + k,v small; MLP 3*4d*d)
-            budget = {0: f"{int((a.gpu_gb*1e9) if a.gpu_gb else 0.4*total)}B", 'cpu': '60GB'}
-        rows = timing(root, a.device, a.dims, a.batches, a.seq, budget)
+        rows = timing(root, a.device, a.dims, a.batches, a.seq, a.gpu_gb)
         print(f"\n## build_teacher_cache timing ({a.device}, L={a.seq} tokens per row, k=16)\n\n" + md(rows))
     if a.json:
         with open(a.json, 'a') as f:
