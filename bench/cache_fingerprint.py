@@ -153,11 +153,11 @@ def refusal(path, bad) -> str:
 
 # ---- checkpoints: which knobs may change on resume ----
 SAFE_ON_RESUME = {   # presentation, bookkeeping and pure speed: changing them does not change what is learned
-    'output_dir', 'logging_steps', 'logging_dir', 'eval_steps', 'save_steps', 'save_total_limit', 'report_to', 'progress_bar',
+    'output_dir', 'logging_steps', 'eval_steps', 'save_steps', 'save_total_limit', 'report_to', 'progress_bar',
     'disable_tqdm', 'dataloader_num_workers', 'per_device_eval_batch_size', 'eval_batches', 'push_to_hub', 'hub_model_id',
     'hub_token', 'early_stopping_patience', 'early_stopping_warmup', 'time_budget_hours', 'max_nonfinite_steps',
     'chunk_size', 'torch_compile', 'gradient_checkpointing', 'teacher_cache', 'init_from_teacher', 'run_name', 'eval_strategy',
-    'save_strategy', 'load_best_model_at_end', 'overwrite_output_dir', 'resume_from_checkpoint'}
+    'save_strategy', 'load_best_model_at_end', 'resume_from_checkpoint'}
 # Everything else warns, max_steps included: the LR schedule (WSD's decay is 20% of max_steps) and the curriculum's
 # progress p = step / max_steps are functions of it, so a longer run re-times both from the resumed step on.
 
