@@ -260,10 +260,7 @@ def scenarios(root:str) -> list[dict]:
                      'message': refusal('kd_cache', bad) if bad else ('; '.join(notes) or '-')})
     return rows
 
-def md(rows) -> str:
-    cols = list(dict.fromkeys(k for r in rows for k in r))
-    f = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
-    return '\n'.join(['| ' + ' | '.join(cols) + ' |', '|' + '---|'*len(cols)] + ['| ' + ' | '.join(f(r.get(c, '')) for c in cols) + ' |' for r in rows])
+from flops import md_table as md   # the project's table printer
 
 if __name__ == '__main__':
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -16,6 +16,7 @@ import numpy as np, torch
 from torch import nn
 
 warnings.filterwarnings('ignore')
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))   # bench/ (flops.py)
 os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
 
 # ---- the prototype (phase B puts `input_device` in core, uses it in cache/evaluate/train) ----
@@ -209,10 +210,7 @@ def timing(root:str, device:str, dims:list[int], batches:list[int], seq:int, gpu
         del T
     return [dict(model=f'Llama d={d} L={L} V={V} ({n_bytes/1e6:.0f} MB)', **r) for r in rows]
 
-def md(rows) -> str:
-    cols = list(dict.fromkeys(k for r in rows for k in r))
-    f = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
-    return '\n'.join(['| ' + ' | '.join(cols) + ' |', '|' + '---|'*len(cols)] + ['| ' + ' | '.join(f(r.get(c, '')) for c in cols) + ' |' for r in rows])
+from flops import md_table as md   # the project's table printer
 
 if __name__ == '__main__':
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse, json, os, sys, tempfile, time, warnings
 import torch
 warnings.filterwarnings('ignore')
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))   # bench/ (flops.py)
 os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
 
 def methods() -> dict:
@@ -118,17 +119,14 @@ def run(name:str, ks, n:int, length:int, root:str, only=None) -> list[dict]:
         try:
             m = load(dtype=what) if kind == 'cast' else load(dtype=torch.float32, device_map='cpu', quantization_config=what())
             t = time.process_time(); q = logprobs(m, ids)
-            row |= {'MB': None if lib in ('torchao', 'optimum.quanto') else mb(m), 'cpu_s': time.process_time() - t}
+            row |= ({} if lib in ('torchao', 'optimum.quanto') else {'MB': mb(m)}) | {'cpu_s': time.process_time() - t}
             rows.append(row | agreement(ref, q, ks)); del m
         except Exception as e:
             msg = str(e).splitlines()[0][:150] if str(e) else ''
             rows.append(row | {'note': f"fails here: {type(e).__name__}: {msg}"})
     return rows
 
-def md(rows) -> str:
-    cols = list(dict.fromkeys(k for r in rows for k in r))
-    f = lambda v: f"{v:.4g}" if isinstance(v, float) else '' if v is None else str(v)
-    return '\n'.join(['| ' + ' | '.join(cols) + ' |', '|' + '---|'*len(cols)] + ['| ' + ' | '.join(f(r.get(c, '')) for c in cols) + ' |' for r in rows])
+from flops import md_table as md   # the project's table printer
 
 if __name__ == '__main__':
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
