@@ -155,10 +155,13 @@ def _free_bytes(path:Path) -> int:
     while not p.exists(): p = p.parent
     return shutil.disk_usage(p).free
 
+def _size(n:int) -> str: # bytes, as a person reads them
+    return next((f"{n/s:.1f} {u}" for u, s in (('GB', 1e9), ('MB', 1e6), ('kB', 1e3)) if n >= s), f"{n} B")
+
 def _check_disk(path:Path, need:int):
     "Refuse, before anything runs, a cache of `need` bytes that the disk under `path` cannot hold."
-    if need > (free := _free_bytes(path)): raise OSError(errno.ENOSPC,
-        f"the teacher cache needs about {need/1e9:.2f} GB at {path}, the disk has {free/1e9:.2f} GB free: "
+    if need > (free := _free_bytes(path)): raise OSError(
+        f"the teacher cache needs about {_size(need)} at {path}, the disk has {_size(free)} free: "
         "free some space, lower k (kd_topk), or put the cache on a bigger disk")
 
 # %% ../nbs/07a_cache.ipynb #feb49da1
