@@ -50,20 +50,23 @@ def sizes(cfg) -> dict:
             'nf4 GB': (lin*(0.5 + 0.127/8) + emb_head*2)/GB}   # NF4: 4 bits + double-quantized absmax (~0.127 bit/param)
 
 def logit_bytes(V, T, path) -> float:
-    "GPU bytes of the logits in one pass: today's path holds (T, V) fp16 twice; a chunked head holds one fp32 chunk."
-    if path == 'today': return T*V*2*2 + min(T, ASSUME['chunk'])*V*4*2   # logits + masked copy + fp32 chunk (log-softmax, exp)
-    return min(T, ASSUME['chunk'])*V*(2 + 4*2)                            # fp16 chunk of logits + its fp32 work
+    "GPU bytes of the logits in one pass (fp16 logits, and the fp32 log-softmax of one top-k chunk)."
+    work = min(T, ASSUME['chunk'])*V*4*2                     # one chunk's fp32 log-softmax and exp
+    if path == 'before': return T*V*2*2 + work                # (T, V) logits and their copy at real positions
+    if path == 'library': return T*V*2 + work                 # issue 27: top-k over the logits, then real rows
+    return min(T, ASSUME['chunk'])*V*2 + work                 # a chunked head (not built): one chunk of logits
 
-def gpu_budget(cfg, gpu, T, path='chunked', n_gpus=1) -> float:
+def gpu_budget(cfg, gpu, T, path='library', n_gpus=1) -> float:
     "GPU bytes left for weights when a pass of T tokens runs (activations of one layer, logits, context)."
     act = T*ASSUME['act_mult']*cfg.hidden_size*2 + T*3*cfg.intermediate_size*2
     return n_gpus*(GPUS[gpu]['mem_gb']*GB - ASSUME['ctx_gb']*GB) - act - logit_bytes(cfg.vocab_size, T, path)
 
-def pass_cost(cfg, gpu, T, weight_gb, speed=1.0, pcie=None, n_gpus=1, path='chunked') -> dict:
+def pass_cost(cfg, gpu, T, weight_gb, speed=1.0, pcie=None, n_gpus=1, path='library') -> dict:
     "One cache pass of T tokens: where the weights are, seconds streaming and computing, tokens per hour."
     g, pcie = GPUS[gpu], pcie or ASSUME['pcie_gbs']
-    W = weight_gb*GB
-    res = max(0.0, min(W, gpu_budget(cfg, gpu, T, path, n_gpus)))
+    W, room = weight_gb*GB, gpu_budget(cfg, gpu, T, path, n_gpus)
+    if room < 0: return {'note': f"does not fit: a pass's activations and logits need {-room/GB:.1f} GB more"}
+    res = max(0.0, min(W, room))
     cpu = min(W - res, (ASSUME['ram_gb'] - ASSUME['ram_reserve_gb'])*GB)
     disk = W - res - cpu
     t_stream = cpu/(pcie*GB) + disk/(ASSUME['disk_gbs']*GB) + disk/(pcie*GB)
@@ -95,6 +98,7 @@ def table(Ts, pcie=None) -> list[dict]:
                 for T in Ts:
                     c = pass_cost(TEACHERS[tn], gpu, T, w, speed, bw, n)
                     rows.append(dict(teacher=tn, gpu=gpu, placement=name, **{'weights GB': w, 'T tokens/pass': T}, **c))
+                    if 'note' in c: break
     return rows
 
 def size_table() -> list[dict]:
@@ -110,21 +114,37 @@ def size_table() -> list[dict]:
 
 def logit_table(Ts) -> list[dict]:
     V = TEACHERS['Qwen2.5-7B'].vocab_size
-    return [dict(**{'T tokens/pass': T, 'logits GB, today (full (T,V) fp16 x2)': logit_bytes(V, T, 'today')/GB,
-                    'logits GB, chunked head': logit_bytes(V, T, 'chunked')/GB}) for T in Ts]
+    return [dict(**{'T tokens/pass': T, 'logits GB, before issue 27 ((T,V) fp16 x2)': logit_bytes(V, T, 'before')/GB,
+                    'logits GB, the library ((T,V) fp16 once)': logit_bytes(V, T, 'library')/GB,
+                    'logits GB, a chunked head (not built)': logit_bytes(V, T, 'chunked')/GB}) for T in Ts]
+
+def compact(rows) -> list[dict]:
+    "The tokens-per-hour table, one row per teacher, GPU and placement, one column per T."
+    out, Ts = {}, sorted({r['T tokens/pass'] for r in rows if 'T tokens/pass' in r})
+    for r in rows:
+        key = (r['teacher'], r['gpu'], r['placement'])
+        o = out.setdefault(key, dict(teacher=key[0], gpu=key[1], placement=key[2],
+                                     **{f"M tokens/h @ T={T:,}": '' for T in Ts}, **{'stream % (largest T run)': ''}))
+        if 'M tokens/h' in r:
+            o[f"M tokens/h @ T={r['T tokens/pass']:,}"], o['stream % (largest T run)'] = r['M tokens/h'], r['stream share %']
+        if 'note' in r: o['note'] = (f"T={r['T tokens/pass']:,}: " if 'T tokens/pass' in r else '') + r['note']
+    return list(out.values())
 
 if __name__ == '__main__':
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument('--tokens', type=int, nargs='+', default=[1024, 4096, 16384, 65536], help='batch tokens per pass')
+    ap.add_argument('--tokens', type=int, nargs='+', default=[1024, 4096, 8192, 16384], help='batch tokens per pass')
     for k, v in ASSUME.items(): ap.add_argument('--' + k.replace('_', '-'), type=type(v), default=v)
+    ap.add_argument('--full', action='store_true', help='also every case with its streaming and compute seconds')
     a = ap.parse_args()
     ASSUME.update({k: getattr(a, k) for k in ASSUME})
     print("## Assumptions\n\n" + '\n'.join(f"- {k} = {v}" for k, v in ASSUME.items()))
     print("- GPUs (bench/flops.py): " + '; '.join(f"{g}: {s['tflops']} fp16 TFLOP/s peak x {s['mfu']:.0%} MFU, {s['mem_gb']} GB, "
                                                    f"{s['bw_gbs']} GB/s" for g, s in GPUS.items()))
-    print("\n## Teacher sizes and what fits one 16 GB GPU during a cache pass (T = 8,192 tokens, chunked head)\n")
+    print("\n## Teacher sizes and what fits one 16 GB GPU during a cache pass (T = 8,192 tokens)\n")
     print(md_table(size_table()))
-    print("\n## Logit memory of one pass (V = 152,064): why the cache pass should apply the head in chunks\n")
+    print("\n## Logit memory of one pass (V = 152,064)\n")
     print(md_table(logit_table(a.tokens)))
-    print("\n## Cache tokens per hour (chunked head; T = batch tokens per weight pass)\n")
-    print(md_table(table(a.tokens)))
+    rows = table(a.tokens)
+    print("\n## Cache tokens per hour (T = batch tokens per weight pass: `batch_tokens`)\n")
+    print(md_table(compact(rows)))
+    if a.full: print("\n## Every case\n\n" + md_table(rows))
