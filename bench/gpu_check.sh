@@ -84,7 +84,7 @@ for r in rows:
     if r['part'] == 'offload':
         for where, res in r['results'].items():
             if isinstance(res, dict) and 'cache ids equal' in res:
-                val = (f"ids equal {res['cache ids equal']}, |dlogp| <= 1 fp16 step {res['cache |dlogp| <= 1 fp16 ulp']}, "
+                val = (f"ids equal {res['cache ids equal']}, log-probs within 1 fp16 step {res['cache |dlogp| <= 1 fp16 ulp']}, "
                        f"evaluator max diff {res['evaluator max |diff| (teacher_ppl, kl, top1)']:.2g}")
                 out.append(('offloaded teacher: cache', where, val, status.get('offload', {}).get('rc')))
             elif isinstance(res, dict) and 'H2D pageable GB/s' in res:

@@ -79,6 +79,17 @@ def test_dispatched_teacher_is_never_moved_or_cast(teachers, tmp_path):
             distill(make_config('smoke', **cfg, **kw), teachers['disk'], tiny_llama(vocab_size=V, num_layers=1, seed=0), _ds())
         assert len(str(e.value).splitlines()) == 1
 
+def test_fingerprint_of_an_offloaded_tied_teacher_is_stable(tmp_path):
+    "accelerate's hooks untie a tied head during a pass; the fingerprint (and a cache's check) does not change."
+    from kd_toolkit.cache import teacher_fingerprint
+    t = tiny_llama(vocab_size=V, num_layers=2, seed=1, tie=True); t.save_pretrained(tmp_path/'t')
+    off = AutoModelForCausalLM.from_pretrained(tmp_path/'t', device_map='auto', max_memory={'cpu': '1KB'},
+                                               offload_folder=str(tmp_path/'off'))
+    before = teacher_fingerprint(off)
+    c = build_teacher_cache(off, _ds(), tmp_path/'c', k=4)                     # passes: the hooks run
+    assert teacher_fingerprint(off) == before and before['weights'] == teacher_fingerprint(t)['weights']
+    c.check(_ds(), ['topk'], 1.0, False, teacher=off, k=4)
+
 def _refusal(cache_dir, teacher, ds, out):
     "The one-line error a run with `teacher` on `ds` gets from the cache at `cache_dir` (None: accepted)."
     cfg = make_config('smoke', output_dir=str(out), max_steps=1, eval_steps=0, kd_topk=8, teacher_cache=str(cache_dir))
@@ -137,3 +148,27 @@ def test_resume_with_other_data_or_knobs_warns(tmp_path):
     assert msg.startswith('resuming from checkpoint-') and 'written by a run with other inputs: ' in msg and len(msg.splitlines()) == 1
     for part in ('other input_ids (the same lengths, other tokens)', 'max_steps 2 -> 4', 'learning_rate 0.001 -> 0.02'):
         assert part in msg, msg
+
+def test_readme_big_teacher_block_runs(tmp_path):
+    "README's 'A teacher bigger than the GPU' block runs as written, with local models and every weight on disk."
+    import gc, re
+    from pathlib import Path
+    from kd_toolkit.cache import build_teacher_cache as btc
+    from kd_toolkit.data import build_kd_dataset
+    from kd_toolkit.testing import load_tokenizer, read_text
+    text = (Path(__file__).resolve().parents[1]/'README.md').read_text(encoding='utf-8')
+    code = re.search(r"```python\n(.*?)```", text.split('### A teacher bigger than the GPU', 1)[1], re.S).group(1)
+    mem = 'max_memory={0: "10GiB", "cpu": "24GiB"}'
+    assert mem in code, "the README's block changed: update this test's substitution"
+    code = code.replace(mem, 'max_memory={"cpu": "1KB"}').replace('offload_folder="offload"', f'offload_folder={str(tmp_path/"off")!r}')
+    tiny_llama(vocab_size=512, num_layers=2, seed=1).save_pretrained(tmp_path/'big')
+    texts = [t for t in read_text('tinystories').split('\n') if t.strip()][:40]
+    ns = dict(AutoModelForCausalLM=AutoModelForCausalLM, BIG=str(tmp_path/'big'), tok=load_tokenizer('tok512'), texts=texts,
+              build_kd_dataset=build_kd_dataset, build_teacher_cache=btc, gc=gc, torch=torch, distill=distill,
+              make_config=make_config, PRESET='smoke', OUT=str(tmp_path/'out'), student=_student_512())
+    import os; cwd = os.getcwd(); os.chdir(tmp_path)
+    try: exec(compile(code, 'README.md', 'exec'), ns)
+    finally: os.chdir(cwd)
+    assert ns['result'].stop_reason == 'max_steps' and 'teacher' not in ns and (tmp_path/'kd_cache'/'meta.json').exists()
+
+def _student_512(): return tiny_llama(vocab_size=512, hidden_size=32, num_layers=1, seed=0)
