@@ -29,7 +29,7 @@ def teacher_forward(
     hidden:bool=False, # also return every layer's hidden states
     attn:bool=False, # also return attention maps
 ):
-    "The teacher's forward on its side of the batch (`data.teacher_view`), where it reads its inputs."
+    "The teacher's forward on its side of the batch (`data.teacher_view`), fed where it reads."
     ids, mask, dev = *teacher_view(batch), input_device(teacher)
     return teacher(input_ids=ids.to(dev), attention_mask=mask.to(dev), output_hidden_states=hidden,
                    output_attentions=attn, use_cache=False)
@@ -47,7 +47,7 @@ class Field:
     arrays:dict # {array name: numpy dtype on disk}
     load:Callable # {array: tensor} -> what the components read
     rows:str='student' # one row per real 'student' position, or per real 'teacher' token
-    shapes:Callable|None=None # k -> {array: shape of one row}, to size the files first; None: unknown
+    shapes:Callable|None=None # k -> {array: one row's shape}: files sized first (None: unknown)
 
 # %% ../nbs/07a_cache.ipynb #c86a0938
 def _topk_rows(out, batch, k, temperature=1.0, vocab_map=None, **_) -> dict:
@@ -77,7 +77,8 @@ def _chunks(dataset, col:str, values:bool=True):
     "(lengths, values) of list column `col`, chunk by chunk in row order, int64 (Arrow buffers)."
     if not hasattr(dataset, 'with_format'):   # a list of dicts
         rows = [np.asarray(r[col], np.int64).ravel() for r in dataset]
-        yield np.array([len(r) for r in rows], np.int64), np.concatenate(rows or [np.zeros(0, np.int64)])
+        lens = np.array([len(r) for r in rows], np.int64)
+        yield lens, np.concatenate(rows or [np.zeros(0, np.int64)])
         return
     for ch in dataset.with_format('arrow')[col].chunks:
         lens = pc.list_value_length(ch).to_numpy(zero_copy_only=False).astype(np.int64)
@@ -111,7 +112,7 @@ def _write_rows(tmp:Path, arrays:dict, offsets:dict, n:str, cursor:dict, rows:di
 
 # %% ../nbs/07a_cache.ipynb #c8ec4e28
 def _spans(lengths, batch_size:int, batch_tokens:int|None=None) -> list[tuple[int, int]]:
-    "(start, stop) of each pass's consecutive examples: `batch_size` of them, or <= `batch_tokens` padded."
+    "(start, stop) of each pass: `batch_size` examples, or up to `batch_tokens` padded tokens."
     n = len(lengths)
     if not batch_tokens: return [(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
     spans, start, longest = [], 0, 0
@@ -156,23 +157,26 @@ def _free_bytes(path:Path) -> int:
     return shutil.disk_usage(p).free
 
 def _size(n:int) -> str: # bytes, as a person reads them
-    return next((f"{n/s:.1f} {u}" for u, s in (('GB', 1e9), ('MB', 1e6), ('kB', 1e3)) if n >= s), f"{n} B")
+    units = (('GB', 1e9), ('MB', 1e6), ('kB', 1e3))
+    return next((f"{n/s:.1f} {u}" for u, s in units if n >= s), f"{n} B")
 
+# %% ../nbs/07a_cache.ipynb #feb49da1
 def _check_disk(path:Path, need:int):
     "Refuse, before anything runs, a cache of `need` bytes that the disk under `path` cannot hold."
     if need > (free := _free_bytes(path)): raise OSError(
         f"the teacher cache needs about {_size(need)} at {path}, the disk has {_size(free)} free: "
         "free some space, lower k (kd_topk), or put the cache on a bigger disk")
 
-# %% ../nbs/07a_cache.ipynb #feb49da1
+# %% ../nbs/07a_cache.ipynb #59c5fa8c
 def _reserve(f:Path):
     "Reserve file `f`'s blocks now: a full disk fails here, not as a bus error in the memory map."
     if not hasattr(os, 'posix_fallocate'): return
     with open(f, 'r+b') as fh:
         try: os.posix_fallocate(fh.fileno(), 0, os.fstat(fh.fileno()).st_size)
         except OSError as e:
-            if e.errno == errno.ENOSPC: raise OSError(errno.ENOSPC, f"no room for {f}") from None
+            if e.errno == errno.ENOSPC: raise OSError(f"the disk has no room for {f}") from None
 
+# %% ../nbs/07a_cache.ipynb #533acf6b
 def _allocate(tmp:Path, arrays:dict, offsets:dict, names, k:int):
     "Create and reserve every array whose field declares its rows' shape (`Field.shapes`)."
     for n in names:
@@ -183,10 +187,10 @@ def _allocate(tmp:Path, arrays:dict, offsets:dict, names, k:int):
             _reserve(tmp/f'{n}.{a}.npy')
 
 # %% ../nbs/07a_cache.ipynb #d4267208
-_DATA_COLUMNS = ('input_ids', 'teacher_input_ids', 'align_idx', 'align_mask')   # what the teacher reads
+_DATA_COLUMNS = ('input_ids', 'teacher_input_ids', 'align_idx', 'align_mask')   # the teacher's
+def _h(data:bytes=b''): return hashlib.blake2b(data, digest_size=16)   # a 128-bit hash (stdlib)
 
-def _h(data:bytes=b''): return hashlib.blake2b(data, digest_size=16)
-
+# %% ../nbs/07a_cache.ipynb #ad60bff1
 def _stream_fingerprint(windows) -> dict:
     "Random windows of a packed stream: its tokens and how windows are drawn from it."
     s, h = windows.stream, _h()
@@ -195,50 +199,55 @@ def _stream_fingerprint(windows) -> dict:
     draw = [getattr(windows, n, None) for n in ('length', 'teacher_length', 'batch_size', 'seed')]
     return {'stream': [h.hexdigest(), _h(str(draw).encode()).hexdigest()]}
 
-# %% ../nbs/07a_cache.ipynb #7dd6cbb7
+# %% ../nbs/07a_cache.ipynb #97a8f4c6
 def data_fingerprint(dataset) -> dict:
-    "Hashes of the token columns the teacher reads ([lengths, values] each), and the number of rows."
+    "Hashes of the token columns the teacher reads ([lengths, values] each) and the row count."
     if hasattr(dataset, 'stream'): return _stream_fingerprint(dataset)   # `data.RandomWindows`
     if not hasattr(dataset, '__len__'): return {'kind': type(dataset).__name__}
-    names, out = (dataset.column_names if hasattr(dataset, 'column_names') else list(dataset[0])), {}
+    names = dataset.column_names if hasattr(dataset, 'column_names') else list(dataset[0])
+    out = {'rows': len(dataset)}
     for col in (c for c in _DATA_COLUMNS if c in names):
         hl, hv = _h(), _h()
-        for lens, vals in _chunks(dataset, col): hl.update(lens.tobytes()); hv.update(vals.tobytes())
+        for lens, vals in _chunks(dataset, col):
+            hl.update(lens.tobytes()); hv.update(vals.tobytes())
         out[col] = [hl.hexdigest(), hv.hexdigest()]
-    return {'rows': len(dataset), **out}
+    return out
 
 # %% ../nbs/07a_cache.ipynb #95dbedc0
-_VOLATILE = {'_name_or_path', 'transformers_version', 'dtype', 'torch_dtype', 'architectures', '_commit_hash',
-             'quantization_config', 'use_cache', 'output_hidden_states', 'output_attentions', 'return_dict',
-             '_attn_implementation', 'attn_implementation', '_attn_implementation_autoset'}   # outputs stay
+_VOLATILE = {'_name_or_path', 'transformers_version', 'dtype', 'torch_dtype', 'architectures',
+             '_commit_hash', 'quantization_config', 'use_cache', 'output_hidden_states',
+             'output_attentions', 'return_dict', '_attn_implementation', 'attn_implementation',
+             '_attn_implementation_autoset'}   # config keys that do not change the outputs
 
 def _config_hash(model) -> str:
-    "A hash of the model's config, without what does not change its outputs (name, dtype, attention kernel)."
+    "A hash of the model's config, without what does not change its outputs (name, dtype, kernels)."
     cfg = getattr(model, 'config', None)
     d = {k: v for k, v in (cfg.to_dict() if cfg is not None else {}).items() if k not in _VOLATILE}
     return _h(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
 
-# %% ../nbs/07a_cache.ipynb #c3512421
+# %% ../nbs/07a_cache.ipynb #3e222139
 def _hooks(m) -> list: # accelerate's hooks on `m` (a SequentialHook's, or the one)
     h = getattr(m, '_hf_hook', None)
     return list(getattr(h, 'hooks', None) or ([h] if h is not None else []))
 
+# %% ../nbs/07a_cache.ipynb #5220068f
 def _offload_entry(model:nn.Module, name:str) -> tuple:
     "(weights map, key) that hold the offloaded (`meta`) parameter `name`, from accelerate's hooks."
     mod, _, key = name.rpartition('.')
     while True:
         for h in _hooks(model.get_submodule(mod)):
             if getattr(h, 'weights_map', None) is not None: return h.weights_map, key
-        if not mod: raise ValueError(f"{name} is on the meta device and no accelerate hook holds it")
+        if not mod: raise ValueError(f"{name} is on `meta` and no accelerate hook holds it")
         mod, _, head = mod.rpartition('.'); key = f'{head}.{key}'
 
-# %% ../nbs/07a_cache.ipynb #3e222139
+# %% ../nbs/07a_cache.ipynb #f4fd9c36
 def _rows_of(model:nn.Module, name:str, t:torch.Tensor, rows:torch.Tensor) -> torch.Tensor:
     "Rows `rows` of parameter `name` as (rows, -1), read where it lives: memory, CPU map or disk."
     flat = lambda x: x.reshape(x.shape[0], -1) if x.dim() > 1 else x.reshape(1, -1)
     if t.device.type != 'meta': return flat(t.detach())[rows.to(t.device)].cpu()
     wm, key = _offload_entry(model, name)
-    idx = getattr(getattr(wm, 'dataset', None), 'index', {}).get(getattr(wm, 'prefix', '') + key, {})
+    index = getattr(getattr(wm, 'dataset', None), 'index', {})
+    idx = index.get(getattr(wm, 'prefix', '') + key, {})
     if 'safetensors_file' not in idx: return flat(wm[key])[rows].cpu().to(t.dtype)
     from safetensors import safe_open
     with safe_open(idx['safetensors_file'], framework='pt') as f:   # only these rows are read
@@ -246,31 +255,38 @@ def _rows_of(model:nn.Module, name:str, t:torch.Tensor, rows:torch.Tensor) -> to
         r = torch.cat([flat(sl[i:i + 1]) for i in rows.tolist()]) if t.dim() > 1 else flat(sl[:])
     return r.to(t.dtype)   # (what the hook hands the module)
 
-# %% ../nbs/07a_cache.ipynb #787397fb
-_PRECISIONS = ('float32', 'float16', 'bfloat16')   # finer to coarser: two teachers compare in the coarser
-
+# %% ../nbs/07a_cache.ipynb #3df11e63
 def _spread(n:int, k:int) -> torch.Tensor: # up to k indices spread evenly over range(n)
     return torch.from_numpy(np.unique(np.linspace(0, n - 1, min(k, n)).round().astype(np.int64)))
 
+def _tied_head(model:nn.Module) -> str|None: # the output layer's weight, when tied to the input's
+    head = model.get_output_embeddings() if hasattr(model, 'get_output_embeddings') else None
+    tied = getattr(getattr(model, 'config', None), 'tie_word_embeddings', False)
+    names = (f'{n}.weight' for n, m in model.named_modules() if m is head)
+    return next(names, None) if tied else None
+
+# %% ../nbs/07a_cache.ipynb #8a96d9cb
+_PRECISIONS = ('float32', 'float16', 'bfloat16')   # finer to coarser (two teachers: in the coarser)
+
 def _weight_hashes(model:nn.Module, n_rows:int=8, n_cols:int=16) -> dict:
-    "{precision: hash} of a sample (rows x columns spread over it) of every parameter, in that precision."
-    hs = {p: _h() for p in _PRECISIONS}
+    "{precision: hash} of a sample (rows x columns spread over it) of every weight, in it."
+    hs, tied = {p: _h() for p in _PRECISIONS}, _tied_head(model)
     for name, t in sorted(model.named_parameters()):
-        if not t.numel(): continue
+        if not t.numel() or name == tied: continue   # (hooks may untie a tied head: the embedding)
         R = t.shape[0] if t.dim() > 1 else 1
         x = _rows_of(model, name, t, _spread(R, n_rows))[:, _spread(t.numel() // R, n_cols)]
         for p, h in hs.items():
-            v = x.to(getattr(torch, p)) if x.is_floating_point() else x
-            h.update(f'{name}{tuple(t.shape)}'.encode()); h.update(v.contiguous().view(torch.uint8).numpy())
+            v = (x.to(getattr(torch, p)) if x.is_floating_point() else x).contiguous()
+            h.update(f'{name}{tuple(t.shape)}'.encode()); h.update(v.view(torch.uint8).numpy())
     return {p: h.hexdigest() for p, h in hs.items()}
 
-# %% ../nbs/07a_cache.ipynb #5220068f
+# %% ../nbs/07a_cache.ipynb #4d0c9c27
 def teacher_fingerprint(model:nn.Module) -> dict:
-    "A teacher's class, config, dtype, quantization and weights (sampled), as short hashes; and its name."
-    return {'name': getattr(getattr(model, 'config', None), '_name_or_path', '') or '',
-            'class': type(model).__name__, 'config': _config_hash(model),
-            'dtype': str(module_dtype(model)).removeprefix('torch.'), 'quantization': quantization(model),
-            'weights': _weight_hashes(model)}
+    "A teacher's name; its class, config, dtype, quantization, weights (sampled) as hashes."
+    name = getattr(getattr(model, 'config', None), '_name_or_path', '') or ''
+    return {'name': name, 'class': type(model).__name__, 'config': _config_hash(model),
+            'dtype': str(module_dtype(model)).removeprefix('torch.'),
+            'quantization': quantization(model), 'weights': _weight_hashes(model)}
 
 # %% ../nbs/07a_cache.ipynb #3da01fbe
 def _rank(dtype:str) -> int: return _PRECISIONS.index(dtype) if dtype in _PRECISIONS else 0
@@ -282,26 +298,29 @@ def _teacher_changes(old:dict, new:dict) -> list[str]:
     if old['quantization'] != new['quantization']:
         return [f"the teacher quantized otherwise ({old['quantization']} vs {new['quantization']})"]
     p = max(old['dtype'], new['dtype'], key=_rank)
-    if old['weights'][p] != new['weights'][p]: return [f"another teacher (other weights, compared in {p})"]
+    if old['weights'][p] != new['weights'][p]:
+        return [f"another teacher (other weights, compared in {p})"]
     return []
 
-# %% ../nbs/07a_cache.ipynb #12f9662f
+# %% ../nbs/07a_cache.ipynb #6c6c0f20
 def _data_changes(old:dict, new:dict) -> list[str]:
     "What differs between two data fingerprints, in words."
-    if old.get('rows') != new.get('rows'): return [f"{old.get('rows')} examples vs {new.get('rows')}"]
+    if (n := old.get('rows')) != (m := new.get('rows')): return [f"{n} examples vs {m}"]
     diff = [c for c in sorted((set(old) | set(new)) - {'rows'}) if old.get(c) != new.get(c)]
     same = lambda c: old.get(c) and new.get(c) and old[c][0] == new[c][0]
     return [f"other {c}" + (" (the same lengths, other tokens)" if same(c) else '') for c in diff]
 
+# %% ../nbs/07a_cache.ipynb #2e35596f
 def fingerprint_changes(old:dict, new:dict) -> list[str]:
-    "What differs between two fingerprints' data, teacher and vocabulary map (a part either lacks: unchecked)."
+    "What differs between two fingerprints' data, teacher, vocabulary map (not: a missing part)."
     both = lambda k: old.get(k) is not None and new.get(k) is not None
     out = _data_changes(old['data'], new['data']) if both('data') else []
     out += _teacher_changes(old['teacher'], new['teacher']) if both('teacher') else []
-    return out + (['another vocabulary map'] if both('vocab_map') and old['vocab_map'] != new['vocab_map'] else [])
+    vm = both('vocab_map') and old['vocab_map'] != new['vocab_map']
+    return out + (['another vocabulary map'] if vm else [])
 
 # %% ../nbs/07a_cache.ipynb #d9e7f180
-def _vocab_hash(vocab_map) -> str|None: # the map from teacher to student ids, hashed (None without one)
+def _vocab_hash(vocab_map) -> str|None: # the teacher-to-student id map, hashed (None without one)
     if vocab_map is None: return None
     return _h(vocab_map.t2s.cpu().numpy().astype(np.int64).tobytes()).hexdigest()
 
@@ -310,6 +329,17 @@ def _fingerprint(dataset, teacher, vocab_map=None) -> dict: # what a cache recor
             'teacher': None if teacher is None else teacher_fingerprint(teacher)}
 
 # %% ../nbs/07a_cache.ipynb #ca0ba87c
+def _start(path:Path, dataset, fields, k:int) -> tuple[Path, dict, dict]:
+    "The build's emptied `.tmp` folder, offsets and reserved arrays, once the disk can hold them."
+    tmp = path.with_name(path.name + '.tmp')
+    shutil.rmtree(tmp, ignore_errors=True)
+    _check_disk(path, _cache_bytes(dataset, fields, k))
+    tmp.mkdir(parents=True)
+    offsets, arrays = _open_arrays(tmp, dataset, fields)
+    _allocate(tmp, arrays, offsets, fields, k)
+    return tmp, offsets, arrays
+
+# %% ../nbs/07a_cache.ipynb #ae855f2a
 @torch.no_grad()
 def build_teacher_cache(
     teacher:nn.Module, # the teacher LM (it may be dispatched by accelerate over GPU, CPU and disk)
@@ -321,20 +351,16 @@ def build_teacher_cache(
     data_collator=None, # features -> batch; default `data.KDCollator(pad_id=0)`
     vocab_map=None, # across tokenizers: `align.VocabMap` mapping the top-k onto student ids
     fields:tuple=('topk',), # names in `FIELDS`
-    batch_tokens:int|None=None, # instead of `batch_size`: passes of up to this many padded teacher tokens
+    batch_tokens:int|None=None, # instead of `batch_size`: passes of up to this many padded tokens
 ) -> TeacherCache:
     "Run the teacher once over `dataset` and store the `fields` of every position on disk."
     if bad := [n for n in fields if n not in FIELDS]:
         raise ValueError(f"unknown cache field(s) {bad}; known: {list(FIELDS)}")
     collate, path = data_collator or KDCollator(pad_id=0), Path(path)
-    tmp = path.with_name(path.name + '.tmp')
-    shutil.rmtree(tmp, ignore_errors=True)
-    _check_disk(path, _cache_bytes(dataset, fields, k))
-    tmp.mkdir(parents=True)
-    offsets, arrays = _open_arrays(tmp, dataset, fields)
-    _allocate(tmp, arrays, offsets, fields, k)
-    meta = dict(k=k, temperature=temperature, n_examples=len(dataset), student_ids=vocab_map is not None,
-                teacher=type(teacher).__name__, fingerprint=_fingerprint(dataset, teacher, vocab_map))
+    tmp, offsets, arrays = _start(path, dataset, fields, k)
+    meta = dict(k=k, temperature=temperature, n_examples=len(dataset),
+                student_ids=vocab_map is not None, teacher=type(teacher).__name__,
+                fingerprint=_fingerprint(dataset, teacher, vocab_map))
     spans, was = _spans(_row_counts(dataset, 'teacher'), batch_size, batch_tokens), teacher.training
     teacher.eval()
     try: _cache_pass(teacher, dataset, collate, spans, tmp, offsets, arrays, k=k,
@@ -371,6 +397,19 @@ def read(self:TeacherCache,
     load = lambda m: torch.from_numpy(np.ascontiguousarray(m[rows])).to(device)
     return FIELDS[name].load({a: load(m) for a, m in arrays})
 
+# %% ../nbs/07a_cache.ipynb #20dd11f4
+@patch
+def _check_origin(self:TeacherCache, dataset, teacher=None, k=None, vocab_map=None):
+    "Refuse a cache of other text, by another teacher or with another k; warn without a record."
+    where, fp = f"teacher cache {self.path}", self.meta.get('fingerprint')
+    if fp is None: return warnings.warn(f"{where} has no fingerprint (an older kd_toolkit built "
+        "it): the text and teacher it was built from cannot be checked; rebuild it to check them")
+    other_k = k and 'topk' in self.fields and k != self.meta['k']
+    diff = [f"k {self.meta['k']} vs kd_topk {k}"] if other_k else []
+    diff += fingerprint_changes(fp, _fingerprint(dataset, teacher, vocab_map))
+    if diff: raise ValueError(f"{where} was built from something else: {'; '.join(diff)}: "
+                              "rebuild it (delete the folder) or point teacher_cache elsewhere")
+
 # %% ../nbs/07a_cache.ipynb #77d847bf
 @patch
 def check(self:TeacherCache, dataset, fields, temperature:float, student_ids:bool,
@@ -396,18 +435,6 @@ def check(self:TeacherCache, dataset, fields, temperature:float, student_ids:boo
         raise ValueError(f"{where} holds top-k over {ids(self.meta['student_ids'])} ids, but this "
                          f"run's cross_vocab_loss needs {ids(student_ids)} ids: rebuild it")
     self._check_origin(dataset, teacher, k, vocab_map)
-
-# %% ../nbs/07a_cache.ipynb #20dd11f4
-@patch
-def _check_origin(self:TeacherCache, dataset, teacher=None, k=None, vocab_map=None):
-    "Refuse a cache built from other text, by another teacher or with another k; warn without a record."
-    where, fp = f"teacher cache {self.path}", self.meta.get('fingerprint')
-    if fp is None: return warnings.warn(f"{where} has no fingerprint (an older kd_toolkit built it): the text "
-                                        "and teacher it was built from cannot be checked; rebuild it to check them")
-    diff = [f"k {self.meta['k']} vs kd_topk {k}"] if k and 'topk' in self.fields and k != self.meta['k'] else []
-    diff += fingerprint_changes(fp, _fingerprint(dataset, teacher, vocab_map))
-    if diff: raise ValueError(f"{where} was built from something else: {'; '.join(diff)}: rebuild it "
-                              "(delete the folder) or point teacher_cache elsewhere")
 
 # %% ../nbs/07a_cache.ipynb #68d0690d
 class IndexCollator:

@@ -25,7 +25,7 @@ def _student_last(student:nn.Module, batch:dict) -> torch.Tensor: # (B, Ls, Ds),
 # %% ../nbs/06a_calibrate.ipynb #0e050e1b
 @torch.no_grad()
 def _teacher_last(teacher:nn.Module, batch:dict) -> torch.Tensor: # (B, Lt, Dt) on its own tokens
-    ids, mask, dev = *teacher_view(batch), input_device(teacher)   # where it reads (accelerate's hooks)
+    ids, mask, dev = *teacher_view(batch), input_device(teacher)   # (accelerate's hooks)
     out = teacher(input_ids=ids.to(dev), attention_mask=mask.to(dev), output_hidden_states=True,
                   use_cache=False)
     return out.hidden_states[-1].to(ids.device)

@@ -75,7 +75,7 @@ def _hook_device(m:nn.Module) -> torch.device|None:
 
 # %% ../nbs/00_core.ipynb #2d21daee
 def input_device(model:nn.Module) -> torch.device:
-    "Where `model` reads its inputs: its embedding's accelerate hook device, else its first real tensor's."
+    "Where `model` reads its inputs: its embedding's accelerate hook device, else its first tensor's."
     emb = model.get_input_embeddings() if hasattr(model, 'get_input_embeddings') else None
     for m in (emb, model):
         if m is not None and (d := _hook_device(m)) is not None: return d
@@ -95,15 +95,17 @@ def quantization(model:nn.Module) -> str|None:
     if q is None: return None
     d = q if isinstance(q, dict) else q.to_dict()
     name = str(getattr(m := d.get('quant_method', 'quantized'), 'value', m))
-    return f"{name} {'8-bit' if d.get('load_in_8bit') else '4-bit' if d.get('load_in_4bit') else ''}".strip()
+    bits = '8-bit' if d.get('load_in_8bit') else '4-bit' if d.get('load_in_4bit') else ''
+    return f"{name} {bits}".strip()
 
 # %% ../nbs/00_core.ipynb #ff5d8b54
 def to_device(x, device):
     "`x` with every tensor in it on `device`: a tensor, or dicts, lists and (named) tuples of them."
     if torch.is_tensor(x): return x.to(device)
     if isinstance(x, dict): return {k: to_device(v, device) for k, v in x.items()}
-    if isinstance(x, tuple) and hasattr(x, '_fields'): return type(x)(*(to_device(v, device) for v in x))
-    if isinstance(x, (list, tuple)): return type(x)(to_device(v, device) for v in x)
+    moved = (to_device(v, device) for v in x) if isinstance(x, (list, tuple)) else None
+    if isinstance(x, tuple) and hasattr(x, '_fields'): return type(x)(*moved)   # (a named tuple)
+    if isinstance(x, (list, tuple)): return type(x)(moved)
     return x
 
 # %% ../nbs/00_core.ipynb #81d0d1d7

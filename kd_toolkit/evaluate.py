@@ -134,7 +134,7 @@ class Evaluator:
 # %% ../nbs/06_evaluate.ipynb #e6a7000a
 @patch
 def _forward(self:Evaluator, model, ids, mask, hidden):
-    "One model in its own dtype, fed where it reads (`core.input_device`); fp32 may use `amp_dtype`."
+    "One model in its own dtype, fed where it reads (`core.input_device`); fp32: `amp_dtype`."
     dev = input_device(model)
     amp = self.amp_dtype if module_dtype(model) == torch.float32 else None
     kw = dict(input_ids=ids.to(dev), attention_mask=mask.to(dev), output_hidden_states=hidden)

@@ -164,9 +164,10 @@ def _fixed(teacher:nn.Module) -> str|None:
     where = sorted({str(d) for d in (getattr(teacher, 'hf_device_map', None) or {}).values()})
     return f"dispatched by accelerate over {', '.join(where) or 'hooks'}"
 
+# %% ../nbs/07e_prepare.ipynb #3a24973a
 def _place_teacher(teacher:nn.Module, args:KDConfig) -> nn.Module:
     "The frozen teacher on the training device, in `teacher_dtype` ('auto': fp16 on a GPU), eval mode."
-    dt, now = teacher_dtype(args.teacher_dtype, module_dtype(teacher), args.device), module_dtype(teacher)
+    now = module_dtype(teacher); dt = teacher_dtype(args.teacher_dtype, now, args.device)
     if not (why := _fixed(teacher)): return teacher.to(device=args.device, dtype=dt).eval()
     if args.teacher_dtype not in ('auto', 'keep') and dt != now: raise ValueError(
         f"teacher_dtype={args.teacher_dtype!r} would cast a teacher {why}, which stays as loaded: "
@@ -189,10 +190,10 @@ def _lora(student:nn.Module, args:KDConfig, peft_config=None) -> nn.Module:
 # %% ../nbs/07e_prepare.ipynb #f7f28040
 def _prepare_student(student:nn.Module, teacher, args:KDConfig, peft_config=None) -> nn.Module:
     "The student to train: started from the teacher if asked, wrapped for LoRA when asked."
-    if args.init_from_teacher and teacher is not None and (why := _fixed(teacher)): raise ValueError(
-        f"init_from_teacher=True copies the teacher's weights, but the teacher is {why}: load it "
-        "whole to start the student from it, or set init_from_teacher=False")
-    if args.init_from_teacher and teacher is not None: init_from_teacher(student, teacher)
+    if (copy := args.init_from_teacher and teacher is not None) and (why := _fixed(teacher)):
+        raise ValueError(f"init_from_teacher=True copies the teacher's weights, but the teacher is "
+                         f"{why}: load it whole to start the student from it, or set it to False")
+    if copy: init_from_teacher(student, teacher)
     lora = peft_config is not None or args.lora is not None
     return _lora(student, args, peft_config) if lora else student
 

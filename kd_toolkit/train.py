@@ -224,7 +224,8 @@ def _means(kd_state:dict) -> tuple: return kd_state['balancer']['ema'], kd_state
 # %% ../nbs/07_train.ipynb #ae61e4b6
 def _finish_save(tr, stage:Path, run_dir:Path, name:str):
     "Add the trainer's counters and state to the staged checkpoint `name`; rename it into place."
-    extra = dict(stop_reason=tr.stop_reason, kd_path=tr.kd_path_label, fingerprint=tr._fingerprint())
+    extra = dict(stop_reason=tr.stop_reason, kd_path=tr.kd_path_label,
+                 fingerprint=tr._fingerprint())   # what the run learns from
     write_kd_state(stage/name, tr.kd_state | extra)
     tr.state.save_to_json(str(stage/name/'trainer_state.json'))
     promote(stage, run_dir, name, tr.args.save_total_limit, tr.state.best_model_checkpoint)
