@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from .core import KDConfig, as_config, gpu_preflight, module_dtype, teacher_dtype, _val
+from .core import is_dispatched, quantization
 from .projector import KnowledgeRouter, Projector
 from . import curriculum as C
 from .data import KDCollator
@@ -151,15 +152,27 @@ def _open_cache(args:KDConfig, teacher, dataset, collate, plan:Plan, cur, fields
                          "the curriculum's changes")
     if not (Path(args.teacher_cache)/'meta.json').exists():
         _build_cache(args, teacher, dataset, collate, plan, fields, T)
-    cache = TeacherCache(args.teacher_cache)
-    cache.check(dataset, fields, T, student_ids=plan.maps_topk)
+    cache, vm = TeacherCache(args.teacher_cache), plan.vocab_map if plan.maps_topk else None
+    cache.check(dataset, fields, T, plan.maps_topk, teacher=teacher, k=args.kd_topk, vocab_map=vm)
     return cache
 
 # %% ../nbs/07e_prepare.ipynb #434551a3
+def _fixed(teacher:nn.Module) -> str|None:
+    "Why `teacher` must stay where and as it is (quantized, dispatched by accelerate), or None."
+    if q := quantization(teacher): return f"quantized ({q})"
+    if not is_dispatched(teacher): return None
+    where = sorted({str(d) for d in (getattr(teacher, 'hf_device_map', None) or {}).values()})
+    return f"dispatched by accelerate over {', '.join(where) or 'hooks'}"
+
+# %% ../nbs/07e_prepare.ipynb #3a24973a
 def _place_teacher(teacher:nn.Module, args:KDConfig) -> nn.Module:
     "The frozen teacher on the training device, in `teacher_dtype` ('auto': fp16 on a GPU), eval mode."
-    dt = teacher_dtype(args.teacher_dtype, module_dtype(teacher), args.device)
-    return teacher.to(device=args.device, dtype=dt).eval()
+    now = module_dtype(teacher); dt = teacher_dtype(args.teacher_dtype, now, args.device)
+    if not (why := _fixed(teacher)): return teacher.to(device=args.device, dtype=dt).eval()
+    if args.teacher_dtype not in ('auto', 'keep') and dt != now: raise ValueError(
+        f"teacher_dtype={args.teacher_dtype!r} would cast a teacher {why}, which stays as loaded: "
+        "load it in that dtype (from_pretrained(..., dtype=...)) and leave teacher_dtype='auto'")
+    return teacher.eval()
 
 # %% ../nbs/07e_prepare.ipynb #882e9fc2
 def _lora(student:nn.Module, args:KDConfig, peft_config=None) -> nn.Module:
@@ -177,7 +190,10 @@ def _lora(student:nn.Module, args:KDConfig, peft_config=None) -> nn.Module:
 # %% ../nbs/07e_prepare.ipynb #f7f28040
 def _prepare_student(student:nn.Module, teacher, args:KDConfig, peft_config=None) -> nn.Module:
     "The student to train: started from the teacher if asked, wrapped for LoRA when asked."
-    if args.init_from_teacher and teacher is not None: init_from_teacher(student, teacher)
+    if (copy := args.init_from_teacher and teacher is not None) and (why := _fixed(teacher)):
+        raise ValueError(f"init_from_teacher=True copies the teacher's weights, but the teacher is "
+                         f"{why}: load it whole to start the student from it, or set it to False")
+    if copy: init_from_teacher(student, teacher)
     lora = peft_config is not None or args.lora is not None
     return _lora(student, args, peft_config) if lora else student
 
