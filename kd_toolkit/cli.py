@@ -505,10 +505,10 @@ def _train_data(spec:dict, files:dict) -> dict:
 # %% ../nbs/09_cli.ipynb #a71425fa
 def _distill_from_config(path:str, resume:bool=False, overwrite:bool=False):
     "Run `distill` from a JSON run spec; the inputs and output folder are checked before any model."
+    spec = read_spec(path)                            # (light: answered before the heavy imports)
+    cfg, files, ckpt = _distill_inputs(spec, path, resume, overwrite)
     from kd_toolkit.prepare import check_fit
     from kd_toolkit.train import distill
-    spec = read_spec(path)
-    cfg, files, ckpt = _distill_inputs(spec, path, resume, overwrite)
     data = _train_data(spec, files)
     docs = lambda: read_docs(files['train'], spec.get('sample_by', 'paragraph'), 'train')
     teacher, ttok, student, stok = _load_pair(spec, path, docs, cfg.seed)
@@ -562,10 +562,10 @@ def _as_json(ev) -> str:
 def _evaluate(model:str, data:str, teacher:str|None, max_length:int, sample_by:str='paragraph',
               as_json:bool=False):
     "Held-out perplexity and bits-per-byte of `model` on a text file (and KL to a teacher, ...)."
+    text_file(data, '--data'); model_source(model, '--model', hub=False)   # (light: before imports)
+    if teacher: model_source(teacher, '--teacher', hub=False)
     from kd_toolkit.evaluate import Evaluator
     docs = read_docs(data, sample_by, '--data')
-    model_source(model, '--model', hub=False)
-    if teacher: model_source(teacher, '--teacher', hub=False)
     m, tok = load_model(model, what='--model')
     t, ttok = load_model(teacher) if teacher else (None, None)
     b, vmap = _eval_inputs(docs, data, tok, ttok, max_length)

@@ -43,8 +43,10 @@ def read_documents(path:str|Path, # a UTF-8 text file
     with open(path, encoding='utf-8', newline='') as f: return split_documents(f.read(), sample_by)
 
 # %% ../nbs/05_data.ipynb #533d0585
-def _from_files(paths, sample_by): # the documents of text files, by the rule
-    return datasets.Dataset.from_dict({'text': [d for p in paths for d in read_documents(p, sample_by)]})
+def _from_files(paths, sample_by): # the documents of text files, by the rule; their names in `info`
+    info = datasets.DatasetInfo(description=f"the text file {', '.join(map(str, paths))}")
+    docs = [d for p in paths for d in read_documents(p, sample_by)]
+    return datasets.Dataset.from_dict({'text': docs}, info=info)
 
 # %% ../nbs/05_data.ipynb #3e61b0a2
 def _from_dataset(ds, text_column):
@@ -235,11 +237,11 @@ def _warn_skipped(out, ds):
                       "max_length/teacher_max_length or under 2 student tokens")
 
 # %% ../nbs/05_data.ipynb #be5c841a
-def _warn_short(out, max_length, texts): # fewer tokens in all than one window: say how many
+def _warn_short(out, max_length, ds): # fewer tokens in all than one window: say how many
     if max_length is None or len(out) > max_length // 2: return   # (every chunk has 2 tokens at least)
     n = sum(map(len, out['input_ids']))
     if n >= max_length: return
-    what = f"the text file {texts}" if isinstance(texts, (str, os.PathLike)) else f"the {len(out)} chunk(s)"
+    what = ds.info.description or f"the {len(out)} chunk(s)"   # (a file's name, from `load_texts`)
     warnings.warn(f"build_kd_dataset: {what} hold(s) only {n} student tokens in all, fewer than one window "
                   f"(max_length={max_length}): a run learns little from so little text; give more")
 
@@ -277,7 +279,7 @@ def build_kd_dataset(
         raise ValueError(f"no chunk with at least 2 tokens in {len(ds)} texts: texts are empty or "
                          "shorter than one token, or max_length/teacher_max_length are too small "
                          "for any common token boundary")
-    _warn_skipped(out, ds); _warn_short(out, max_length, texts)
+    _warn_skipped(out, ds); _warn_short(out, max_length, ds)
     return out
 
 # %% ../nbs/05_data.ipynb #9a0f3c02
