@@ -207,9 +207,11 @@ def _save(tmp:Path, table:pd.DataFrame, histories:dict, kd_student, tok, card:st
           samples:pd.DataFrame) -> list[str]:
     "Write the tables, charts (returned), the KD student and its card; drop the runs and the cache."
     from kd_toolkit.card import write_card
+    from kd_toolkit.checkpoint import quiet_saves
     table.to_csv(tmp/'results.csv'); samples.to_csv(tmp/'samples.csv')
     charts = _charts(histories, table.loc['teacher', 'perplexity'], tmp)
-    kd_student.save_pretrained(tmp/'student_kd'); tok.save_pretrained(tmp/'student_kd')
+    with quiet_saves(): kd_student.save_pretrained(tmp/'student_kd')   # (no 'Writing model shards' bar)
+    tok.save_pretrained(tmp/'student_kd')
     write_card(tmp/'student_kd', card)
     for d in ('runs', 'teacher_cache'): shutil.rmtree(tmp/d, ignore_errors=True)
     return charts
@@ -228,10 +230,14 @@ def _about(teacher:str, student:str, corpus:str, s, n_tok:int, steps:int, batch_
 def _report(table:pd.DataFrame, charts:list[str], about:str, samples:pd.DataFrame) -> str:
     "The demo's report.md: what ran, the results table, the verdict, the samples and the charts."
     from kd_toolkit.recipe import markdown_table
-    kd_wins = table.loc['student_kd', 'perplexity'] < table.loc['student_lm_only', 'perplexity']
+    ppl = table['perplexity']
+    kd_wins = ppl['student_kd'] < ppl['student_lm_only']
+    honest = (f"Greedy continuations of held-out prompts: what a held-out perplexity of {ppl['student_kd']:.0f} "
+              f"(KD) or {ppl['student_lm_only']:.0f} (LM-only) reads like, next to the teacher's "
+              f"{ppl['teacher']:.1f}. The students are toys, trained briefly on a small corpus.")
     return (f"# kd_toolkit demo\n\n{about}\n\n{markdown_table(table)}\n"
             f"KD {'beats' if kd_wins else 'does NOT beat'} LM-only on held-out perplexity.\n\n"
-            f"## Samples\n\nGreedy continuations of held-out prompts.\n\n{_samples_md(samples)}\n"
+            f"## Samples\n\n{honest}\n\n{_samples_md(samples)}\n"
             + ''.join(f"![{c}]({c})\n" for c in charts))
 
 # %% ../nbs/09_cli.ipynb #a1c0e010
