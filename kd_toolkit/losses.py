@@ -141,8 +141,9 @@ def _chunked(x, fn, chunk_size, step=None):
     if c is None: return fn(x, 0)
     step = step or _autograd_step(fn)
     if x.requires_grad and torch.is_grad_enabled(): return _ChunkGrad.apply(x, step, c)
-    zero = torch.zeros((), device=x.device)
-    return sum((step(x[i:i+c], i, False)[0] for i in range(0, x.shape[0], c)), zero)
+    total = torch.zeros((), device=x.device)                       # fp32, as in _ChunkGrad
+    for i in range(0, x.shape[0], c): total += step(x[i:i+c], i, False)[0]
+    return total
 
 # %% ../nbs/02_losses.ipynb #1d6e0a0a
 def _flat_mask(mask, lead, device): # mask (...) on the leading dims -> (N,) weights summing to 1
