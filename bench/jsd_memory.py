@@ -7,6 +7,8 @@
                                                                           #   and time in the same run), rows saved
     .venv/bin/python bench/jsd_memory.py --div jsd --chunk 128 --beta 0.9 # one cell
 
+BENCHMARKS.md (section 6) runs it with `--glibc-default --before <main's losses.py>`: issue 24's own protocol.
+
 Protocol (issue 24, "Generalized JSD memory"): each (divergence, chunk) runs in a fresh Python process that imports
 torch and the losses module, runs a warm-up forward + backward of the same call on a tiny input (randn(64, 512) * 2),
 then allocates the inputs `randn(N, V) * 2` (student logits with grad, teacher logits; N = 2,048, V = 49,152), resets
