@@ -69,16 +69,19 @@ def _check_div(divergence, temperature, beta, skew):
     if not 0 <= skew < 1: raise ValueError(f"skew must be in [0, 1) (DistiLLM's alpha), got {skew}")
 
 # %% ../nbs/02_losses.ipynb #f2b8c9fe
-# a loss f(x, i) -> scalar as a chunk step (x, i, need_grad) -> (loss, fp32 grad of x or None)
-def _autograd_step(f):
-    def step(x, i, need):
+def _into(g, out, scale): # fp32 gradient g × scale (in place), then rounded once into `out`
+    if scale is not None: g.mul_(scale)
+    return g if out is None or out is g else out.copy_(g)
+
+# %% ../nbs/02_losses.ipynb #422e0c9a
+def _autograd_step(f): # a loss f(x, i) -> scalar as a chunk step by local autograd
+    def step(x, i, need, out=None, scale=None):
         if not need:
             with torch.no_grad(): return f(x, i), None
         with torch.enable_grad():
-            # the chunk's gradient stays fp32 until the upstream scale
-            xc = x.detach().float().requires_grad_()
+            xc = x.detach().float().requires_grad_()   # fp32 until the upstream scale
             loss = f(xc, i)
-        return loss.detach(), torch.autograd.grad(loss, xc)[0]
+        return loss.detach(), _into(torch.autograd.grad(loss, xc)[0], out, scale)
     return step
 
 # %% ../nbs/02_losses.ipynb #1d6e0a03
@@ -90,12 +93,11 @@ class _ChunkGrad(torch.autograd.Function):
         eager = ctx.needs_input_grad[0] and x.dtype == torch.float32
         grad = torch.empty_like(x) if eager else None
         total = torch.zeros((), dtype=torch.float32, device=x.device)
-        for i in range(0, x.shape[0], chunk_size):
-            loss, gc = step(x[i:i+chunk_size], i, eager)
-            if eager: grad[i:i+chunk_size] = gc
-            total += loss
-        ctx.grad, ctx.step, ctx.chunk_size, ctx.used = grad, step, chunk_size, False
-        # fp16/bf16: recompute in backward
+        for i in range(0, x.shape[0], chunk_size):   # fp32: the step writes into grad's rows
+            total += step(x[i:i+chunk_size], i, eager, grad[i:i+chunk_size] if eager else None)[0]
+        ctx.grad, ctx.chunk_size, ctx.used = grad, chunk_size, False
+        # fp16/bf16: recompute in backward (fp32: nothing more is needed, the step is let go)
+        ctx.step = None if eager else step
         if not eager: ctx.save_for_backward(x)
         return total
 
@@ -111,8 +113,7 @@ class _ChunkGrad(torch.autograd.Function):
         x, = ctx.saved_tensors
         grad, c = torch.empty_like(x), ctx.chunk_size
         # fp32 gradient × g, then ONE rounding to x's dtype
-        for i in range(0, x.shape[0], c):
-            grad[i:i+c] = ctx.step(x[i:i+c], i, True)[1].mul_(g)
+        for i in range(0, x.shape[0], c): ctx.step(x[i:i+c], i, True, grad[i:i+c], g)
         return grad, None, None
 
 # %% ../nbs/02_losses.ipynb #1d6e0a05
@@ -140,8 +141,9 @@ def _chunked(x, fn, chunk_size, step=None):
     if c is None: return fn(x, 0)
     step = step or _autograd_step(fn)
     if x.requires_grad and torch.is_grad_enabled(): return _ChunkGrad.apply(x, step, c)
-    zero = torch.zeros((), device=x.device)
-    return sum((step(x[i:i+c], i, False)[0] for i in range(0, x.shape[0], c)), zero)
+    total = torch.zeros((), device=x.device)                       # fp32, as in _ChunkGrad
+    for i in range(0, x.shape[0], c): total += step(x[i:i+c], i, False)[0]
+    return total
 
 # %% ../nbs/02_losses.ipynb #1d6e0a0a
 def _flat_mask(mask, lead, device): # mask (...) on the leading dims -> (N,) weights summing to 1
@@ -167,27 +169,111 @@ def _check_logits(student_logits, teacher_logits):
                          "first (kd_toolkit.align.gather_aligned)")
 
 # %% ../nbs/02_losses.ipynb #af88088e
+def _lsm_(buf, x, temperature): # buf <- `_logprobs(x, temperature)`, in place: no new buffer
+    buf.copy_(x)                                  # exact upcast of fp16/bf16
+    if temperature != 1: buf.div_(temperature)
+    return torch.log_softmax(buf, -1, out=buf).clamp_min_(_FLOOR)
+
+# %% ../nbs/02_losses.ipynb #5240ee45
+# q <- q ⊙ (u − <q, u>) from qu = q ⊙ u (and <q, u>): the softmax's backward of ∂D/∂q = u
+def _center_(q, qu, dot=None):
+    dot = qu.sum(-1) if dot is None else dot
+    return q.mul_(dot[:, None].neg()).add_(qu)
+
+# %% ../nbs/02_losses.ipynb #461b05af
+def _mix_(la, lb, wa, c, e): # `_mix(la, lb, wa)` into buffer c; e: a scratch buffer (may be lb)
+    la, lb = torch.add(la, math.log(wa), out=c), torch.add(lb, math.log1p(-wa), out=e)
+    return torch.logaddexp(la, lb, out=c)
+
+# %% ../nbs/02_losses.ipynb #d9d44806
+def _fkl_(ls, lt, need, _a, c, _e=None): # KL(p ‖ q); ∂D/∂z = q − p
+    p = torch.exp(lt, out=c)
+    d = lt.sub_(ls).mul_(p).sum(-1)
+    if need: ls.exp_().sub_(p)
+    return d
+
+# %% ../nbs/02_losses.ipynb #f02d5128
+def _rkl_(ls, lt, need, _a, c, _e=None): # KL(q ‖ p); u = ls − lt
+    r = lt.neg_().add_(ls)
+    qr = torch.mul(ls.exp_(), r, out=c)
+    d = qr.sum(-1)
+    if need: _center_(ls, qr, d)
+    return d
+
+# %% ../nbs/02_losses.ipynb #7628d29f
+def _tvd_(ls, lt, need, _a, c, _e=None): # ½ Σ|q − p|; u = ½ sign(q − p)
+    q = ls.exp_(); diff = lt.exp_().neg_().add_(q)          # q − p
+    d = torch.abs(diff, out=c).sum(-1).mul_(0.5)
+    if need: _center_(q, torch.mul(q, diff.sign_().mul_(0.5), out=c))
+    return d
+
+# %% ../nbs/02_losses.ipynb #97b03f67
+def _skl_(ls, lt, need, a, c, e): # KL(p ‖ m), m = a·p + (1−a)·q; u = −(1−a)·p/m
+    if a == 0: return _fkl_(ls, lt, need, a, c)
+    lm = _mix_(lt, ls, a, c, e)
+    s = torch.sub(lt, lm, out=e)                             # log(p/m)
+    d = torch.exp(lt, out=c).mul_(s).sum(-1)
+    if need: q = ls.exp_(); _center_(q, torch.mul(q, s.exp_(), out=c)).mul_(a - 1)
+    return d
+
+# %% ../nbs/02_losses.ipynb #b72bf19a
+# KL(q ‖ m), m = a·q + (1−a)·p; u = r − a·q/m, r = log(q/m)
+def _srkl_(ls, lt, need, a, c, _e=None):
+    if a == 0: return _rkl_(ls, lt, need, a, c)
+    lm = _mix_(ls, lt, a, c, lt)                            # lt: overwritten
+    r = torch.sub(ls, lm, out=lt)
+    q = ls.exp_(); d = torch.mul(q, r, out=c).sum(-1)
+    if need: _center_(q, torch.mul(q, r.sub_(torch.exp(r, out=c), alpha=a), out=c))
+    return d
+
+# %% ../nbs/02_losses.ipynb #2f84a6c0
+# β·KL(p ‖ m) + (1−β)·KL(q ‖ m), m = β·p + (1−β)·q; u = (1−β)·log(q/m)
+def _jsd_(ls, lt, need, b, c, e):
+    if b in (0, 1): return (_fkl_ if b == 0 else _rkl_)(ls, lt, need, b, c)
+    lm = _mix_(lt, ls, b, c, e)
+    p = torch.exp(lt, out=e); d1 = lt.sub_(lm).mul_(p).sum(-1)            # Σ p·log(p/m)
+    r = torch.sub(ls, lm, out=c); q = ls.exp_()
+    qr = torch.mul(q, r, out=lt); d2 = qr.sum(-1)                         # Σ q·log(q/m)
+    if need: _center_(q, qr, d2).mul_(1 - b)
+    return b * d1 + (1 - b) * d2
+
+# %% ../nbs/02_losses.ipynb #84077a65
+# divergence -> its closed form
+_CLOSED = dict(fkl=_fkl_, rkl=_rkl_, jsd=_jsd_, skl=_skl_, srkl=_srkl_, tvd=_tvd_)
+
+# %% ../nbs/02_losses.ipynb #f137685f
+# a chunk step from block(x, i, bufs, need) -> loss, its gradient left in bufs[0]
+def _blocked(block, N, nbuf):
+    def step(x, i, need, out=None, scale=None):
+        (n, V), dt = x.shape, torch.float64 if x.dtype == torch.float64 else torch.float32
+        rows, dev = auto_chunk(N, V), x.device
+        if need and out is None: out = torch.empty(n, V, dtype=dt, device=dev)
+        own = need and out.dtype == dt                       # work in out's rows: no gradient block
+        ws = [torch.empty(min(n, rows), V, dtype=dt, device=dev) for _ in range(nbuf - own)]
+        total = torch.zeros((), dtype=dt, device=dev)
+        with torch.no_grad():
+            for j in range(0, n, rows):
+                m = min(rows, n - j); bufs = ([out[j:j+m]] if own else []) + [b[:m] for b in ws]
+                total += block(x[j:j+m], i + j, bufs, need)
+                if need: _into(bufs[0], None if own else out[j:j+m], scale)
+        return total, out if need else None
+    return step
+
+# %% ../nbs/02_losses.ipynb #7e2e1513
 def _kd_fns(t, w, divergence, temperature, beta, skew):
-    "KD of a chunk of student logits against teacher logits `t` (N, V): autograd fn and chunk step."
-    T2 = temperature**2
+    "KD of a chunk of student logits against teacher logits `t` (N, V): autograd fn, closed form."
+    T, f, a = temperature, _CLOSED[divergence], beta if divergence == 'jsd' else skew
     def fn(x, i):
         n = x.shape[0]
-        ls, lt = _logprobs(x, temperature), _logprobs(t[i:i+n], temperature)
-        d = _token_div(ls, lt, divergence, beta, skew)
-        return torch.where(w[i:i+n] > 0, d, 0.).mul(w[i:i+n]).sum() * T2
-    # forward KL by hand, in place: 3 chunk buffers instead of ~8 under autograd
-    def fkl_step(x, i, need):
+        d = _token_div(_logprobs(x, T), _logprobs(t[i:i+n], T), divergence, beta, skew)
+        return torch.where(w[i:i+n] > 0, d, 0.).mul(w[i:i+n]).sum() * T**2
+    # loss of rows x; T·w·∂D/∂z (= ∂loss/∂x) left in bufs[0], exactly 0 in rows with w = 0
+    def block(x, i, bufs, need):
         n = x.shape[0]; wi = w[i:i+n]
-        with torch.no_grad():
-            ls, lt = _logprobs(x, temperature), _logprobs(t[i:i+n], temperature)
-            p = lt.exp()
-            loss = torch.where(wi > 0, lt.sub_(ls).mul_(p).sum(-1), 0.).mul(wi).sum() * T2
-            if not need: return loss, None
-            # d/dx of T²·w·KL(p || softmax(x/T)) = T·w·(q - p); rows with w = 0 get exactly 0
-            grad = ls.exp_().sub_(p).mul_((wi * temperature)[:, None])
-            return loss, grad.masked_fill_((wi == 0)[:, None], 0.)
-    fkl = divergence == 'fkl' or (divergence == 'jsd' and beta == 0)
-    return fn, (fkl_step if fkl else _autograd_step(fn))
+        d = f(_lsm_(bufs[0], x, T), _lsm_(bufs[1], t[i:i+n], T), need, a, *bufs[2:])
+        if need: bufs[0].mul_((wi * T)[:, None]).masked_fill_((wi == 0)[:, None], 0.)
+        return torch.where(wi > 0, d, 0.).mul(wi).sum() * T**2
+    return fn, _blocked(block, t.shape[0], 4 if divergence in ('jsd', 'skl') else 3)
 
 # %% ../nbs/02_losses.ipynb #af880890
 def kd_loss(
@@ -314,17 +400,15 @@ def _ce_fns(tg, w, ignore_index):
         n = x.shape[0]
         ce = F.cross_entropy(x.float(), tg[i:i+n], ignore_index=ignore_index, reduction='none')
         return ce.mul(w[i:i+n]).sum()
-    def step(x, i, need): # by hand, in place: one chunk buffer
-        n = x.shape[0]; wi, ti = w[i:i+n], tg[i:i+n]
-        with torch.no_grad():
-            lp, safe = F.log_softmax(x.float(), -1), ti.clamp_min(0)[:, None]
-            loss = torch.where(wi > 0, -lp.gather(1, safe)[:, 0], 0.).mul(wi).sum()
-            if not need: return loss, None
-            g = lp.exp_()
-            g.scatter_add_(1, safe, torch.full_like(safe, -1, dtype=g.dtype))
-            # d/dx = w·(softmax(x) - onehot)
-            return loss, g.mul_(wi[:, None]).masked_fill_((wi == 0)[:, None], 0.)
-    return fn, step
+    def block(x, i, bufs, need): # by hand, in place: w·(softmax(x) − onehot) left in bufs[0]
+        n = x.shape[0]; wi, safe = w[i:i+n], tg[i:i+n].clamp_min(0)[:, None]
+        lp = torch.log_softmax(bufs[0].copy_(x), -1, out=bufs[0])
+        loss = torch.where(wi > 0, -lp.gather(1, safe)[:, 0], 0.).mul(wi).sum()
+        if need:
+            g = lp.exp_().scatter_add_(1, safe, torch.full_like(safe, -1, dtype=lp.dtype))
+            g.mul_(wi[:, None]).masked_fill_((wi == 0)[:, None], 0.)
+        return loss
+    return fn, _blocked(block, tg.shape[0], 1)
 
 # %% ../nbs/02_losses.ipynb #cf685506
 def lm_loss(
