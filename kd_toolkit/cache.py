@@ -13,7 +13,7 @@ from fastcore.basics import patch
 from torch import nn
 from .align import gather_aligned
 from .data import KDCollator, teacher_key, teacher_view
-from .xvocab import teacher_token_logprobs
+from .xvocab import teacher_token_logprobs, teacher_topk_rows
 from .losses import TopK, topk_teacher
 
 # %% auto #0
@@ -54,11 +54,14 @@ def _topk_rows(out, batch, k, temperature=1.0, vocab_map=None, **_) -> dict:
     return dict(logprobs=t.logprobs.half().float(), ids=t.ids, tail=t.tail.float())
 
 # %% ../nbs/07a_cache.ipynb #262d10ba
+_TOPK_ARRAYS = {'logprobs': np.float16, 'ids': np.int32, 'tail': np.float32}
+def _as_topk(a): return TopK(a['logprobs'].float(), a['ids'].long(), a['tail'].float())
+
 FIELDS = {  # name -> Field
-    'topk': Field(_topk_rows, {'logprobs': np.float16, 'ids': np.int32, 'tail': np.float32},
-                  lambda a: TopK(a['logprobs'].float(), a['ids'].long(), a['tail'].float())),
+    'topk': Field(_topk_rows, _TOPK_ARRAYS, _as_topk),
     'token_logprobs': Field(teacher_token_logprobs, {'logprobs': np.float32},
                             lambda a: a['logprobs'].float(), rows='teacher'),
+    'teacher_topk': Field(teacher_topk_rows, _TOPK_ARRAYS, _as_topk, rows='teacher'),   # the piece trie
 }
 
 # %% ../nbs/07a_cache.ipynb #243475dd
