@@ -154,7 +154,8 @@ def kd_trie(s:MicroBatch) -> torch.Tensor:
     rows, tpos, nodes = trie_levels(p.trie, s.targets, ids.to(dev), tm, idx, s.kmask)
     tk = _level_topk(TopK(*(x.to(dev) for x in s.teacher['teacher_topk'])), tm, tpos)
     logits = s.student.logits.flatten(0, 1)
-    return trie_kl(logits, tk, rows, nodes, p.trie, chunk_size=p.chunk_size, temperature=p.temperature)
+    chunk = p.chunk_size or 'auto'   # (N, V) float64 sums: always in chunks
+    return trie_kl(logits, tk, rows, nodes, p.trie, chunk_size=chunk, temperature=p.temperature)
 
 # %% ../nbs/07b_components.ipynb #511c9bb5
 def feature(s:MicroBatch) -> torch.Tensor:

@@ -445,10 +445,13 @@ def _merge_classes(lo, hi, p, V): # one entry per distinct class of a level (by 
 
 # %% ../nbs/06b_xvocab.ipynb #dd222ca5
 def _level_kl(x, rows, nlo, nhi, lo, hi, P, prest, order, T): # (n,) KL of each level whose row is in x's rows
-    q = torch.softmax(x.float() / T, -1)[:, order].double()
-    cum = torch.cat([q.new_zeros(len(q), 1), q.cumsum(-1)], 1)[rows]
-    qn = (cum.gather(1, nhi[:, None]) - cum.gather(1, nlo[:, None])).clamp_min(1e-30)
-    qc = ((cum.gather(1, hi) - cum.gather(1, lo)) / qn).float()
+    c, V = x.shape[0], x.shape[1] + 1
+    cum = x.new_zeros(c, V, dtype=torch.float64)   # cum[r, j]: the student's mass on order[:j] (float64)
+    cum[:, 1:] = torch.softmax(x.float() / T, -1)[:, order]
+    cum = cum.cumsum(-1).view(-1)
+    at = lambda j: cum[rows[:, None] * V + j]      # (n, m) read at each level's row, no copy of its row
+    qn = (at(nhi[:, None]) - at(nlo[:, None])).clamp_min(1e-30)
+    qc = ((at(hi) - at(lo)) / qn).float()
     on = P > 0
     qrest = (1 - torch.where(on, qc, 0.).sum(-1)).clamp_min(1e-30)
     kl = torch.where(on, P * (P.clamp_min(1e-30).log() - qc.clamp_min(1e-30).log()), 0.).sum(-1)
