@@ -33,10 +33,15 @@ test-slow: install
 	$(BIN)/nbdev_test --n_workers 2 --flags slow
 	$(BIN)/pytest -q -m slow tests || [ $$? -eq 5 ]
 
-# kd_toolkit as a wheel, for a Kaggle notebook (upload $(DIST)/ as a dataset, attach it: README), with the pure-Python
-# requirements Kaggle's image may lack, so the notebook installs offline. `make wheel WHEEL_EXTRAS=` builds kd_toolkit's alone.
+# kd_toolkit as a wheel, for a Kaggle notebook (upload $(DIST)/ as a dataset, attach it: README), with every pure-Python
+# requirement (settings.ini) that a stock torch + transformers image lacks, so the notebook installs offline.
+# WHEEL_ASSUMED: what such an image is assumed to ship (torch, transformers and its own dependencies such as tqdm) or
+# what is binary and in every notebook image (pandas, matplotlib; datasets needs the binary pyarrow). Kaggle's package
+# list is not available to check against: that is the assumption. tests/test_newcomer.py checks that every requirement
+# is in one list or the other. `make wheel WHEEL_EXTRAS=` builds kd_toolkit's wheel alone.
 DIST ?= dist
-WHEEL_EXTRAS ?= gguf 'fastcore>=1.12.3,<2'
+WHEEL_EXTRAS ?= accelerate gguf 'fastcore>=1.12.3,<2' ipywidgets widgetsnbextension jupyterlab_widgets comm
+WHEEL_ASSUMED = torch transformers tqdm datasets pandas matplotlib
 wheel: install
 	rm -rf $(DIST) && mkdir -p $(DIST)
 	$(BIN)/python -m pip wheel --no-deps --no-build-isolation -q -w $(DIST) .

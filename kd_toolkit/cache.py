@@ -4,21 +4,23 @@
 
 # %% ../nbs/07a_cache.ipynb #f71d4f19
 from __future__ import annotations
-import json, os, shutil
+import errno, hashlib, json, os, shutil, warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 import numpy as np, torch
 from fastcore.basics import patch
 from torch import nn
+from .core import input_device, module_dtype, quantization, to_device
 from .align import gather_aligned
 from .data import KDCollator, teacher_key, teacher_view
 from .xvocab import teacher_token_logprobs, teacher_topk_rows
 from .losses import TopK, topk_teacher
+import pyarrow.compute as pc
 
 # %% auto #0
-__all__ = ['FIELDS', 'teacher_forward', 'aligned_logits', 'Field', 'teacher_fields', 'build_teacher_cache', 'TeacherCache',
-           'IndexCollator']
+__all__ = ['FIELDS', 'teacher_forward', 'aligned_logits', 'Field', 'teacher_fields', 'data_fingerprint', 'teacher_fingerprint',
+           'fingerprint_changes', 'build_teacher_cache', 'TeacherCache', 'IndexCollator']
 
 # %% ../nbs/07a_cache.ipynb #7727348d
 def teacher_forward(
@@ -27,10 +29,10 @@ def teacher_forward(
     hidden:bool=False, # also return every layer's hidden states
     attn:bool=False, # also return attention maps
 ):
-    "The teacher's forward on its side of the batch (`data.teacher_view`)."
-    ids, mask = teacher_view(batch)
-    return teacher(input_ids=ids, attention_mask=mask, output_hidden_states=hidden,
-                   output_attentions=attn)
+    "The teacher's forward on its side of the batch (`data.teacher_view`), fed where it reads."
+    ids, mask, dev = *teacher_view(batch), input_device(teacher)
+    return teacher(input_ids=ids.to(dev), attention_mask=mask.to(dev), output_hidden_states=hidden,
+                   output_attentions=attn, use_cache=False)
 
 # %% ../nbs/07a_cache.ipynb #513df87e
 def aligned_logits(out, batch:dict) -> torch.Tensor:
@@ -45,23 +47,28 @@ class Field:
     arrays:dict # {array name: numpy dtype on disk}
     load:Callable # {array: tensor} -> what the components read
     rows:str='student' # one row per real 'student' position, or per real 'teacher' token
+    shapes:Callable|None=None # k -> {array: one row's shape}: files sized first (None: unknown)
 
 # %% ../nbs/07a_cache.ipynb #c86a0938
 def _topk_rows(out, batch, k, temperature=1.0, vocab_map=None, **_) -> dict:
     "The aligned teacher's top-k at real student positions (student ids if mapped), fp16-rounded."
-    t = topk_teacher(aligned_logits(out, batch)[batch['attention_mask'].bool()], k, temperature)
+    real = batch['attention_mask'].bool().flatten()
+    t = TopK(*(x[real] for x in topk_teacher(aligned_logits(out, batch), k, temperature)))
     t = vocab_map.map_topk(t) if vocab_map is not None else t
     return dict(logprobs=t.logprobs.half().float(), ids=t.ids, tail=t.tail.float())
 
 # %% ../nbs/07a_cache.ipynb #262d10ba
 _TOPK_ARRAYS = {'logprobs': np.float16, 'ids': np.int32, 'tail': np.float32}
 def _as_topk(a): return TopK(a['logprobs'].float(), a['ids'].long(), a['tail'].float())
+def _topk_shapes(k): return {'logprobs': (k,), 'ids': (k,), 'tail': ()}
 
 FIELDS = {  # name -> Field
-    'topk': Field(_topk_rows, _TOPK_ARRAYS, _as_topk),
+    'topk': Field(_topk_rows, _TOPK_ARRAYS, _as_topk, shapes=_topk_shapes),
     'token_logprobs': Field(teacher_token_logprobs, {'logprobs': np.float32},
-                            lambda a: a['logprobs'].float(), rows='teacher'),
-    'teacher_topk': Field(teacher_topk_rows, _TOPK_ARRAYS, _as_topk, rows='teacher'),   # the piece trie
+                            lambda a: a['logprobs'].float(), rows='teacher',
+                            shapes=lambda k: {'logprobs': ()}),
+    'teacher_topk': Field(teacher_topk_rows, _TOPK_ARRAYS, _as_topk, rows='teacher',
+                          shapes=_topk_shapes),   # the piece trie's teacher rows
 }
 
 # %% ../nbs/07a_cache.ipynb #243475dd
@@ -70,10 +77,23 @@ def teacher_fields(out, batch:dict, names, **opts) -> dict:
     return {n: FIELDS[n].load(FIELDS[n].compute(out, batch, **opts)) for n in names}
 
 # %% ../nbs/07a_cache.ipynb #78921ea1
+def _chunks(dataset, col:str, values:bool=True):
+    "(lengths, values) of list column `col`, chunk by chunk in row order, int64 (Arrow buffers)."
+    if not hasattr(dataset, 'with_format'):   # a list of dicts
+        rows = [np.asarray(r[col], np.int64).ravel() for r in dataset]
+        lens = np.array([len(r) for r in rows], np.int64)
+        yield lens, np.concatenate(rows or [np.zeros(0, np.int64)])
+        return
+    for ch in dataset.with_format('arrow')[col].chunks:
+        lens = pc.list_value_length(ch).to_numpy(zero_copy_only=False).astype(np.int64)
+        yield lens, ch.flatten().to_numpy(zero_copy_only=False).astype(np.int64) if values else None
+
+# %% ../nbs/07a_cache.ipynb #7374a959
 def _row_counts(dataset, rows:str) -> np.ndarray:
     "Real positions per example: student tokens, or teacher tokens (`data.teacher_key`)."
     col = teacher_key(dataset.column_names) if rows == 'teacher' else 'input_ids'
-    return np.array([len(x) for x in dataset[col]], dtype=np.int64)
+    lens = [l for l, _ in _chunks(dataset, col, values=False)]
+    return np.concatenate(lens) if lens else np.zeros(0, np.int64)
 
 # %% ../nbs/07a_cache.ipynb #b106a937
 def _open_arrays(tmp:Path, dataset, names) -> tuple[dict, dict]:
@@ -95,11 +115,22 @@ def _write_rows(tmp:Path, arrays:dict, offsets:dict, n:str, cursor:dict, rows:di
     cursor[n] += len(next(iter(rows.values())))
 
 # %% ../nbs/07a_cache.ipynb #c8ec4e28
-def _cache_pass(teacher, dataset, collate, batch_size, tmp, offsets, arrays, **opts): # the pass
-    cursor, dev, n = dict.fromkeys(arrays, 0), next(teacher.parameters()).device, len(dataset)
-    for i in range(0, n, batch_size):
-        b = collate([dataset[j] for j in range(i, min(i + batch_size, n))])
-        b = {c: v.to(dev) for c, v in b.items()}
+def _spans(lengths, batch_size:int, batch_tokens:int|None=None) -> list[tuple[int, int]]:
+    "(start, stop) of each pass: `batch_size` examples, or up to `batch_tokens` padded tokens."
+    n = len(lengths)
+    if not batch_tokens: return [(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+    spans, start, longest = [], 0, 0
+    for i, l in enumerate(map(int, lengths)):
+        if i > start and (i - start + 1)*max(longest, l) > batch_tokens:
+            spans.append((start, i)); start, longest = i, 0
+        longest = max(longest, l)
+    return spans + [(start, n)] if n else spans
+
+# %% ../nbs/07a_cache.ipynb #dd2ffcb7
+def _cache_pass(teacher, dataset, collate, spans, tmp, offsets, arrays, **opts): # the pass
+    cursor, dev = dict.fromkeys(arrays, 0), input_device(teacher)
+    for i, j in spans:
+        b = to_device(collate([dataset[r] for r in range(i, j)]), dev)
         out = teacher_forward(teacher, b)
         for f in arrays:
             _write_rows(tmp, arrays, offsets, f, cursor, FIELDS[f].compute(out, b, **opts))
@@ -114,9 +145,208 @@ def _publish(tmp:Path, path:Path, meta:dict) -> Path: # meta.json; the folder re
     return path
 
 # %% ../nbs/07a_cache.ipynb #3f0acfc5
+def _cache_bytes(dataset, names, k:int) -> int:
+    "Bytes of the cache of `dataset` with fields `names` (those that declare their rows' shapes)."
+    fs = [FIELDS[n] for n in names]
+    rows = {s: int(_row_counts(dataset, s).sum()) for s in {f.rows for f in fs}}
+    offsets = 8*(len(dataset) + 1)*len(rows)
+    return offsets + sum(rows[f.rows]*int(np.prod(shape))*np.dtype(f.arrays[a]).itemsize
+                         for f in fs if f.shapes for a, shape in f.shapes(k).items())
+
+# %% ../nbs/07a_cache.ipynb #c51deee0
+def _free_bytes(path:Path) -> int:
+    "Free bytes on the disk that holds `path` (or its nearest existing parent)."
+    p = Path(path).absolute()
+    while not p.exists(): p = p.parent
+    return shutil.disk_usage(p).free
+
+def _size(n:int) -> str: # bytes, as a person reads them
+    units = (('GB', 1e9), ('MB', 1e6), ('kB', 1e3))
+    return next((f"{n/s:.1f} {u}" for u, s in units if n >= s), f"{n} B")
+
+# %% ../nbs/07a_cache.ipynb #feb49da1
+def _check_disk(path:Path, need:int):
+    "Refuse, before anything runs, a cache of `need` bytes that the disk under `path` cannot hold."
+    if need > (free := _free_bytes(path)): raise OSError(
+        f"the teacher cache needs about {_size(need)} at {path}, the disk has {_size(free)} free: "
+        "free some space, lower k (kd_topk), or put the cache on a bigger disk")
+
+# %% ../nbs/07a_cache.ipynb #59c5fa8c
+def _reserve(f:Path):
+    "Reserve file `f`'s blocks now: a full disk fails here, not as a bus error in the memory map."
+    if not hasattr(os, 'posix_fallocate'): return
+    with open(f, 'r+b') as fh:
+        try: os.posix_fallocate(fh.fileno(), 0, os.fstat(fh.fileno()).st_size)
+        except OSError as e:
+            if e.errno == errno.ENOSPC: raise OSError(f"the disk has no room for {f}") from None
+
+# %% ../nbs/07a_cache.ipynb #533acf6b
+def _allocate(tmp:Path, arrays:dict, offsets:dict, names, k:int):
+    "Create and reserve every array whose field declares its rows' shape (`Field.shapes`)."
+    for n in names:
+        f = FIELDS[n]
+        for a, shape in (f.shapes(k) if f.shapes else {}).items():
+            rows = (int(offsets[f.rows][-1]), *shape)
+            arrays[n][a] = np.lib.format.open_memmap(tmp/f'{n}.{a}.npy', 'w+', f.arrays[a], rows)
+            _reserve(tmp/f'{n}.{a}.npy')
+
+# %% ../nbs/07a_cache.ipynb #d4267208
+_DATA_COLUMNS = ('input_ids', 'teacher_input_ids', 'align_idx', 'align_mask')   # the teacher's
+def _h(data:bytes=b''): return hashlib.blake2b(data, digest_size=16)   # a 128-bit hash (stdlib)
+
+# %% ../nbs/07a_cache.ipynb #ad60bff1
+def _stream_fingerprint(windows) -> dict:
+    "Random windows of a packed stream: its tokens and how windows are drawn from it."
+    s, h = windows.stream, _h()
+    for t in (s.input_ids, s.teacher_input_ids, s.bounds):
+        if t is not None: h.update(t.cpu().numpy().astype(np.int64).tobytes())
+    draw = [getattr(windows, n, None) for n in ('length', 'teacher_length', 'batch_size', 'seed')]
+    return {'stream': [h.hexdigest(), _h(str(draw).encode()).hexdigest()]}
+
+# %% ../nbs/07a_cache.ipynb #97a8f4c6
+def data_fingerprint(dataset) -> dict:
+    "Hashes of the token columns the teacher reads ([lengths, values] each) and the row count."
+    if hasattr(dataset, 'stream'): return _stream_fingerprint(dataset)   # `data.RandomWindows`
+    if not hasattr(dataset, '__len__'): return {'kind': type(dataset).__name__}
+    names = dataset.column_names if hasattr(dataset, 'column_names') else list(dataset[0])
+    out = {'rows': len(dataset)}
+    for col in (c for c in _DATA_COLUMNS if c in names):
+        hl, hv = _h(), _h()
+        for lens, vals in _chunks(dataset, col):
+            hl.update(lens.tobytes()); hv.update(vals.tobytes())
+        out[col] = [hl.hexdigest(), hv.hexdigest()]
+    return out
+
+# %% ../nbs/07a_cache.ipynb #95dbedc0
+_VOLATILE = {'_name_or_path', 'transformers_version', 'dtype', 'torch_dtype', 'architectures',
+             '_commit_hash', 'quantization_config', 'use_cache', 'output_hidden_states',
+             'output_attentions', 'return_dict', '_attn_implementation', 'attn_implementation',
+             '_attn_implementation_autoset'}   # config keys that do not change the outputs
+
+def _config_hash(model) -> str:
+    "A hash of the model's config, without what does not change its outputs (name, dtype, kernels)."
+    cfg = getattr(model, 'config', None)
+    d = {k: v for k, v in (cfg.to_dict() if cfg is not None else {}).items() if k not in _VOLATILE}
+    return _h(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
+
+# %% ../nbs/07a_cache.ipynb #3e222139
+def _hooks(m) -> list: # accelerate's hooks on `m` (a SequentialHook's, or the one)
+    h = getattr(m, '_hf_hook', None)
+    return list(getattr(h, 'hooks', None) or ([h] if h is not None else []))
+
+# %% ../nbs/07a_cache.ipynb #5220068f
+def _offload_entry(model:nn.Module, name:str) -> tuple:
+    "(weights map, key) that hold the offloaded (`meta`) parameter `name`, from accelerate's hooks."
+    mod, _, key = name.rpartition('.')
+    while True:
+        for h in _hooks(model.get_submodule(mod)):
+            if getattr(h, 'weights_map', None) is not None: return h.weights_map, key
+        if not mod: raise ValueError(f"{name} is on `meta` and no accelerate hook holds it")
+        mod, _, head = mod.rpartition('.'); key = f'{head}.{key}'
+
+# %% ../nbs/07a_cache.ipynb #f4fd9c36
+def _rows_of(model:nn.Module, name:str, t:torch.Tensor, rows:torch.Tensor) -> torch.Tensor:
+    "Rows `rows` of parameter `name` as (rows, -1), read where it lives: memory, CPU map or disk."
+    flat = lambda x: x.reshape(x.shape[0], -1) if x.dim() > 1 else x.reshape(1, -1)
+    if t.device.type != 'meta': return flat(t.detach())[rows.to(t.device)].cpu()
+    wm, key = _offload_entry(model, name)
+    index = getattr(getattr(wm, 'dataset', None), 'index', {})
+    idx = index.get(getattr(wm, 'prefix', '') + key, {})
+    if 'safetensors_file' not in idx: return flat(wm[key])[rows].cpu().to(t.dtype)
+    from safetensors import safe_open
+    with safe_open(idx['safetensors_file'], framework='pt') as f:   # only these rows are read
+        sl = f.get_slice(idx['weight_name'])
+        r = torch.cat([flat(sl[i:i + 1]) for i in rows.tolist()]) if t.dim() > 1 else flat(sl[:])
+    return r.to(t.dtype)   # (what the hook hands the module)
+
+# %% ../nbs/07a_cache.ipynb #3df11e63
+def _spread(n:int, k:int) -> torch.Tensor: # up to k indices spread evenly over range(n)
+    return torch.from_numpy(np.unique(np.linspace(0, n - 1, min(k, n)).round().astype(np.int64)))
+
+def _tied_head(model:nn.Module) -> str|None: # the output layer's weight, when tied to the input's
+    head = model.get_output_embeddings() if hasattr(model, 'get_output_embeddings') else None
+    tied = getattr(getattr(model, 'config', None), 'tie_word_embeddings', False)
+    names = (f'{n}.weight' for n, m in model.named_modules() if m is head)
+    return next(names, None) if tied else None
+
+# %% ../nbs/07a_cache.ipynb #8a96d9cb
+_PRECISIONS = ('float32', 'float16', 'bfloat16')   # finer to coarser (two teachers: in the coarser)
+
+def _weight_hashes(model:nn.Module, n_rows:int=8, n_cols:int=16) -> dict:
+    "{precision: hash} of a sample (rows x columns spread over it) of every weight, in it."
+    hs, tied = {p: _h() for p in _PRECISIONS}, _tied_head(model)
+    for name, t in sorted(model.named_parameters()):
+        if not t.numel() or name == tied: continue   # (hooks may untie a tied head: the embedding)
+        R = t.shape[0] if t.dim() > 1 else 1
+        x = _rows_of(model, name, t, _spread(R, n_rows))[:, _spread(t.numel() // R, n_cols)]
+        for p, h in hs.items():
+            v = (x.to(getattr(torch, p)) if x.is_floating_point() else x).contiguous()
+            h.update(f'{name}{tuple(t.shape)}'.encode()); h.update(v.view(torch.uint8).numpy())
+    return {p: h.hexdigest() for p, h in hs.items()}
+
+# %% ../nbs/07a_cache.ipynb #4d0c9c27
+def teacher_fingerprint(model:nn.Module) -> dict:
+    "A teacher's name; its class, config, dtype, quantization, weights (sampled) as hashes."
+    name = getattr(getattr(model, 'config', None), '_name_or_path', '') or ''
+    return {'name': name, 'class': type(model).__name__, 'config': _config_hash(model),
+            'dtype': str(module_dtype(model)).removeprefix('torch.'),
+            'quantization': quantization(model), 'weights': _weight_hashes(model)}
+
+# %% ../nbs/07a_cache.ipynb #3da01fbe
+def _rank(dtype:str) -> int: return _PRECISIONS.index(dtype) if dtype in _PRECISIONS else 0
+
+def _teacher_changes(old:dict, new:dict) -> list[str]:
+    "What differs between two teacher fingerprints, in words (nothing for another precision)."
+    if old['class'] != new['class']: return [f"another teacher ({old['class']} vs {new['class']})"]
+    if old['config'] != new['config']: return ["another teacher (its config differs)"]
+    if old['quantization'] != new['quantization']:
+        return [f"the teacher quantized otherwise ({old['quantization']} vs {new['quantization']})"]
+    p = max(old['dtype'], new['dtype'], key=_rank)
+    if old['weights'][p] != new['weights'][p]:
+        return [f"another teacher (other weights, compared in {p})"]
+    return []
+
+# %% ../nbs/07a_cache.ipynb #6c6c0f20
+def _data_changes(old:dict, new:dict) -> list[str]:
+    "What differs between two data fingerprints, in words."
+    if (n := old.get('rows')) != (m := new.get('rows')): return [f"{n} examples vs {m}"]
+    diff = [c for c in sorted((set(old) | set(new)) - {'rows'}) if old.get(c) != new.get(c)]
+    same = lambda c: old.get(c) and new.get(c) and old[c][0] == new[c][0]
+    return [f"other {c}" + (" (the same lengths, other tokens)" if same(c) else '') for c in diff]
+
+# %% ../nbs/07a_cache.ipynb #2e35596f
+def fingerprint_changes(old:dict, new:dict) -> list[str]:
+    "What differs between two fingerprints' data, teacher, vocabulary map (not: a missing part)."
+    both = lambda k: old.get(k) is not None and new.get(k) is not None
+    out = _data_changes(old['data'], new['data']) if both('data') else []
+    out += _teacher_changes(old['teacher'], new['teacher']) if both('teacher') else []
+    vm = both('vocab_map') and old['vocab_map'] != new['vocab_map']
+    return out + (['another vocabulary map'] if vm else [])
+
+# %% ../nbs/07a_cache.ipynb #d9e7f180
+def _vocab_hash(vocab_map) -> str|None: # the teacher-to-student id map, hashed (None without one)
+    if vocab_map is None: return None
+    return _h(vocab_map.t2s.cpu().numpy().astype(np.int64).tobytes()).hexdigest()
+
+def _fingerprint(dataset, teacher, vocab_map=None) -> dict: # what a cache records of its making
+    return {'format': 1, 'data': data_fingerprint(dataset), 'vocab_map': _vocab_hash(vocab_map),
+            'teacher': None if teacher is None else teacher_fingerprint(teacher)}
+
+# %% ../nbs/07a_cache.ipynb #ca0ba87c
+def _start(path:Path, dataset, fields, k:int) -> tuple[Path, dict, dict]:
+    "The build's emptied `.tmp` folder, offsets and reserved arrays, once the disk can hold them."
+    tmp = path.with_name(path.name + '.tmp')
+    shutil.rmtree(tmp, ignore_errors=True)
+    _check_disk(path, _cache_bytes(dataset, fields, k))
+    tmp.mkdir(parents=True)
+    offsets, arrays = _open_arrays(tmp, dataset, fields)
+    _allocate(tmp, arrays, offsets, fields, k)
+    return tmp, offsets, arrays
+
+# %% ../nbs/07a_cache.ipynb #ae855f2a
 @torch.no_grad()
 def build_teacher_cache(
-    teacher:nn.Module, # the teacher LM
+    teacher:nn.Module, # the teacher LM (it may be dispatched by accelerate over GPU, CPU and disk)
     dataset, # a tokenized dataset, in training order
     path:str|Path, # the folder to write (replaced atomically)
     k:int, # top-k tokens per position
@@ -125,22 +355,22 @@ def build_teacher_cache(
     data_collator=None, # features -> batch; default `data.KDCollator(pad_id=0)`
     vocab_map=None, # across tokenizers: `align.VocabMap` mapping the top-k onto student ids
     fields:tuple=('topk',), # names in `FIELDS`
+    batch_tokens:int|None=None, # instead of `batch_size`: passes of up to this many padded tokens
 ) -> TeacherCache:
     "Run the teacher once over `dataset` and store the `fields` of every position on disk."
     if bad := [n for n in fields if n not in FIELDS]:
         raise ValueError(f"unknown cache field(s) {bad}; known: {list(FIELDS)}")
     collate, path = data_collator or KDCollator(pad_id=0), Path(path)
-    tmp = path.with_name(path.name + '.tmp')
-    shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
-    offsets, arrays = _open_arrays(tmp, dataset, fields)
-    was = teacher.training
+    tmp, offsets, arrays = _start(path, dataset, fields, k)
+    meta = dict(k=k, temperature=temperature, n_examples=len(dataset),
+                student_ids=vocab_map is not None, teacher=type(teacher).__name__,
+                fingerprint=_fingerprint(dataset, teacher, vocab_map))
+    spans, was = _spans(_row_counts(dataset, 'teacher'), batch_size, batch_tokens), teacher.training
     teacher.eval()
-    opts = dict(k=k, temperature=temperature, vocab_map=vocab_map)
-    try: _cache_pass(teacher, dataset, collate, batch_size, tmp, offsets, arrays, **opts)
+    try: _cache_pass(teacher, dataset, collate, spans, tmp, offsets, arrays, k=k,
+                     temperature=temperature, vocab_map=vocab_map)
     finally: teacher.train(was)
-    meta = dict(fields={n: dict(rows=FIELDS[n].rows, arrays=list(arrays[n])) for n in fields}, k=k,
-                temperature=temperature, n_examples=len(dataset), student_ids=vocab_map is not None,
-                teacher=type(teacher).__name__)
+    meta['fields'] = {n: dict(rows=FIELDS[n].rows, arrays=list(arrays[n])) for n in fields}
     return TeacherCache(_publish(tmp, path, meta))
 
 # %% ../nbs/07a_cache.ipynb #fd6cec8f
@@ -171,9 +401,26 @@ def read(self:TeacherCache,
     load = lambda m: torch.from_numpy(np.ascontiguousarray(m[rows])).to(device)
     return FIELDS[name].load({a: load(m) for a, m in arrays})
 
+# %% ../nbs/07a_cache.ipynb #20dd11f4
+@patch
+def _check_origin(self:TeacherCache, dataset, teacher=None, k=None, vocab_map=None):
+    "Refuse a cache of other text, by another teacher or with another k; warn without a record."
+    where, fp = f"teacher cache {self.path}", self.meta.get('fingerprint')
+    if fp is None: return warnings.warn(f"{where} has no fingerprint (an older kd_toolkit built "
+        "it): the text and teacher it was built from cannot be checked; rebuild it to check them")
+    other_k = k and 'topk' in self.fields and k != self.meta['k']
+    diff = [f"k {self.meta['k']} vs kd_topk {k}"] if other_k else []
+    diff += fingerprint_changes(fp, _fingerprint(dataset, teacher, vocab_map))
+    if diff: raise ValueError(f"{where} was built from something else: {'; '.join(diff)}: "
+                              "rebuild it (delete the folder) or point teacher_cache elsewhere")
+
 # %% ../nbs/07a_cache.ipynb #77d847bf
 @patch
-def check(self:TeacherCache, dataset, fields, temperature:float, student_ids:bool):
+def check(self:TeacherCache, dataset, fields, temperature:float, student_ids:bool,
+          teacher=None, # the run's teacher (None: not checked)
+          k:int|None=None, # the run's `kd_topk` (None or 0: not checked)
+          vocab_map=None, # the run's vocabulary map, for a cache of mapped ids
+         ):
     "Refuse a cache that does not fit this run, saying what differs and that it must be rebuilt."
     where, ids = f"teacher cache {self.path}", lambda s: 'student' if s else 'teacher'
     if missing := [n for n in fields if n not in self.fields]:
@@ -191,6 +438,7 @@ def check(self:TeacherCache, dataset, fields, temperature:float, student_ids:boo
     if self.meta['student_ids'] != student_ids:
         raise ValueError(f"{where} holds top-k over {ids(self.meta['student_ids'])} ids, but this "
                          f"run's cross_vocab_loss needs {ids(student_ids)} ids: rebuild it")
+    self._check_origin(dataset, teacher, k, vocab_map)
 
 # %% ../nbs/07a_cache.ipynb #68d0690d
 class IndexCollator:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 import torch
 from torch import nn
+from .core import input_device
 from .align import gather_aligned
 from .data import teacher_view
 
@@ -24,8 +25,10 @@ def _student_last(student:nn.Module, batch:dict) -> torch.Tensor: # (B, Ls, Ds),
 # %% ../nbs/06a_calibrate.ipynb #0e050e1b
 @torch.no_grad()
 def _teacher_last(teacher:nn.Module, batch:dict) -> torch.Tensor: # (B, Lt, Dt) on its own tokens
-    ids, mask = teacher_view(batch)
-    return teacher(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
+    ids, mask, dev = *teacher_view(batch), input_device(teacher)   # (accelerate's hooks)
+    out = teacher(input_ids=ids.to(dev), attention_mask=mask.to(dev), output_hidden_states=True,
+                  use_cache=False)
+    return out.hidden_states[-1].to(ids.device)
 
 # %% ../nbs/06a_calibrate.ipynb #0d9b9a5e
 @torch.no_grad()

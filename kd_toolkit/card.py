@@ -23,7 +23,14 @@ def describe_teacher(teacher, # the teacher model, or None
                     ) -> str:
     "The teacher as the card names it: its model, the cache's record of it, or 'none' (LM only)."
     if teacher is not None: return describe_model(teacher)
-    return f"{cache.meta['teacher']} (from the teacher cache {cache.path})" if cache else 'none'
+    return _cached_teacher(cache) if cache else 'none'
+
+# %% ../nbs/07d_card.ipynb #0913ac7b
+def _cached_teacher(cache) -> str:
+    "The teacher a cache was built by: its fingerprint's name and weights (or, older, its class)."
+    fp = (cache.meta.get('fingerprint') or {}).get('teacher') or {}   # (a cache since issue 27)
+    name, w = fp.get('name') or cache.meta['teacher'], (fp.get('weights') or {}).get('float32', '')
+    return f"{name} ({f'weights {w[:12]}, ' if w else ''}from the teacher cache {cache.path})"
 
 # %% ../nbs/07d_card.ipynb #25cf8fa0
 def describe_data(ds) -> str:

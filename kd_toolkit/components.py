@@ -10,7 +10,7 @@ from typing import Callable
 import torch
 from fastcore.basics import patch
 from torch import nn
-from .core import CROSS_VOCAB_LOSSES
+from .core import CROSS_VOCAB_LOSSES, to_device
 from .align import gather_aligned
 from .cache import FIELDS, aligned_logits, teacher_fields, teacher_forward
 from .data import teacher_view
@@ -245,14 +245,16 @@ def student_pass(model:nn.Module, batch:dict, need:set):
 # %% ../nbs/07b_components.ipynb #ee40061f
 @torch.no_grad()
 def teacher_outputs(teacher:nn.Module, batch:dict, need:set, plan:Plan) -> dict:
-    "The teacher's outputs `need` names: 'logits' (at student positions), hidden states, fields..."
+    "The teacher's outputs `need` names ('logits' at student positions, hidden states, fields...)."
     out = teacher_forward(teacher, batch, hidden='hidden' in need, attn='attentions' in need)
-    res = {'logits': aligned_logits(out, batch)} if 'logits' in need else {}
+    tb = to_device(batch, out.logits.device)   # the batch beside the teacher's outputs
+    res = {'logits': aligned_logits(out, tb)} if 'logits' in need else {}
     if 'hidden' in need: res['hidden'] = out.hidden_states
     if 'attentions' in need: res['attentions'] = out.attentions
     fields = [n for n in need if n in FIELDS]
-    return res | teacher_fields(out, batch, fields, k=plan.kd_topk, temperature=plan.temperature,
-                                vocab_map=plan.vocab_map if plan.maps_topk else None)
+    res |= teacher_fields(out, tb, fields, k=plan.kd_topk, temperature=plan.temperature,
+                          vocab_map=plan.vocab_map if plan.maps_topk else None)
+    return to_device(res, batch['input_ids'].device)   # where the student's outputs are
 
 # %% ../nbs/07b_components.ipynb #9d3096e3
 # a config attribute that changes the logits: its no-op value

@@ -18,8 +18,9 @@ from transformers.training_args import OptimizerNames
 
 # %% auto #0
 __all__ = ['DIVERGENCES', 'CROSS_VOCAB_LOSSES', 'CURRICULUM_PRESETS', 'PRESETS', 'pick_dtype', 'teacher_dtype', 'module_dtype',
-           'module_device', 'to_module', 'autocast_ctx', 'masked_mean', 'rms_normalize', 'Preflight', 'gpu_preflight',
-           'DistillArguments', 'ConfigError', 'KDConfig', 'auto_preset', 'make_config', 'as_config']
+           'module_device', 'to_module', 'input_device', 'is_dispatched', 'quantization', 'to_device', 'autocast_ctx',
+           'masked_mean', 'rms_normalize', 'Preflight', 'gpu_preflight', 'DistillArguments', 'ConfigError', 'KDConfig',
+           'auto_preset', 'make_config', 'as_config']
 
 # %% ../nbs/00_core.ipynb #20ec94d1
 def pick_dtype(
@@ -62,6 +63,50 @@ def to_module(x:torch.Tensor, m:nn.Module) -> torch.Tensor:
     "Cast a floating tensor `x` to `m`'s dtype and device (integer tensors keep their dtype)."
     dt = module_dtype(m) if x.is_floating_point() else x.dtype
     return x.to(device=module_device(m), dtype=dt)
+
+# %% ../nbs/00_core.ipynb #bec1e0aa
+def _hook_device(m:nn.Module) -> torch.device|None:
+    "The execution device of accelerate's hook on `m` (alone or in a `SequentialHook`), or None."
+    h = getattr(m, '_hf_hook', None)
+    for h in getattr(h, 'hooks', None) or [h]:
+        if (d := getattr(h, 'execution_device', None)) is not None:
+            return torch.device('cuda', d) if isinstance(d, int) else torch.device(d)
+    return None
+
+# %% ../nbs/00_core.ipynb #2d21daee
+def input_device(model:nn.Module) -> torch.device:
+    "Where `model` reads its inputs: its embedding's accelerate hook device, else its first tensor's."
+    emb = model.get_input_embeddings() if hasattr(model, 'get_input_embeddings') else None
+    for m in (emb, model):
+        if m is not None and (d := _hook_device(m)) is not None: return d
+    for t in (*model.parameters(), *model.buffers()):
+        if t.device.type != 'meta': return t.device
+    return torch.device('cpu')
+
+# %% ../nbs/00_core.ipynb #b5dc6d37
+def is_dispatched(model:nn.Module) -> bool:
+    "Whether accelerate dispatched `model` with hooks (weights over several devices, CPU or disk)."
+    dm = getattr(model, 'hf_device_map', None) or {}
+    return _hook_device(model) is not None or len(set(dm.values())) > 1 or 'disk' in dm.values()
+
+def quantization(model:nn.Module) -> str|None:
+    "How a transformers model's weights are quantized (e.g. 'bitsandbytes 4-bit'), or None."
+    q = getattr(getattr(model, 'config', None), 'quantization_config', None)
+    if q is None: return None
+    d = q if isinstance(q, dict) else q.to_dict()
+    name = str(getattr(m := d.get('quant_method', 'quantized'), 'value', m))
+    bits = '8-bit' if d.get('load_in_8bit') else '4-bit' if d.get('load_in_4bit') else ''
+    return f"{name} {bits}".strip()
+
+# %% ../nbs/00_core.ipynb #ff5d8b54
+def to_device(x, device):
+    "`x` with every tensor in it on `device`: a tensor, or dicts, lists and (named) tuples of them."
+    if torch.is_tensor(x): return x.to(device)
+    if isinstance(x, dict): return {k: to_device(v, device) for k, v in x.items()}
+    moved = (to_device(v, device) for v in x) if isinstance(x, (list, tuple)) else None
+    if isinstance(x, tuple) and hasattr(x, '_fields'): return type(x)(*moved)   # (a named tuple)
+    if isinstance(x, (list, tuple)): return type(x)(moved)
+    return x
 
 # %% ../nbs/00_core.ipynb #81d0d1d7
 def autocast_ctx(

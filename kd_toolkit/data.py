@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_data.ipynb #e1e9c510
 from __future__ import annotations
-import hashlib, os, warnings
+import contextlib, hashlib, os, re, warnings
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
@@ -15,18 +15,38 @@ from .align import (align_offsets, check_fast, check_pair, encode_offsets,
                               end_of_document, prefix_ends, same_tokenizer)
 
 # %% auto #0
-__all__ = ['load_texts', 'special_tokens', 'build_kd_dataset', 'PackedStream', 'pack_stream', 'packed_windows', 'RandomWindows',
-           'pad_id', 'KDCollator', 'teacher_key', 'teacher_view']
+__all__ = ['SAMPLE_BY', 'split_documents', 'read_documents', 'load_texts', 'special_tokens', 'build_kd_dataset', 'PackedStream',
+           'pack_stream', 'packed_windows', 'RandomWindows', 'pad_id', 'KDCollator', 'teacher_key', 'teacher_view']
 
 # %% ../nbs/05_data.ipynb #bfa52911
-def _from_files(paths, sample_by): # one text per file ('document') or datasets' loader
-    if missing := [p for p in paths if not p.is_file()]:
-        raise FileNotFoundError(f"no such text file: {missing[0]} (texts: pass a list of strings)")
-    if sample_by == 'document':  # read as is: datasets' text loader turns CRLF into LF
-        read = lambda p: open(p, encoding='utf-8', newline='').read()
-        return datasets.Dataset.from_dict({'text': [read(p) for p in paths]})
-    return datasets.load_dataset('text', data_files=[str(p) for p in paths], sample_by=sample_by,
-                                 keep_linebreaks=True, split='train')
+SAMPLE_BY = ('paragraph', 'line', 'document')   # how a file holds documents ('paragraph': the rule)
+_BLANK_LINES = re.compile(r'\n(?:[ \t]*\n)+')
+
+def split_documents(text:str, # a text file's contents
+                    sample_by:str='paragraph', # one of `SAMPLE_BY`
+                   ) -> list[str]:
+    "The documents of a text: paragraphs separated by blank lines (the rule), lines, or all of it."
+    if sample_by not in SAMPLE_BY:
+        raise ValueError(f"sample_by={sample_by!r}: use one of {', '.join(SAMPLE_BY)}")
+    if sample_by == 'document': return [text] if text.strip() else []
+    text = text.replace('\r\n', '\n').replace('\r', '\n')
+    docs = text.split('\n') if sample_by == 'line' else _BLANK_LINES.split(text)
+    return [d.strip('\n') for d in docs if d.strip()]
+
+# %% ../nbs/05_data.ipynb #fe8f9aa8
+def read_documents(path:str|Path, # a UTF-8 text file
+                   sample_by:str='paragraph', # `SAMPLE_BY`: 'paragraph' (blank lines separate them)
+                  ) -> list[str]:
+    "The documents of a text file, by the one rule (`split_documents`)."
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no such text file: {path} (texts: pass a list of strings)")
+    with open(path, encoding='utf-8', newline='') as f: return split_documents(f.read(), sample_by)
+
+# %% ../nbs/05_data.ipynb #533d0585
+def _from_files(paths, sample_by): # the documents of text files, by the rule; their names in `info`
+    info = datasets.DatasetInfo(description=f"the text file {', '.join(map(str, paths))}")
+    docs = [d for p in paths for d in read_documents(p, sample_by)]
+    return datasets.Dataset.from_dict({'text': docs}, info=info)
 
 # %% ../nbs/05_data.ipynb #3e61b0a2
 def _from_dataset(ds, text_column):
@@ -53,8 +73,8 @@ def load_texts(
     # list of str (texts), a text file path (str/Path) or list of Paths, or a datasets.Dataset
     source,
     text_column:str='text', # the column holding the text in a Dataset
-    # for files: 'document' (one text per file, read as is), 'paragraph' or 'line' (CRLF becomes LF)
-    sample_by:str='document',
+    # files (`SAMPLE_BY`): 'paragraph' (documents separated by blank lines), 'line' or 'document'
+    sample_by:str='paragraph',
 ) -> datasets.Dataset:
     "A `datasets.Dataset` with one `text` column, from texts, text files or a Dataset."
     if isinstance(source, datasets.DatasetDict):
@@ -100,13 +120,25 @@ def _cuts(sb, tb, cap_s, cap_t): # common boundaries -> chunks (start, end, s0, 
     return chunks, skipped
 
 # %% ../nbs/05_data.ipynb #8e2d5a10
+@contextlib.contextmanager
+def _whole_texts(*toks): # tokenize whole documents: the chunks, not the documents, must fit
+    saved = [(t, t.model_max_length) for t in toks if t is not None]
+    for t, _ in saved: t.model_max_length = int(1e30)
+    try: yield
+    finally:
+        for t, n in saved: t.model_max_length = n
+
+def _encode(tok, texts): # ids and offsets of whole documents, no special tokens
+    with _whole_texts(tok): return encode_offsets(tok, texts, add_special_tokens=False)
+
+# %% ../nbs/05_data.ipynb #f89bf958
 @dataclass
 class _Side: # one tokenizer's view of documents: ids, offsets, specials, token cap
     ids:list; offs:list; pre:list; post:list; cap:int
 
 def _side(tok, texts, add_eos, max_length):
     pre, post = special_tokens(tok, add_eos)
-    ids, offs = encode_offsets(tok, texts, add_special_tokens=False)
+    ids, offs = _encode(tok, texts)
     return _Side(ids, offs, pre, post, max_length - len(pre) - len(post) if max_length else 10**12)
 
 # %% ../nbs/05_data.ipynb #8e2d5a1a
@@ -205,6 +237,16 @@ def _warn_skipped(out, ds):
                       "max_length/teacher_max_length or under 2 student tokens")
 
 # %% ../nbs/05_data.ipynb #be5c841a
+def _warn_short(out, max_length, ds): # fewer tokens in all than one window: say how many
+    if max_length is None or len(out) > max_length // 2: return   # (a chunk has 2 tokens at least)
+    n = sum(map(len, out['input_ids']))
+    if n >= max_length: return
+    what = ds.info.description or f"the {len(out)} chunk(s)"   # (a file's name, from `load_texts`)
+    warnings.warn(f"build_kd_dataset: {what} hold(s) only {n} student tokens in all, fewer than "
+                  f"one window (max_length={max_length}): a run learns little from so little text; "
+                  "give more")
+
+# %% ../nbs/05_data.ipynb #ce128c66
 def build_kd_dataset(
     texts, # anything `load_texts` takes
     student_tok, # the student's fast tokenizer
@@ -225,7 +267,9 @@ def build_kd_dataset(
     teacher_tok = _teacher_or_none(student_tok, teacher_tok)
     lengths = max_length, teacher_max_length, add_eos, teacher_add_eos
     _check_lengths(student_tok, teacher_tok, *lengths)
-    if teacher_tok is not None: check_pair(student_tok, teacher_tok, _sample(ds), min_coverage)
+    if teacher_tok is not None:
+        with _whole_texts(student_tok, teacher_tok):
+            check_pair(student_tok, teacher_tok, _sample(ds), min_coverage)
     if packing:
         st = pack_stream(ds, student_tok, teacher_tok, add_eos, teacher_add_eos, min_coverage=0)
         return packed_windows(st, max_length, teacher_max_length)
@@ -236,7 +280,7 @@ def build_kd_dataset(
         raise ValueError(f"no chunk with at least 2 tokens in {len(ds)} texts: texts are empty or "
                          "shorter than one token, or max_length/teacher_max_length are too small "
                          "for any common token boundary")
-    _warn_skipped(out, ds)
+    _warn_skipped(out, ds); _warn_short(out, max_length, ds)
     return out
 
 # %% ../nbs/05_data.ipynb #9a0f3c02
@@ -260,7 +304,7 @@ def _pack_side(tok, texts, add_eos, cbs, batch=1000): # ids, offsets (virtual te
     pre, post = special_tokens(tok, add_eos)
     ids, offs, bts, base, nb = [], [], [], 0, 0
     for b in range(0, len(texts), batch):
-        bi, bo = encode_offsets(tok, texts[b:b+batch], add_special_tokens=False)
+        bi, bo = _encode(tok, texts[b:b+batch])
         for text, i, o, cb in zip(texts[b:b+batch], bi, bo, cbs[b:b+batch]):
             L, o = len(text), np.asarray(o, dtype=np.int64).reshape(-1, 2)
             ids += [pre, i, post]
@@ -286,7 +330,8 @@ def pack_stream(
     texts = list(load_texts(texts, text_column)['text'])
     teacher_tok = _teacher_or_none(student_tok, teacher_tok)
     if teacher_tok is not None and min_coverage:
-        check_pair(student_tok, teacher_tok, [t[:2000] for t in texts[:64]], min_coverage)
+        with _whole_texts(student_tok, teacher_tok):
+            check_pair(student_tok, teacher_tok, [t[:2000] for t in texts[:64]], min_coverage)
     cbs = [_char_bytes(t) for t in texts]
     ids, offs, bts = _pack_side(student_tok, texts, add_eos, cbs)
     if teacher_tok is None: return PackedStream(ids, bts)

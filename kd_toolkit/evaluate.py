@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 from fastcore.basics import patch
-from .core import autocast_ctx, module_device, module_dtype, to_module
+from .core import autocast_ctx, input_device, module_dtype, to_module
 from .losses import (check_vocab, hidden_loss, kd_loss, kd_loss_topk, lm_loss,
                                next_token_targets, topk_teacher)
 from .align import gather_aligned
@@ -134,8 +134,8 @@ class Evaluator:
 # %% ../nbs/06_evaluate.ipynb #e6a7000a
 @patch
 def _forward(self:Evaluator, model, ids, mask, hidden):
-    "One model in its own dtype: the caller's autocast off; fp32 models use `amp_dtype` if given."
-    dev = module_device(model)
+    "One model in its own dtype, fed where it reads (`core.input_device`); fp32: `amp_dtype`."
+    dev = input_device(model)
     amp = self.amp_dtype if module_dtype(model) == torch.float32 else None
     kw = dict(input_ids=ids.to(dev), attention_mask=mask.to(dev), output_hidden_states=hidden)
     if (pos := _positions(mask)) is not None: kw['position_ids'] = pos.to(dev)
@@ -303,7 +303,7 @@ def evaluate(self:Evaluator, batches) -> pd.Series:
     hidden = self.projector is not None or self.loss_fn is not None
     with frozen_state(self.student, self.teacher, self.projector):
         for b in tqdm(batches, desc='eval', disable=not self.progress, leave=False):
-            self._one_batch(_to(_batch(b), module_device(self.student)), hidden, acc, comp)
+            self._one_batch(_to(_batch(b), input_device(self.student)), hidden, acc, comp)
             n_batches += 1
     if n_batches == 0:
         raise ValueError("the eval set is empty: give at least one batch (check texts, max_length)")

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from .core import KDConfig, as_config, gpu_preflight, module_dtype, teacher_dtype, _val
+from .core import is_dispatched, quantization
 from .projector import KnowledgeRouter, Projector
 from . import curriculum as C
 from .data import KDCollator
@@ -19,7 +20,7 @@ from .calibrate import fit_projector
 from .components import COMPONENTS, Plan, needs, pick_kd_path
 
 # %% auto #0
-__all__ = ['init_from_teacher']
+__all__ = ['init_from_teacher', 'check_fit']
 
 # %% ../nbs/07e_prepare.ipynb #64d9daee
 def _layer_list(m:nn.Module) -> tuple[str, nn.ModuleList]:
@@ -92,12 +93,67 @@ def _vocab(m:nn.Module) -> int: return m.get_output_embeddings().weight.shape[0]
 def _check_vocab(args:KDConfig, teacher, student):
     "One vocabulary for teacher and student unless `cross_tokenizer`; the error names the knob."
     if teacher is None or args.cross_tokenizer: return
-    try: check_vocab(_vocab(student), _vocab(teacher))
-    except ValueError as e: raise ValueError(
-        f"{e}\nIn a KDConfig: set cross_tokenizer=True and kd_topk > 0, and pass both tokenizers "
-        "to "
-        "distill(); with one tokenizer and a padded embedding, resize the student's embeddings "
-        "(student.resize_token_embeddings) to the teacher's size.") from None
+    s, t = _vocab(student), _vocab(teacher)
+    if s == t: return
+    small = 'student' if s < t else 'teacher'
+    raise ValueError(
+        f"the student has {s:,} output rows and the teacher {t:,}: with one tokenizer "
+        "(cross_tokenizer=False) both must read and predict the same ids. If the tokenizers "
+        "differ, set cross_tokenizer=True and kd_topk > 0 in the KDConfig and pass both "
+        f"tokenizers to distill(); if they share one tokenizer, the {small} does not cover it: "
+        f"resize its embeddings ({small}.resize_token_embeddings(len(tokenizer)), or to the "
+        "other's size).")
+
+# %% ../nbs/07e_prepare.ipynb #50e8b638
+def _rows(m:nn.Module) -> int: return m.get_input_embeddings().weight.shape[0]
+
+def _too_small(model:str, rows:int, tok:str, n:int) -> str:
+    "The error for a tokenizer of `n` tokens that a model with `rows` embedding rows cannot read."
+    return (f"the {tok} tokenizer ({n:,} tokens, ids up to {n - 1:,}) does not fit the {model} "
+            f"model ({rows:,} embedding rows): pass the {model}'s own tokenizer, or resize the "
+            f"{model} ({model}.resize_token_embeddings(len(tokenizer)))")
+
+# %% ../nbs/07e_prepare.ipynb #459e44ff
+def _misfit(model:str, m:nn.Module, tok:str, t) -> str|None:
+    "Why tokenizer `t` (named `tok`) does not fit model `m` (named `model`), or None."
+    if len(t) > _rows(m): return _too_small(model, _rows(m), tok, len(t))
+    c = m.config
+    for k in ('bos_token_id', 'eos_token_id', 'pad_token_id'):
+        ids = getattr(c, k, None)
+        ids = ids if isinstance(ids, list) else [ids]
+        bad = [i for i in ids if i is not None and i >= len(t)]
+        if bad: return (f"the {model} model's {k}={bad[0]} is not a token of the {tok} tokenizer "
+                        f"({len(t):,} tokens): the {model} was made for another tokenizer")
+
+# %% ../nbs/07e_prepare.ipynb #89f699db
+_XTOK = ("the teacher's tokenizer differs from the student's: set cross_tokenizer=True (and "
+         "kd_topk > 0) so that positions are paired by the text both have read and the teacher's "
+         "vocabulary is mapped onto the student's")
+
+def check_fit(student:nn.Module, # the student LM
+              student_tokenizer=None, # its tokenizer (None: nothing to check)
+              teacher:nn.Module|None=None, # the teacher LM
+              teacher_tokenizer=None, # its tokenizer; None: the student's (one tokenizer)
+              cross_tokenizer:bool=False, # `KDConfig.cross_tokenizer`
+             ):
+    "Check each model against the tokenizer it reads, before anything runs; name a misfit pair."
+    from kd_toolkit.align import same_tokenizer
+    if student_tokenizer is None: return
+    if teacher is not None and teacher_tokenizer is not None and not cross_tokenizer \
+            and not same_tokenizer(student_tokenizer, teacher_tokenizer): raise ValueError(_XTOK)
+    own = cross_tokenizer and teacher_tokenizer is not None   # (else it reads the student's)
+    t_tok, t_name = (teacher_tokenizer, 'teacher') if own else (student_tokenizer, 'student')
+    pairs = [('student', student, 'student', student_tokenizer),
+             ('teacher', teacher, t_name, t_tok)]
+    for why in (_misfit(*p) for p in pairs if p[1] is not None):
+        if why: raise ValueError(why)
+
+# %% ../nbs/07e_prepare.ipynb #3b998d92
+def _check_map(vm, teacher, student):
+    "Across tokenizers, each model must cover its tokenizer (the sizes a `VocabMap` records)."
+    if vm is None: return
+    for who, m, n in (('teacher', teacher, len(vm.t2s)), ('student', student, vm.student_size)):
+        if m is not None and n > _rows(m): raise ValueError(_too_small(who, _rows(m), who, n))
 
 # %% ../nbs/07e_prepare.ipynb #b5b4cd39
 def _check_xtok(args:KDConfig, names, plan:Plan, cached:set):
@@ -126,7 +182,8 @@ def _check_router(names, plan:Plan):
 # %% ../nbs/07e_prepare.ipynb #db658b71
 def _check_models(args:KDConfig, teacher, student, names, plan:Plan, need:set, cached:set):
     "Refuse teacher/student/curriculum combinations that cannot run, naming the knob to turn."
-    _check_vocab(args, teacher, student); _check_xtok(args, names, plan, cached)
+    _check_vocab(args, teacher, student); _check_map(plan.vocab_map, teacher, student)
+    _check_xtok(args, names, plan, cached)
     if teacher is None and (live := need - cached): raise ValueError(
         f"no teacher, but the curriculum {names} needs the teacher's {sorted(live)}: pass the "
         "teacher model" + (" (a teacher cache holds only per-position fields such as the top-k)"
@@ -156,15 +213,27 @@ def _open_cache(args:KDConfig, teacher, dataset, collate, plan:Plan, cur, fields
                          "the curriculum's changes")
     if not (Path(args.teacher_cache)/'meta.json').exists():
         _build_cache(args, teacher, dataset, collate, plan, fields, T)
-    cache = TeacherCache(args.teacher_cache)
-    cache.check(dataset, fields, T, student_ids=plan.maps_topk)
+    cache, vm = TeacherCache(args.teacher_cache), plan.vocab_map if plan.maps_topk else None
+    cache.check(dataset, fields, T, plan.maps_topk, teacher=teacher, k=args.kd_topk, vocab_map=vm)
     return cache
 
 # %% ../nbs/07e_prepare.ipynb #434551a3
+def _fixed(teacher:nn.Module) -> str|None:
+    "Why `teacher` must stay where and as it is (quantized, dispatched by accelerate), or None."
+    if q := quantization(teacher): return f"quantized ({q})"
+    if not is_dispatched(teacher): return None
+    where = sorted({str(d) for d in (getattr(teacher, 'hf_device_map', None) or {}).values()})
+    return f"dispatched by accelerate over {', '.join(where) or 'hooks'}"
+
+# %% ../nbs/07e_prepare.ipynb #3a24973a
 def _place_teacher(teacher:nn.Module, args:KDConfig) -> nn.Module:
     "The frozen teacher on the training device, in `teacher_dtype` ('auto': fp16 on a GPU), eval mode."
-    dt = teacher_dtype(args.teacher_dtype, module_dtype(teacher), args.device)
-    return teacher.to(device=args.device, dtype=dt).eval()
+    now = module_dtype(teacher); dt = teacher_dtype(args.teacher_dtype, now, args.device)
+    if not (why := _fixed(teacher)): return teacher.to(device=args.device, dtype=dt).eval()
+    if args.teacher_dtype not in ('auto', 'keep') and dt != now: raise ValueError(
+        f"teacher_dtype={args.teacher_dtype!r} would cast a teacher {why}, which stays as loaded: "
+        "load it in that dtype (from_pretrained(..., dtype=...)) and leave teacher_dtype='auto'")
+    return teacher.eval()
 
 # %% ../nbs/07e_prepare.ipynb #882e9fc2
 def _lora(student:nn.Module, args:KDConfig, peft_config=None) -> nn.Module:
@@ -180,9 +249,23 @@ def _lora(student:nn.Module, args:KDConfig, peft_config=None) -> nn.Module:
     return student
 
 # %% ../nbs/07e_prepare.ipynb #f7f28040
+def _mark_tied(model:nn.Module) -> set[str]:
+    "List `model`'s tied parameter copies (e.g. `lm_head.weight`) as not saved; return them."
+    first, tied = set(), set()
+    for n, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in first: tied.add(n)
+        first.add(id(p))
+    if tied: model._keys_to_ignore_on_save = set(model._keys_to_ignore_on_save or ()) | tied
+    return tied
+
+# %% ../nbs/07e_prepare.ipynb #034db931
 def _prepare_student(student:nn.Module, teacher, args:KDConfig, peft_config=None) -> nn.Module:
     "The student to train: started from the teacher if asked, wrapped for LoRA when asked."
-    if args.init_from_teacher and teacher is not None: init_from_teacher(student, teacher)
+    if (copy := args.init_from_teacher and teacher is not None) and (why := _fixed(teacher)):
+        raise ValueError(f"init_from_teacher=True copies the teacher's weights, but the teacher is "
+                         f"{why}: load it whole to start the student from it, or set it to False")
+    if copy: init_from_teacher(student, teacher)
+    _mark_tied(student)
     lora = peft_config is not None or args.lora is not None
     return _lora(student, args, peft_config) if lora else student
 

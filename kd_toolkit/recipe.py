@@ -13,7 +13,7 @@ from .data import pad_id
 
 # %% auto #0
 __all__ = ['RESULT_ROWS', 'pick_curriculum', 'eval_batches', 'projector_start', 'results_table', 'markdown_table',
-           'greedy_sample', 'plot_heldout_ppl']
+           'greedy_sample', 'prompts_of', 'sample_table', 'model_line', 'plot_heldout_ppl']
 
 # %% ../nbs/09b_recipe.ipynb #a8afa4b1
 def pick_curriculum(name:str, # 'auto', 'kd_lm_feature' or a preset (`core.CURRICULUM_PRESETS`)
@@ -117,6 +117,36 @@ def greedy_sample(model:nn.Module, # a causal LM
     enc = tok(prompt, return_tensors='pt').to(model.device)
     ids = model.generate(**enc, max_new_tokens=n, do_sample=False, pad_token_id=pad_id(tok))
     return tok.decode(ids[0, enc['input_ids'].shape[1]:], skip_special_tokens=True)
+
+# %% ../nbs/09b_recipe.ipynb #dcc91dcb
+def prompts_of(docs:list[str], # held-out documents
+               n:int=3, # prompts wanted (the first documents long enough)
+               n_chars:int=60, # about this many characters each, cut at a space
+              ) -> list[str]:
+    "Prompts for samples: the start of each of the first `n` documents longer than `n_chars`."
+    cut = lambda d: ' '.join(d[:n_chars + 1].split()[:-1]) if len(d) > n_chars else d
+    return [cut(d) for d in docs if len(d.strip()) > n_chars][:n]
+
+# %% ../nbs/09b_recipe.ipynb #1ca60936
+def sample_table(models:dict, # column name -> causal LM
+                 tok, # the tokenizer they share
+                 prompts:list[str], # prompts (`prompts_of`)
+                 n:int=24, # new tokens per continuation
+                ) -> pd.DataFrame:
+    "Greedy continuations of each prompt by each model: one row per prompt, one column per model."
+    rows = {p: {k: greedy_sample(m, tok, p, n) for k, m in models.items()} for p in prompts}
+    return pd.DataFrame.from_dict(rows, orient='index').rename_axis('prompt')
+
+# %% ../nbs/09b_recipe.ipynb #45d92c37
+def model_line(m:nn.Module) -> str:
+    "One line on a causal LM: architecture, layers, width, heads, vocabulary and parameters."
+    c, n = m.config, sum(p.numel() for p in m.parameters())
+    emb = m.get_input_embeddings().weight.numel()
+    tied = ', tied embeddings' if getattr(c, 'tie_word_embeddings', False) else ''
+    arch = type(m).__name__.removesuffix('ForCausalLM')
+    return (f"{arch}, {c.num_hidden_layers} layers, width {c.hidden_size}, "
+            f"{c.num_attention_heads} heads, vocabulary {c.vocab_size:,}{tied}; "
+            f"{n/1e6:.2f}M parameters ({emb/1e6:.2f}M in the embedding)")
 
 # %% ../nbs/09b_recipe.ipynb #45b512c8
 def _heldout(h:pd.DataFrame) -> pd.DataFrame:

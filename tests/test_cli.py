@@ -19,6 +19,16 @@ def _run(argv) -> tuple[int, str, str]:
         except SystemExit as e: code = e.code
     return code, out.getvalue(), err.getvalue()
 
+def _json(stdout:str) -> dict:
+    "The metrics `evaluate --json` printed (its last line)."
+    import json
+    return json.loads(stdout.strip().splitlines()[-1])
+
+def _table(stdout:str) -> dict:
+    "The metrics table `evaluate` and `distill` print: {metric: [model value, teacher value (if any)]}."
+    rows = re.findall(r'^(\w+)\s+([-\d.e+]+)(?:\s+([-\d.e+]+))?$', stdout, re.M)
+    return {k: [float(v) for v in vs if v] for k, *vs in rows}
+
 def _nothing_presented(out: Path):
     "No result folder and no temporary folder beside it."
     assert not out.exists(), f"{out} was created"
@@ -138,9 +148,9 @@ def test_demo_short_run_writes_a_complete_result(tmp_path, tiny_teacher, steps):
 def test_evaluate_bits_per_byte_counts_every_byte(tmp_path):
     "stories260K on the TinyStories excerpt: perplexity near the 5.7 measured independently, and bpb·ln2·bytes = log(ppl)·tokens."
     model, text = require_asset(STORIES260K), require_asset(TEXTS['tinystories'])
-    code, stdout, err = _run(['evaluate', '--model', str(model), '--data', str(text), '--max-length', '256'])
+    code, stdout, err = _run(['evaluate', '--model', str(model), '--data', str(text), '--max-length', '256', '--json'])
     assert code == 0, err
-    vals = {m.group(1): float(m.group(2)) for m in re.finditer(r'^(\w+)\s+([-\d.e+]+)$', stdout, re.M)}
+    vals = _json(stdout)
     ppl, bpb, n_tok = vals['student_ppl'], vals['student_bpb'], vals['n_tokens']
     assert 4.5 < ppl < 8.0, ppl   # shared/data/README.md: about 5.7 (random init of the same config: about 518)
     n_bytes = math.log(ppl) * n_tok / (math.log(2) * bpb)
@@ -150,9 +160,9 @@ def test_evaluate_bits_per_byte_counts_every_byte(tmp_path):
 def test_evaluate_against_a_teacher_with_another_tokenizer(tiny_teacher):
     "Positions are aligned by text and the teacher's vocabulary mapped (no index errors from mixing vocabularies)."
     model, text = require_asset(STORIES260K), require_asset(TEXTS['tinystories'])
-    code, stdout, err = _run(['evaluate', '--model', str(model), '--teacher', str(tiny_teacher), '--data', str(text)])
+    code, stdout, err = _run(['evaluate', '--model', str(model), '--teacher', str(tiny_teacher), '--data', str(text), '--json'])
     assert code == 0, err
-    vals = {m.group(1): float(m.group(2)) for m in re.finditer(r'^(\w+)\s+([-\d.e+]+)$', stdout, re.M)}
+    vals = _json(stdout)
     assert 4.5 < vals['student_ppl'] < 8.0, vals                     # the real model, as without a teacher
     assert abs(vals['teacher_log_ppl'] - math.log(300)) < 0.5, vals   # a random 300-token model is near uniform
     assert vals['n_compared'] > 0.9 * vals['n_tokens'] and vals['kl'] > 0, vals
@@ -190,10 +200,10 @@ def test_distill_from_config_file(tmp_path):
     (tmp_path/'run.json').write_text(json.dumps(spec))
     code, stdout, err = _run(['distill', '--config', str(tmp_path/'run.json')])
     assert code == 0, err
-    vals = {m.group(1): float(m.group(2)) for m in re.finditer(r'^(\w+)\s+([-\d.e+]+)$', stdout, re.M)}
+    vals = _table(stdout)   # (a table now: metric, student, teacher)
     # the real teacher (ppl ~6 on TinyStories) against a student 6 steps from random init: near uniform over 512 ids
-    assert vals['teacher_ppl'] < 20 and abs(vals['student_log_ppl'] - math.log(512)) < 0.5, vals
-    assert 0 <= vals['top1_agree'] <= 1 and vals['kl'] > 0
+    assert vals['perplexity'][1] < 20 and abs(vals['log_perplexity'][0] - math.log(512)) < 0.5, vals
+    assert 0 <= vals['top1_agreement'][0] <= 1 and vals['kl_teacher_to_model'][0] > 0
     h = pd.read_csv(tmp_path/'out'/'history.csv')
     assert h['step'].max() == 6
     from transformers import AutoModelForCausalLM
@@ -329,13 +339,13 @@ def test_distill_prints_where_results_went_and_evaluate_reads_the_student(finish
     tok = AutoTokenizer.from_pretrained(student)
     assert tok(STORY)['input_ids'] == AutoTokenizer.from_pretrained(tiny_teacher)(STORY)['input_ids']
     (tmp_path/'held.txt').write_text(STORY)
-    code, stdout, err = _run(['evaluate', '--model', str(student), '--data', str(tmp_path/'held.txt'), '--max-length', '32'])
+    code, stdout, err = _run(['evaluate', '--model', str(student), '--data', str(tmp_path/'held.txt'), '--max-length', '32', '--json'])
     assert code == 0, err
-    vals = {m.group(1): float(m.group(2)) for m in re.finditer(r'^(\w+)\s+([-\d.e+]+)$', stdout, re.M)}
+    vals = _json(stdout)
     assert math.isfinite(vals['student_ppl']) and 1 < vals['student_ppl'] < len(tok) and vals['n_tokens'] > 0, vals
     # the evaluated model is the trained student, not its starting point: the teacher folder it started from scores differently
-    code, stdout0, _ = _run(['evaluate', '--model', str(tiny_teacher), '--data', str(tmp_path/'held.txt'), '--max-length', '32'])
-    vals0 = {m.group(1): float(m.group(2)) for m in re.finditer(r'^(\w+)\s+([-\d.e+]+)$', stdout0, re.M)}
+    code, stdout0, _ = _run(['evaluate', '--model', str(tiny_teacher), '--data', str(tmp_path/'held.txt'), '--max-length', '32', '--json'])
+    vals0 = _json(stdout0)
     assert code == 0 and vals0['n_tokens'] == vals['n_tokens'] and vals0['student_ppl'] != vals['student_ppl'], (vals0, vals)
 
 def test_distill_output_summary(tmp_path, tiny_teacher):

@@ -101,7 +101,8 @@ def test_metadata_points_at_the_notebook():
     assert any('kd-toolkit' in s for s in meta['dataset_sources']), "attach the wheel dataset (README: Kaggle)"
     nb = nbformat.read(NB, as_version=4)
     tagged = [c for c in nb.cells if 'parameters' in c.metadata.get('tags', [])]
-    assert len(tagged) == 1 and "pair = 'cross'" in tagged[0].source and "preset = 'auto'" in tagged[0].source
+    # (issue 25: the default pair is 'auto', the CPU smoke set without a GPU; it was 'cross', the hub even on a CPU)
+    assert len(tagged) == 1 and "pair = 'auto'" in tagged[0].source and "preset = 'auto'" in tagged[0].source
     assert not any(c.get('outputs') for c in nb.cells if c.cell_type == 'code'), "commit the notebook without outputs"
 
 def test_install_cell_comes_first_and_never_takes_kd_toolkit_from_pypi():
@@ -181,6 +182,29 @@ def test_notebook_smoke_run(kernel, request, tmp_path, assets):
     assert s.get_output_embeddings().weight.shape[0] == len(tok)
     assert '## Teacher' in (out/'run'/'student'/'README.md').read_text()
 
+def test_cpu_default_is_the_offline_smoke_set(kernel, tmp_path):
+    "No parameters but a short run: without a GPU the notebook takes the CPU smoke set (no hub), and every chart has lines."
+    if not (has_asset(STORIES260K) and has_asset(TEXTS['tinystories'])): pytest.skip('no ../shared/data here')
+    params = dict(steps=10, output_dir=str(tmp_path/'out'))   # issue 25: cpu_demo's logging_steps=10 logged once at 10 steps
+    nb = _execute(NB, tmp_path/'executed.ipynb', kernel, params, dict(OFFLINE, KD_TOOLKIT_INPUT=str(tmp_path/'none')), tmp_path)
+    code = _code(nb)
+    assert not [o for c in code for o in c.get('outputs', []) if o.get('output_type') == 'error']
+    assert 'pair cpu_smoke: teacher stories260k, student tiny, dataset tinystories' in _shown(code), _shown(code)[-3000:]
+    assert 'preset: cpu_demo' in _shown(code)
+    hist = pd.read_csv(tmp_path/'out'/'history.csv')
+    assert hist['step'].max() == 10 and hist['loss'].notna().sum() >= 5, hist   # a line, not a point
+    assert hist['raw/kd'].notna().sum() >= 5
+
+def test_hub_teacher_offline_is_one_line(kernel, tmp_path):
+    "A hub model that cannot be reached stops with the toolkit's one line: the model and the offline alternatives."
+    params = dict(teacher='Qwen/Qwen2.5-0.5B', student='tiny', dataset='stdlib', preset='smoke', output_dir=str(tmp_path/'out'))
+    with pytest.raises(papermill.PapermillExecutionError) as e:
+        _execute(NB, tmp_path/'executed.ipynb', kernel, params, dict(OFFLINE, KD_TOOLKIT_INPUT=str(tmp_path/'none')), tmp_path)
+    assert e.value.ename == 'SourceError', (e.value.ename, e.value.evalue)
+    assert e.value.evalue.startswith('teacher Qwen/Qwen2.5-0.5B: could not load it from the Hugging Face hub'), e.value.evalue
+    assert "'stories260k'" in e.value.evalue and "'tiny'" in e.value.evalue and '\n' not in e.value.evalue
+    assert len(e.value.traceback) < 40, len(e.value.traceback)   # not transformers' 200-line traceback
+
 def _exe(folder:Path, name:str, script:str) -> Path:
     p = folder/name; p.write_text('#!/bin/sh\n' + script + '\n'); p.chmod(p.stat().st_mode | stat.S_IEXEC)
     return p
@@ -237,6 +261,21 @@ def test_install_cell_from_a_wheel_folder_offline(tmp_path, wheel_dir):
     assert f'kd_toolkit {_version()}; torch imported yet: False' in r.stdout, r.stdout
     where = subprocess.run([str(py), '-c', 'import kd_toolkit.sources as m; print(m.__file__)'], capture_output=True, text=True, cwd=tmp_path)
     assert where.stdout.strip().startswith(str(py.parent.parent)), where   # the venv's copy, not this checkout
+
+def test_install_cell_is_quiet_when_the_fallback_works(tmp_path, wheel_dir):
+    "The offline attempt fails (a requirement missing from the folder), the index attempt succeeds: one line, no red ERROR."
+    py = make_clean_venv(tmp_path)
+    log = tmp_path/'pip.log'
+    stub = _exe(tmp_path, 'pip-stub', f'echo "$@" >> {log}\n'
+                'case "$*" in *--no-index*) echo "ERROR: No matching distribution found for accelerate" >&2; exit 1;; esac\n'
+                f'exec {py} -m pip "$@" --no-index')   # ("the index": here the same folder, offline)
+    r = _cell1(py, dict(KD_TOOLKIT_PIP=str(stub), KD_TOOLKIT_INPUT=str(wheel_dir.parent)), tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert len(log.read_text().splitlines()) == 2 and 'ERROR' not in r.stdout + r.stderr, (r.stdout, r.stderr)
+    whl = next(wheel_dir.glob('*.whl'))
+    assert r.stdout.strip().splitlines() == [f'kd_toolkit {_version()}; torch imported yet: False; installed from {whl}, '
+                                             'its missing requirements from the package index; no NVIDIA GPU found '
+                                             '(nvidia-smi): torch is left as installed'], r.stdout
 
 @pytest.mark.parametrize('case', ['wheel', 'git', 'index'])
 def test_install_cell_order_and_never_a_bare_pypi_name(tmp_path, wheel_dir, case):
