@@ -188,6 +188,60 @@ def _tiny(tokenizer, texts, hidden_size:int, seed:int, dtype):
     return set_token_ids(model, tok), tok
 
 # %% ../nbs/09a_sources.ipynb #85bbd3d6
+def _check_gpus(what:str, spec:str, max_memory:dict):
+    "A `SourceError` if `max_memory` budgets a GPU that this machine does not have."
+    import torch
+    n = torch.cuda.device_count()
+    if gpu := [k for k in max_memory if isinstance(k, int) and not 0 <= k < n]: raise SourceError(
+        f"{what} {spec}: max_memory names GPU {gpu[0]}, but this machine has {n} CUDA GPU(s): "
+        "budget 'cpu' (and 'disk') only here, or run on a GPU")
+
+# %% ../nbs/09a_sources.ipynb #05b5abb5
+def _check_budget(what:str, spec:str, max_memory:dict):
+    "A `SourceError` for a `max_memory` that names a missing GPU or that accelerate cannot read."
+    from accelerate.utils import get_max_memory
+    _check_gpus(what, spec, max_memory)
+    try: get_max_memory(dict(max_memory))   # (a copy: accelerate converts the sizes in place)
+    except ValueError as e:
+        raise SourceError(f"{what} {spec}: max_memory={max_memory!r}: {e}") from None
+
+# %% ../nbs/09a_sources.ipynb #892898ea
+def _check_placement(what:str, spec:str, device_map, budget, quantized):
+    "Refuse `device_map`-less budgets (`budget`: max_memory or offload_folder) and a placed 'tiny'."
+    if spec == 'tiny' and (device_map or quantized): raise SourceError(
+        f"{what} 'tiny' is built in memory: save it (save_pretrained) and load that folder with "
+        "device_map or quantization_config")
+    if device_map is None and budget: raise SourceError(
+        f"{what} {spec}: max_memory and offload_folder apply only with device_map "
+        "(e.g. device_map='auto'): add it, or drop them")
+
+# %% ../nbs/09a_sources.ipynb #0851a9a2
+def _placement(what:str, spec:str, device_map=None, max_memory=None, offload_folder=None,
+               quantization_config=None) -> dict:
+    "`from_pretrained`'s big-model keywords: those given, checked; the budget a copy."
+    _check_placement(what, spec, device_map, max_memory or offload_folder, quantization_config)
+    if max_memory: _check_budget(what, spec, max_memory)
+    kw = dict(device_map=device_map, max_memory=dict(max_memory or {}) or None,
+              offload_folder=offload_folder and str(offload_folder),
+              quantization_config=quantization_config)
+    return {k: v for k, v in kw.items() if v is not None}
+
+# %% ../nbs/09a_sources.ipynb #33f894e4
+_RESAVE = (" puts weights on the disk that must be re-saved there (not safetensors, e.g. a "
+           "GGUF, or a MoE's experts): give offload_folder=<a folder with room for them>, "
+           "or a larger max_memory")
+
+@contextlib.contextmanager
+def _placed(what:str, spec:str, device_map):
+    "A placement `ValueError` of `from_pretrained` as one `SourceError`; other errors unchanged."
+    try: yield
+    except ValueError as e:
+        msg = ' '.join(str(e).split())
+        if device_map is None or 'device_map' not in msg: raise
+        why = _RESAVE if 'offload_folder' in msg else f": {msg[:300]}"
+        raise SourceError(f"{what} {spec}: device_map={device_map!r}{why}") from None
+
+# %% ../nbs/09a_sources.ipynb #6d642079
 def load_model(spec:str='smollm2', # 'smollm2', 'stories260k', 'tiny', a folder, or (hub=True) hub
                dtype=None, # the torch dtype to load in; None: float32
                what:str='--teacher', # the option that named the model, for error messages
@@ -196,18 +250,23 @@ def load_model(spec:str='smollm2', # 'smollm2', 'stories260k', 'tiny', a folder,
                texts:list[str]|None=None, # for 'tiny' without a tokenizer: texts to train a BPE on
                hidden_size:int=64, # for 'tiny': the width (layers: 2, heads: 4)
                seed:int=0, # for 'tiny': the weights' seed
+               device_map=None, # accelerate's placement: 'auto' (GPUs, CPU, disk), {module: device}
+               max_memory:dict|None=None, # with device_map: budgets, {0: '10GiB', 'cpu': '20GiB'}
+               offload_folder=None, # with device_map: where weights re-saved for the disk go
+               quantization_config=None, # e.g. transformers.BitsAndBytesConfig(load_in_8bit=True)
               ):
-    "A causal LM in eval mode and its fast tokenizer."
+    "A causal LM in eval mode and its fast tokenizer; placed by accelerate given `device_map`."
     import torch
     from transformers import AutoModelForCausalLM
     dtype = dtype or torch.float32
+    place = _placement(what, spec, device_map, max_memory, offload_folder, quantization_config)
     if spec == 'tiny': return _tiny(tokenizer, texts, hidden_size, seed, dtype)
     folder, kw = model_source(spec, what, hub)
     tok = tokenizer or load_tokenizer(spec, what, hub)
-    with _from_hub(folder, spec, what):
+    with _from_hub(folder, spec, what), _placed(what, spec, device_map):
         m = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation='eager',
-                                                 **kw)
-    return m.eval(), tok
+                                                 **kw, **place)
+    return m.eval(), tok   # (never moved: a dispatched model stays where accelerate put it)
 
 # %% ../nbs/09a_sources.ipynb #095fe0cf
 _STDLIB = ('argparse', 'collections', 'contextlib', 'csv', 'dataclasses', 'datetime', 'decimal',

@@ -195,6 +195,50 @@ def test_cpu_default_is_the_offline_smoke_set(kernel, tmp_path):
     assert hist['step'].max() == 10 and hist['loss'].notna().sum() >= 5, hist   # a line, not a point
     assert hist['raw/kd'].notna().sum() >= 5
 
+@pytest.mark.parametrize('assets', ['shared', pytest.param('cross', marks=pytest.mark.slow)])
+def test_teacher_offload_fills_the_cache_then_trains_without_the_teacher(kernel, tmp_path, assets):
+    """`teacher_offload=True` on the CPU smoke set: the stories260k teacher, every weight on disk (a CPU budget of 1 KB),
+    fills the teacher cache once, is freed, and the student trains from the cache alone; the outputs are all there.
+    `cross` (slow): a student with SmolLM2's tokenizer, so the cache holds the top-k mapped onto student ids; then a second
+    run on the same output_dir keeps the cache of the same text and teacher."""
+    if not (has_asset(STORIES260K) and has_asset(TEXTS['tinystories'])): pytest.skip('no ../shared/data here')
+    if assets == 'cross' and not has_asset(TOKENIZERS['smollm2']): pytest.skip('no SmolLM2 tokenizer in ../shared/data')
+    out, cross = tmp_path/'out', assets == 'cross'
+    params = dict(teacher_offload=True, teacher_cpu_memory='1KB', cache_batch_tokens=512, n_texts=300, n_eval=3, steps=6,
+                  max_length=48, gen_tokens=8, output_dir=str(out))
+    if cross:
+        params['student'], tok = str(tmp_path/'student_in'), load_tokenizer('smollm2')
+        tiny_llama(vocab_size=len(tok), hidden_size=32, num_layers=2).save_pretrained(params['student']); tok.save_pretrained(params['student'])
+    env = dict(OFFLINE, KD_TOOLKIT_INPUT=str(tmp_path/'none'))
+    t0 = time.time()
+    code = _code(_execute(NB, tmp_path/'executed.ipynb', kernel, params, env, tmp_path)); shown = _shown(code)
+    print(f"notebook with teacher_offload ran in {time.time() - t0:.1f} s")
+    assert not [o for c in code for o in c.get('outputs', []) if o.get('output_type') == 'error']
+    # the teacher was dispatched by accelerate with every weight on disk, built the cache, and was freed
+    assert "the teacher is dispatched by accelerate over ['disk']" in shown, shown[-3000:]
+    line = next(l for l in shown.splitlines() if l.startswith('teacher cache '))
+    assert "by the teacher over ['disk']" in line and line.endswith('teacher freed: True'), line
+    from kd_toolkit.cache import TeacherCache, teacher_fingerprint
+    from kd_toolkit.sources import load_model
+    cache = TeacherCache(out/'teacher_cache')
+    assert cache.fields == ['topk'] and cache.meta['k'] == 32 and cache.meta['student_ids'] == cross, cache.meta
+    mine = {k: v for k, v in teacher_fingerprint(load_model('stories260k')[0]).items() if k != 'name'}
+    assert {k: v for k, v in cache.meta['fingerprint']['teacher'].items() if k != 'name'} == mine   # this teacher's cache
+    assert not (out/'offload').exists()
+    # the student trained from the cache (KD + LM, no feature loss), then the outputs: charts, tables, the student
+    hist = pd.read_csv(out/'history.csv')
+    assert hist['step'].max() == 6 and set(hist['kd_path'].dropna()) == {'cached+map' if cross else 'cached'}, hist.get('kd_path')
+    assert hist['raw/kd'].notna().sum() >= 3 and 'raw/feature' not in hist.columns
+    table = pd.read_csv(out/'results.csv', index_col=0)
+    assert list(table.columns) == ['teacher', 'student_before', 'student_after']
+    assert table.loc['ppl', 'teacher'] < 20 < table.loc['ppl', 'student_after'] and math.isfinite(table.loc['kl', 'student_before'])
+    assert math.isnan(table.loc['kl', 'student_after']), table   # no teacher after training: no KL, said in the notebook
+    for png in ('curriculum.png', 'loss_breakdown.png'): assert (out/png).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n', png
+    assert len(pd.read_csv(out/'samples.csv', index_col=0)) == 2 and (out/'run'/'student'/'config.json').is_file()
+    if cross:   # a re-run finds the cache of the same text by the same teacher and keeps it
+        again = _shown(_code(_execute(NB, tmp_path/'again.ipynb', kernel, params, env, tmp_path)))
+        assert 'kept: the same text and teacher; teacher freed: True' in again, again[-3000:]
+
 def test_hub_teacher_offline_is_one_line(kernel, tmp_path):
     "A hub model that cannot be reached stops with the toolkit's one line: the model and the offline alternatives."
     params = dict(teacher='Qwen/Qwen2.5-0.5B', student='tiny', dataset='stdlib', preset='smoke', output_dir=str(tmp_path/'out'))
