@@ -72,8 +72,7 @@ class KDTrainer(Trainer):
                      eval_dataset=eval_dataset, data_collator=data_collator, curriculum=curriculum,
                      projector=projector, router=router, vocab_map=vocab_map,
                      piece_trie=piece_trie, peft_config=peft_config)
-        self.teacher, self.curriculum, self.plan = r.teacher, r.curriculum, r.plan
-        self.cache = r.cache
+        self.teacher, self.curriculum, self.plan, self.cache = r.teacher, r.curriculum, r.plan, r.cache
         engine_cbs, charts = _split_callbacks(callbacks)
         super().__init__(model=r.student, args=r.args, data_collator=r.collate,
                          train_dataset=r.train, eval_dataset=eval_dataset,

@@ -338,7 +338,8 @@ def child(self:PieceTrie, node:torch.Tensor, piece:torch.Tensor) -> torch.Tensor
     if not len(self.keys): return torch.full_like(key, -1)
     keys = self.keys.to(key.device)
     i = torch.searchsorted(keys, key).clamp_max(len(keys) - 1)
-    return torch.where(keys[i] == key, self.vals.to(key.device)[i], -1)
+    real = piece < self.Vt   # ids past the tokenizer (a model's padded rows, e.g. Qwen's) head nothing
+    return torch.where((keys[i] == key) & real, self.vals.to(key.device)[i], -1)
 
 # %% ../nbs/06b_xvocab.ipynb #d7bd18e8
 @patch
@@ -425,7 +426,9 @@ def trie_classes(trie:PieceTrie, nodes:torch.Tensor, ids:torch.Tensor) -> tuple[
     "The range `[lo, hi)` of `order` of the class of each teacher piece `ids` (n, k) at its level's node (n,)."
     n = nodes[:, None].expand_as(ids)
     ch, root = trie.child(n, ids), n == 0
-    tgt = torch.where(ch >= 0, ch, torch.where(root, trie.orphan.to(ids.device)[ids], -1))
+    orphan = trie.orphan.to(ids.device)[ids.clamp_max(trie.Vt - 1)]
+    orphan = torch.where(ids < trie.Vt, orphan, -1)   # padded rows past the tokenizer: no class (the rest)
+    tgt = torch.where(ch >= 0, ch, torch.where(root, orphan, -1))
     ok, t = tgt >= 0, tgt.clamp_min(0)
     lo, hi, tend = (x.to(ids.device) for x in (trie.lo, trie.hi, trie.tend))
     none = torch.full_like(t, trie.V)
