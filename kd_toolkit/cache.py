@@ -14,7 +14,7 @@ from torch import nn
 from .core import input_device, module_dtype, quantization, to_device
 from .align import gather_aligned
 from .data import KDCollator, teacher_key, teacher_view
-from .xvocab import teacher_token_logprobs
+from .xvocab import teacher_token_logprobs, teacher_topk_rows
 from .losses import TopK, topk_teacher
 import pyarrow.compute as pc
 
@@ -58,13 +58,17 @@ def _topk_rows(out, batch, k, temperature=1.0, vocab_map=None, **_) -> dict:
     return dict(logprobs=t.logprobs.half().float(), ids=t.ids, tail=t.tail.float())
 
 # %% ../nbs/07a_cache.ipynb #262d10ba
+_TOPK_ARRAYS = {'logprobs': np.float16, 'ids': np.int32, 'tail': np.float32}
+def _as_topk(a): return TopK(a['logprobs'].float(), a['ids'].long(), a['tail'].float())
+def _topk_shapes(k): return {'logprobs': (k,), 'ids': (k,), 'tail': ()}
+
 FIELDS = {  # name -> Field
-    'topk': Field(_topk_rows, {'logprobs': np.float16, 'ids': np.int32, 'tail': np.float32},
-                  lambda a: TopK(a['logprobs'].float(), a['ids'].long(), a['tail'].float()),
-                  shapes=lambda k: {'logprobs': (k,), 'ids': (k,), 'tail': ()}),
+    'topk': Field(_topk_rows, _TOPK_ARRAYS, _as_topk, shapes=_topk_shapes),
     'token_logprobs': Field(teacher_token_logprobs, {'logprobs': np.float32},
                             lambda a: a['logprobs'].float(), rows='teacher',
                             shapes=lambda k: {'logprobs': ()}),
+    'teacher_topk': Field(teacher_topk_rows, _TOPK_ARRAYS, _as_topk, rows='teacher',
+                          shapes=_topk_shapes),   # the piece trie's teacher rows
 }
 
 # %% ../nbs/07a_cache.ipynb #243475dd

@@ -14,14 +14,14 @@ from .core import CROSS_VOCAB_LOSSES, to_device
 from .align import gather_aligned
 from .cache import FIELDS, aligned_logits, teacher_fields, teacher_forward
 from .data import teacher_view
-from .losses import (attention_loss, contrastive_loss, fused_kd_lm_loss, hidden_loss,
+from .losses import (TopK, attention_loss, contrastive_loss, fused_kd_lm_loss, hidden_loss,
                                kd_loss, kd_loss_topk, layer_map, lm_loss, next_token_targets)
-from .xvocab import chunk_likelihood_loss, hybrid_loss, token_logprobs, uld_loss
+from .xvocab import chunk_likelihood_loss, hybrid_loss, token_logprobs, trie_kl, trie_levels, uld_loss
 
 # %% auto #0
-__all__ = ['Step', 'COMPONENTS', 'KD_LOSSES', 'Plan', 'MicroBatch', 'lm', 'kd', 'kd_uld', 'kd_hybrid', 'kd_chunk', 'feature',
-           'layerwise', 'contrastive', 'attention', 'balance', 'router_attention', 'Component', 'component', 'needs',
-           'student_pass', 'teacher_outputs', 'pick_kd_path']
+__all__ = ['Step', 'COMPONENTS', 'KD_LOSSES', 'Plan', 'MicroBatch', 'lm', 'kd', 'kd_uld', 'kd_hybrid', 'kd_chunk', 'kd_trie',
+           'feature', 'layerwise', 'contrastive', 'attention', 'balance', 'router_attention', 'Component', 'component',
+           'needs', 'student_pass', 'teacher_outputs', 'pick_kd_path']
 
 # %% ../nbs/07b_components.ipynb #dfc01b00
 @dataclass(frozen=True)
@@ -36,6 +36,7 @@ class Plan:
     hidden_kind:str='nmse' # feature/layerwise loss kind
     contrastive_temperature:float=0.1 # InfoNCE temperature
     vocab_map:object=None # `align.VocabMap` across tokenizers
+    trie:object=None # `xvocab.PieceTrie` across tokenizers (cross_vocab_loss='trie')
     projector:nn.Module|None=None # student -> teacher width for hidden-state losses
     router:nn.Module|None=None # `projector.KnowledgeRouter` for feature/balance/router_attention
     head:nn.Module|None=None # the student's output layer (fused path)
@@ -135,6 +136,27 @@ def kd_chunk(s:MicroBatch) -> torch.Tensor:
     idx = b['align_idx'] if 'align_idx' in b else same
     return chunk_likelihood_loss(slp, tlp, idx.to(slp.device), s.kmask, temperature=p.temperature)
 
+# %% ../nbs/07b_components.ipynb #04c66c68
+def _level_topk(rows:TopK, tm:torch.Tensor, tpos:torch.Tensor) -> TopK: # the rows at flattened teacher positions
+    inv = torch.full((tm.numel(),), -1, dtype=torch.long, device=tm.device)
+    inv[tm.flatten()] = torch.arange(int(tm.sum()), device=tm.device)
+    i = inv[tpos]
+    return TopK(rows.logprobs[i], rows.ids[i], rows.tail[i])
+
+# %% ../nbs/07b_components.ipynb #17f88f9c
+def kd_trie(s:MicroBatch) -> torch.Tensor:
+    "Cross-vocabulary KD by the piece trie (`xvocab.trie_kl`; the teacher's top-k at every token)."
+    b, p = s.batch, s.plan
+    ids, tm = teacher_view(b)
+    tm, dev = tm.bool().to(s.targets.device), s.targets.device
+    if 'align_idx' in b: idx = b['align_idx'].to(dev)
+    else: idx = torch.arange(tm.shape[1], device=dev).expand(s.targets.shape)   # one tokenizer: identity
+    rows, tpos, nodes = trie_levels(p.trie, s.targets, ids.to(dev), tm, idx, s.kmask)
+    tk = _level_topk(TopK(*(x.to(dev) for x in s.teacher['teacher_topk'])), tm, tpos)
+    logits = s.student.logits.flatten(0, 1)
+    chunk = p.chunk_size or 'auto'   # (N, V) float64 sums: always in chunks
+    return trie_kl(logits, tk, rows, nodes, p.trie, chunk_size=chunk, temperature=p.temperature)
+
 # %% ../nbs/07b_components.ipynb #511c9bb5
 def feature(s:MicroBatch) -> torch.Tensor:
     "Last-layer hidden-state loss (the router's routed feature loss when there is a router)."
@@ -196,6 +218,7 @@ KD_LOSSES = dict(zip(CROSS_VOCAB_LOSSES, (  # the forms of `kd` by `cross_vocab_
     Component(kd_uld, ('logits',), ('topk',)),               # 'uld' (the objectives are `xvocab`'s)
     Component(kd_hybrid, ('logits',), ('topk',)),            # 'hybrid'
     Component(kd_chunk, ('logits',), ('token_logprobs',)),   # 'chunk': chunk likelihoods (issue 16)
+    Component(kd_trie, ('logits',), ('teacher_topk',)),      # 'trie': the piece trie (issue 23)
 ), strict=True))
 
 # %% ../nbs/07b_components.ipynb #18c74cce

@@ -231,7 +231,8 @@ class DistillArguments:
     chunk_size:int|Literal['auto']|None=None
     teacher_cache:str|None=None # folder of a teacher cache (built first if missing)
     cross_tokenizer:bool=False # tokenizers differ: align by characters, map vocabularies
-    # across vocabularies (`CROSS_VOCAB_LOSSES`): 'map' (top-k mapped to student ids),
+    # across vocabularies (`CROSS_VOCAB_LOSSES`): 'trie' (the piece trie; the default when
+    # cross_tokenizer=True), 'map' (top-k mapped to student ids; one tokenizer: plain KD),
     # 'uld' (sorted probabilities), 'hybrid', 'chunk' (chunk likelihoods)
     cross_vocab_loss:str='map'
     hidden_kind:str='nmse' # feature and layerwise losses: 'nmse' or 'cosine'
@@ -298,7 +299,7 @@ def _describe(hint) -> str:
 
 # %% ../nbs/00_core.ipynb #d02c5e39
 DIVERGENCES = ('fkl', 'rkl', 'jsd', 'skl', 'srkl', 'tvd')   # `losses.kd_loss(divergence=...)`
-CROSS_VOCAB_LOSSES = ('map', 'uld', 'hybrid', 'chunk')        # the forms of `kd` across vocabs
+CROSS_VOCAB_LOSSES = ('map', 'uld', 'hybrid', 'chunk', 'trie')   # the forms of `kd` across vocabs
 CURRICULUM_PRESETS = ('kd_lm', 'seed')                        # built by `curriculum.preset`
 _CHOICES = dict(precision=('auto', 'fp16', 'bf16', 'fp32'), balance=('none', 'adaptive'),
                 teacher_dtype=('auto', 'fp16', 'bf16', 'fp32', 'keep'),
@@ -409,6 +410,11 @@ def _resolve_warmup(c, given:frozenset):
     if _val(c.lr_scheduler_type) == 'warmup_stable_decay' and 'num_decay_steps' not in kw:
         c.lr_scheduler_kwargs = {**kw, 'num_decay_steps': max(1, round(0.2 * c.max_steps))}
 
+# %% ../nbs/00_core.ipynb #d327cb12
+def _resolve_cross_vocab(c, given:frozenset):
+    "Across tokenizers the piece trie is the KD objective unless `cross_vocab_loss` is `given` (issue 23)."
+    if c.cross_tokenizer and 'cross_vocab_loss' not in given: c.cross_vocab_loss = 'trie'
+
 # %% ../nbs/00_core.ipynb #856f68ab
 def _check_schedule(c):
     "Refuse a warmup or decay that does not fit the run, one line each."
@@ -505,6 +511,7 @@ class KDConfig(TrainingArguments, DistillArguments):
         for f in dataclasses.fields(self): _check_value(f.name, getattr(self, f.name), hints[f.name])
         _resolve_precision(self, _capability())
         _resolve_cadence(self, given := frozenset(self._given)); _resolve_warmup(self, given)
+        _resolve_cross_vocab(self, given)
         _check_schedule(self); _check_curriculum(self.curriculum)
         _check_together(self); _check_extras(self)
         super().__post_init__()

@@ -158,9 +158,14 @@ def _check_map(vm, teacher, student):
 # %% ../nbs/07e_prepare.ipynb #b5b4cd39
 def _check_xtok(args:KDConfig, names, plan:Plan, cached:set):
     "Refuse cross-tokenizer runs that lack what they need, naming it."
-    topk = plan.kd_path in ('topk', 'cached') and (plan.vocab_map is not None or 'topk' in cached)
+    mapped = plan.vocab_map is not None or plan.trie is not None or {'topk', 'teacher_topk'} & cached
+    topk = plan.kd_path in ('topk', 'cached') and mapped
     if args.cross_tokenizer and 'kd' in names and not topk: raise ValueError(
         "cross_tokenizer=True needs a vocab_map (align.VocabMap.from_tokenizers) and kd_topk > 0")
+    if args.cross_vocab_loss == 'trie' and 'kd' in names and plan.trie is None: raise ValueError(
+        "cross_vocab_loss='trie' needs the piece trie of the two tokenizers: distill() builds it "
+        "from student_tokenizer and teacher_tokenizer; KDTrainer takes "
+        "piece_trie=xvocab.PieceTrie.from_tokenizers(teacher_tokenizer, student_tokenizer)")
     if args.cross_vocab_loss == 'hybrid' and plan.vocab_map is None: raise ValueError(
         "cross_vocab_loss='hybrid' needs a vocab_map (align.VocabMap.from_tokenizers) for its "
         "exact-match KL part")
@@ -301,7 +306,8 @@ class _Run:
 
 # %% ../nbs/07e_prepare.ipynb #205ad91f
 def _prepare(config, teacher, student, train_dataset=None, eval_dataset=None, data_collator=None,
-             curriculum=None, projector=None, router=None, vocab_map=None, peft_config=None):
+             curriculum=None, projector=None, router=None, vocab_map=None, piece_trie=None,
+             peft_config=None):
     "Check everything once, in order; decide the run (config, machine, curriculum, models, cache)."
     args = as_config(config)
     if eval_dataset is None and _val(args.eval_strategy) != 'no':
@@ -313,7 +319,8 @@ def _prepare(config, teacher, student, train_dataset=None, eval_dataset=None, da
     student = _prepare_student(student, teacher, args, peft_config)
     path = pick_kd_path(args.kd_path, student, cur.names, bool(args.teacher_cache), args.kd_topk,
                         args.chunk_size)
-    plan = _plan(args, path, vocab_map=vocab_map, head=student.get_output_embeddings())
+    trie = piece_trie.to(args.device) if piece_trie is not None else None
+    plan = _plan(args, path, vocab_map=vocab_map, trie=trie, head=student.get_output_embeddings())
     need = needs(cur.names, plan)[1]   # the set-up's one `needs`: what is read from the teacher
     projector, router, fit = _extra_modules(args, teacher, student, 'hidden' in need, projector,
                                             router)

@@ -14,6 +14,7 @@ from transformers import Trainer
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from .core import KDConfig, as_config
 from .align import VocabMap
+from .xvocab import PieceTrie
 from .projector import param_groups
 from . import curriculum as C
 from .data import KDCollator, build_kd_dataset, load_texts, pad_id
@@ -62,6 +63,7 @@ class KDTrainer(Trainer):
         projector:nn.Module|None=None, # student -> teacher width (default: made across widths)
         router:nn.Module|None=None, # a knowledge router (default: made when `router_experts` > 0)
         vocab_map=None, # `align.VocabMap` (cross-tokenizer runs)
+        piece_trie=None, # `xvocab.PieceTrie` (cross-tokenizer runs with cross_vocab_loss='trie')
         callbacks=(), # TrainerCallbacks, or live charts with `.update(history)` (`LiveLossChart`)
         processing_class=None, # the student's tokenizer: saved with each checkpoint and the student
         peft_config=None, # a peft config for the student (else `config.lora`)
@@ -69,9 +71,8 @@ class KDTrainer(Trainer):
         r = _prepare(config, teacher, student, train_dataset=train_dataset,
                      eval_dataset=eval_dataset, data_collator=data_collator, curriculum=curriculum,
                      projector=projector, router=router, vocab_map=vocab_map,
-                     peft_config=peft_config)
-        self.teacher, self.curriculum, self.plan = r.teacher, r.curriculum, r.plan
-        self.cache = r.cache
+                     piece_trie=piece_trie, peft_config=peft_config)
+        self.teacher, self.curriculum, self.plan, self.cache = r.teacher, r.curriculum, r.plan, r.cache
         engine_cbs, charts = _split_callbacks(callbacks)
         super().__init__(model=r.student, args=r.args, data_collator=r.collate,
                          train_dataset=r.train, eval_dataset=eval_dataset,
@@ -343,12 +344,13 @@ def distill(
         raise ValueError("cross_tokenizer=True needs student_tokenizer and teacher_tokenizer")
     xtok = teacher_tokenizer if cfg.cross_tokenizer else None
     vocab_map = VocabMap.from_tokenizers(teacher_tokenizer, student_tokenizer) if xtok else None
+    trie = PieceTrie.from_tokenizers(xtok, student_tokenizer) if xtok and cfg.cross_vocab_loss == 'trie' else None
     train_ds = _as_dataset(train, student_tokenizer, xtok, cfg, cfg.packing)
     eval_ds = _as_dataset(eval, student_tokenizer, xtok, cfg)
     tr = KDTrainer(cfg, teacher, student, train_dataset=train_ds, eval_dataset=eval_ds,
                    data_collator=data_collator or _collator(student_tokenizer, xtok),
                    curriculum=curriculum, projector=projector, router=router, vocab_map=vocab_map,
-                   callbacks=callbacks, processing_class=student_tokenizer, peft_config=peft_config)
+                   piece_trie=trie, callbacks=callbacks, processing_class=student_tokenizer, peft_config=peft_config)
     if overwrite and tr.args.should_save: clear_run(tr.args.output_dir)   # every check passed: now
     tr.train(resume_from_checkpoint=ckpt)
     ev = None if eval_ds is None else pd.Series(tr.evaluate(metric_key_prefix='final'))

@@ -75,7 +75,7 @@ def test_fp16_emulation(toks, texts, vocab_map):
 
 @pytest.mark.parametrize('rows', [151_936, 152_064])
 def test_one_training_step(toks, texts, rows, tmp_path):
-    "One optimizer step of cross-tokenizer KD (mapped top-k) from the Qwen2 teacher: finite losses, the student moves, the teacher does not."
+    "One optimizer step of cross-tokenizer KD (the default, the piece trie; padded rows past the tokenizer have no class) from the Qwen2 teacher: finite losses, the student moves, the teacher does not."
     from kd_toolkit.core import make_config
     from kd_toolkit.data import build_kd_dataset
     from kd_toolkit.train import distill
@@ -87,7 +87,7 @@ def test_one_training_step(toks, texts, rows, tmp_path):
     cfg = make_config('smoke', output_dir=str(tmp_path), max_steps=1, warmup_steps=0, cross_tokenizer=True, kd_topk=8, eval_steps=0)
     r = distill(cfg, teacher, student, ds, None, ts, tq)
     h = r.history.iloc[0]
-    assert h['step'] == 1 and h['kd_path'] == 'topk+map'
+    assert h['step'] == 1 and h['kd_path'] == 'topk+trie'
     assert math.isfinite(h['raw/kd']) and h['raw/kd'] >= 0 and math.isfinite(h['raw/lm'])
     assert abs(h['raw/lm'] - math.log(len(ts))) < 0.5   # a random student is near uniform over SmolLM2's 49,152 ids
     assert any(not torch.equal(a, b) for a, b in zip(s0, student.parameters()))

@@ -79,7 +79,7 @@ def test_stories260k_distillation_beats_lm_only():
     assert ppl['distilled'] < ppl['lm_only'], ppl
 
 def test_cross_tokenizer_distill_runs():
-    "GPT-2-vocabulary teacher, tok512 student: aligned top-k KD through the data and align rooms, a few steps."
+    "GPT-2-vocabulary teacher, tok512 student: the default across tokenizers (the piece trie) through the data and align rooms, a few steps."
     pytest.importorskip('kd_toolkit.data')
     if not (has_asset('tokenizers/gpt2') and has_asset('models/stories260K')): pytest.skip('tokenizer assets missing')
     stok, ttok = load_tokenizer('tok512'), load_tokenizer('gpt2')
@@ -91,7 +91,7 @@ def test_cross_tokenizer_distill_runs():
     res = distill(make_config('smoke', cross_tokenizer=True, **base), teacher, tiny_llama(vocab_size=512, hidden_size=32, num_layers=1),
                   texts, student_tokenizer=stok, teacher_tokenizer=ttok)
     h = res.history
-    assert (h.kd_path == 'topk+map').all() and h['raw/kd'].notna().all() and (h['raw/kd'] > 0).all()
+    assert (h.kd_path == 'topk+trie').all() and h['raw/kd'].notna().all() and (h['raw/kd'] > 0).all()
 
 def _xtok(loss, teacher, tmp, vocab_map, **kw):
     "Three cross-tokenizer steps (teacher vocab 64, student vocab 48: ids < 48 are valid for both); the history."
