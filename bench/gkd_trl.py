@@ -14,8 +14,8 @@ Run (each in its own fresh process, one after the other, so the two do not share
 The trl side imports only `kd_toolkit.testing` (assets) and this folder's protocol code from the working tree, so it
 needs no kd_toolkit install. Settings shared by both sides (those of GKD's paper/TRL: pure generalized JSD, no LM term):
 the protocol's student and teacher, the teacher-sampled (prompt, completion) pairs of bench/onpolicy.py (BOS + 24-token
-prompt, <= 104-token completion, EOS where the story ends), 8 pairs a step, 300 steps, AdamW lr 5e-4, weight decay 0.3
-(matrices), warmup_stable_decay (last 20%), clip 1.0, `max_new_tokens` 104, sampling temperature 1 (top-k 0, top-p 1),
+prompt, <= 104-token completion, EOS where the story ends), 8 pairs a step, 300 steps, AdamW, weight decay 0.3
+(matrices), warmup_stable_decay (last 20%), clip 1.0, lr 1.5e-3 (`--lr`), `max_new_tokens` 104, sampling temperature 1 (top-k 0, top-p 1),
 the student stops at EOS or BOS, fp32, one thread. TRL draws `random.random() <= lmbda` per step; the prototype
 `random.Random(seed).random() < lmbda`.
 
@@ -23,6 +23,11 @@ Measured per run: tokens/s = non-pad tokens of the trained batches (prompt + com
 sees) / wall seconds of the training loop; peak memory = the process high-water mark (VmHWM): absolute, and the
 training loop's own (VmHWM after `/proc/self/clear_refs` at the loop's start, minus VmRSS then); then the quality
 score of bench/onpolicy.py (`score`: teacher NLL of the student's samples, distinct-2, held-out bits/byte).
+
+TRL's GKDConfig inherits SFTConfig's `gradient_checkpointing=True`, and GKDTrainer then builds its generation config
+with `use_cache=False`: the student samples WITHOUT a KV cache (each new token re-runs the whole sequence; measured
+here: forward inputs (8, 25), (8, 26), ... instead of (8, 25), (8, 1), ...). `--no-gradient-checkpointing` measures TRL
+with the cache on as well.
 """
 from __future__ import annotations
 import argparse, json, os, sys, tempfile, time, warnings
@@ -49,7 +54,7 @@ def _rows(tok):
                         completion_mask=[0] * (1 + len(p)) + [1] * len(c)))
     return out
 
-def run_trl(lmbda, beta, seed, steps, max_new_tokens):
+def run_trl(lmbda, beta, seed, steps, max_new_tokens, lr=1.5e-3, gradient_checkpointing=True):
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl.experimental.gkd import GKDConfig, GKDTrainer
@@ -60,11 +65,12 @@ def run_trl(lmbda, beta, seed, steps, max_new_tokens):
     model = op.make_student(tok, seed)
     model.generation_config.eos_token_id = op.stops(tok)             # stop at EOS or BOS, as the prototype does
     args = GKDConfig(output_dir=tempfile.mkdtemp(prefix='gkd_trl_'), max_steps=steps, per_device_train_batch_size=op.BATCH,
-                     learning_rate=5e-4, lr_scheduler_type='warmup_stable_decay',
+                     learning_rate=lr, lr_scheduler_type='warmup_stable_decay',
                      lr_scheduler_kwargs=dict(num_decay_steps=max(1, round(0.2 * steps))), warmup_steps=0,
                      weight_decay=0.3, max_grad_norm=1.0, lmbda=lmbda, beta=beta, temperature=1.0,
                      max_new_tokens=max_new_tokens, seq_kd=False, logging_steps=50, save_strategy='no', report_to='none',
-                     seed=seed, use_cpu=True, dataloader_num_workers=0, disable_tqdm=True, bf16=False, fp16=False)
+                     seed=seed, use_cpu=True, dataloader_num_workers=0, disable_tqdm=True, bf16=False, fp16=False,
+                     gradient_checkpointing=gradient_checkpointing)   # TRL's SFTConfig default: True
     counts = dict(tokens=0, on_policy=0, gen_secs=0.0)
     class Counting(GKDTrainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -83,15 +89,15 @@ def run_trl(lmbda, beta, seed, steps, max_new_tokens):
     secs, cpu = time.perf_counter() - t0, time.process_time() - c0
     m = mem.result()
     import trl, transformers
-    return dict(side='trl', versions=f"trl {trl.__version__}, transformers {transformers.__version__}, torch {torch.__version__}",
+    return dict(side='trl', gradient_checkpointing=gradient_checkpointing, versions=f"trl {trl.__version__}, transformers {transformers.__version__}, torch {torch.__version__}",
                 model=trainer.model, secs=secs, cpu_secs=cpu, tokens=counts['tokens'], on_policy_steps=counts['on_policy'],
                 gen_secs=counts['gen_secs'], **m)
 
-def run_ours(lmbda, beta, seed, steps, max_new_tokens):
+def run_ours(lmbda, beta, seed, steps, max_new_tokens, lr=1.5e-3):
     torch.set_num_threads(1)
     op.pairs(); op.teacher()                                          # loaded before the loop, as TRL's side does
     mem = _Mem()
-    r = op.train(steps, seed, lmbda, beta, kd=1.0, lm=0.0, max_new_tokens=max_new_tokens, on_start=mem.start)
+    r = op.train(steps, seed, lmbda, beta, kd=1.0, lm=0.0, max_new_tokens=max_new_tokens, lr=lr, on_start=mem.start)
     import transformers
     return dict(side='ours', versions=f"transformers {transformers.__version__}, torch {torch.__version__}",
                 model=r['model'], secs=r['secs'], cpu_secs=r['cpu_secs'], tokens=r['tokens'],
@@ -102,11 +108,15 @@ def table(path):
     rows = [json.loads(l) for l in open(path)]
     out = []
     for r in rows:
-        mate = [o for o in rows if o['side'] != r['side'] and all(o[k] == r[k] for k in ('lmbda', 'beta', 'seed', 'steps'))]
-        row = {'side': r['side'], 'lmbda': r['lmbda'], 'beta': r['beta'], 'seed': r['seed'], 'steps': r['steps'],
+        same = lambda o, k: o.get(k, 5e-4 if k == 'lr' else None) == r.get(k, 5e-4 if k == 'lr' else None)
+        mate = [o for o in rows if o['side'] != r['side'] and all(same(o, k) for k in ('lmbda', 'beta', 'seed', 'steps', 'lr'))]
+        side = r['side'] + ('' if r['side'] == 'ours' else ' (grad. ckpt: no KV cache)' if r.get('gradient_checkpointing', True)
+                            else ' (grad. ckpt off)')
+        row = {'side': side, 'lr': r.get('lr', 5e-4), 'lmbda': r['lmbda'], 'beta': r['beta'], 'seed': r['seed'], 'steps': r['steps'],
                'on-policy steps': r['on_policy_steps'], 'tokens/s': r['tokens'] / r['secs'], 'train s': r['secs'],
                'gen share': r['gen_secs'] / r['secs'], 'VmHWM MB': r['vmhwm_mb'], 'loop peak MB': r['loop_peak_mb'],
-               'teacher NLL': round(r['teacher_nll'], 3), 'distinct-2': round(r['distinct2'], 3), 'bpb': round(r['bpb'], 4)}
+               'teacher NLL': f"{r['teacher_nll']:.3f}", 'distinct-2 (words)': f"{r['distinct2_words']:.3f}",
+               'bpb': f"{r['bpb']:.4f}"}
         if r['side'] == 'trl' and mate:
             o = mate[-1]
             row['tokens/s vs ours'] = (r['tokens'] / r['secs']) / (o['tokens'] / o['secs'])
@@ -122,12 +132,16 @@ def main():
     ap.add_argument('--lmbda', type=float, default=0.5); ap.add_argument('--beta', type=float, default=0.5)
     ap.add_argument('--seed', type=int, default=1); ap.add_argument('--steps', type=int, default=300)
     ap.add_argument('--max-new-tokens', type=int, default=op.COMPLETION)
+    ap.add_argument('--lr', type=float, default=1.5e-3, help="the protocol's (bench/onpolicy.py)")
+    ap.add_argument('--no-gradient-checkpointing', action='store_true', help="trl: turn off SFTConfig's default "
+                    "gradient_checkpointing=True (with it, GKDTrainer also generates WITHOUT the KV cache)")
     ap.add_argument('--out')
     a = ap.parse_args()
     if a.side == 'table': return table(a.path)
-    r = (run_trl if a.side == 'trl' else run_ours)(a.lmbda, a.beta, a.seed, a.steps, a.max_new_tokens)
+    if a.side == 'trl': r = run_trl(a.lmbda, a.beta, a.seed, a.steps, a.max_new_tokens, a.lr, not a.no_gradient_checkpointing)
+    else: r = run_ours(a.lmbda, a.beta, a.seed, a.steps, a.max_new_tokens, a.lr)
     model = r.pop('model')
-    row = dict(lmbda=a.lmbda, beta=a.beta, seed=a.seed, steps=a.steps, **r, **op.score(model))
+    row = dict(lmbda=a.lmbda, beta=a.beta, seed=a.seed, steps=a.steps, lr=a.lr, **r, **op.score(model))
     print(json.dumps(row), flush=True)
     if a.out:
         with open(a.out, 'a') as f: f.write(json.dumps(row) + '\n')
