@@ -282,7 +282,7 @@ def _fit_projector(projector, student, teacher, dataset, collate, device, n:int=
     fit_projector(projector, student, teacher, batch)
 
 # %% ../nbs/07e_prepare.ipynb #4479a2c5
-_PLAN_KNOBS = ('cross_vocab_loss', 'temperature', 'divergence', 'chunk_size', 'kd_topk',
+_PLAN_KNOBS = ('cross_vocab_loss', 'temperature', 'divergence', 'beta', 'chunk_size', 'kd_topk',
                'hidden_kind', 'contrastive_temperature')   # `components.Plan` fields that are knobs
 
 def _plan(args:KDConfig, kd_path:str, **modules) -> Plan:

@@ -97,7 +97,8 @@ def _smooth(s:pd.Series, smooth:float) -> pd.Series:
 
 # %% ../nbs/08_viz.ipynb #c880975d
 UNITS = {'lm': 'nats/token', 'kd': 'nats/token', 'attention': 'nats/row', 'feature': 'nmse', 'layerwise': 'nmse',
-         'router_attention': 'nmse', 'contrastive': 'InfoNCE/log N', 'balance': 'load ratio'}
+         'router_attention': 'nmse', 'contrastive': 'InfoNCE/log N', 'balance': 'load ratio',
+         'kd_policy': 'nats/token'}
 
 def _units(comps, units=None) -> dict[str, str]:
     "Each component's unit: `units`, else `UNITS`, else 'no unit given'."
