@@ -539,26 +539,25 @@ def chat_split(messages:list[dict], tok) -> tuple[str, str]:
     return p, full[len(p):]
 
 # %% ../nbs/05_data.ipynb #df33902d
-def _keep(offs, plen:int, max_prompt:int, cap:int) -> tuple[int, int, bool]:
-    "(first char, end char, whole end kept) of a row: `max_prompt` prompt tokens, `cap` tokens in all."
+def _keep(offs, plen:int, max_prompt:int, cap:int) -> tuple[int, int]:
+    "(first char, end char) of a row: the prompt's last `max_prompt` tokens, `cap` tokens in all."
     n_p = sum(1 for a, _ in offs if a < plen)        # tokens that start inside the prompt
     k0 = max(0, n_p - min(max_prompt, cap - (n_p < len(offs))))   # (prompt only: no room kept)
     k1 = min(len(offs), k0 + cap)
     a = offs[k0][0] if k0 < len(offs) else plen
-    return a, (offs[k1 - 1][1] if k1 > k0 else a), k1 == len(offs)
+    return a, (offs[k1 - 1][1] if k1 > k0 else a)
 
 # %% ../nbs/05_data.ipynb #f705f769
-def _prompt_side(tok, text:str, plen:int, ends:bool, add_eos:bool, cap:int|None=None):
-    "(ids, offsets, prompt tokens) of `text` for `tok`: specials added, at most `cap` tokens."
-    pre, post = special_tokens(tok, add_eos)
-    if tok.bos_token and text.startswith(tok.bos_token): pre = []   # (the template wrote it)
+def _prompt_side(tok, text:str, plen:int, span:tuple, add_eos:bool):
+    "(ids, offsets from a, prompt tokens) of `tok`'s tokens of `text` inside `span` = (a, b), specials added."
+    (a, b), (pre, post) = span, special_tokens(tok, add_eos)
+    if tok.bos_token and text[a:].startswith(tok.bos_token): pre = []   # (the template wrote it)
     ids, offs = (x[0] for x in _encode(tok, [text]))
-    offs = [tuple(o) for o in offs]
-    if cap is not None and len(ids) > cap: ids, offs, ends = ids[:cap], offs[:cap], False
-    post = post if ends and plen < len(text) else []
-    n_p = len(pre) + sum(1 for a, _ in offs if a < plen)
-    return (pre + list(ids) + post, [(0, 0)] * len(pre) + offs + [(len(text), len(text) + 1)] * len(post),
-            n_p)
+    kept = [(i, (s - a, e - a)) for i, (s, e) in zip(ids, offs) if s >= a and e <= b]
+    ids, offs = [i for i, _ in kept], [o for _, o in kept]
+    post = post if b == len(text) and plen < b else []   # the completion ends inside the row
+    n_p, n = len(pre) + sum(1 for s, _ in offs if s < plen - a), b - a
+    return pre + ids + post, [(0, 0)] * len(pre) + offs + [(n, n + 1)] * len(post), n_p
 
 # %% ../nbs/05_data.ipynb #06900351
 def prompt_row(prompt:str, # the prompt text
@@ -573,12 +572,11 @@ def prompt_row(prompt:str, # the prompt text
     text, plen = prompt + completion, len(prompt)
     pre, post = special_tokens(student_tok, add_eos)
     offs = [tuple(o) for o in _encode(student_tok, [text])[1][0]]
-    a, b, ends = _keep(offs, plen, max_prompt_length, max_length - len(pre) - len(post))
-    text, plen = text[a:b], plen - a
-    ids, so, n_p = _prompt_side(student_tok, text, plen, ends, add_eos, max_length - len(pre) - len(post))
-    row = dict(input_ids=ids, prompt_len=n_p, n_bytes=len(text[plen:].encode('utf-8')))
+    span = _keep(offs, plen, max_prompt_length, max_length - len(pre) - len(post))
+    ids, so, n_p = _prompt_side(student_tok, text, plen, span, add_eos)
+    row = dict(input_ids=ids, prompt_len=n_p, n_bytes=len(text[plen:span[1]].encode('utf-8')))
     if teacher_tok is None: return row
-    tids, to, _ = _prompt_side(teacher_tok, text, plen, ends, add_eos)
+    tids, to, _ = _prompt_side(teacher_tok, text, plen, span, add_eos)
     i, m = align_offsets(so, to)
     return row | dict(teacher_input_ids=tids, align_idx=i.tolist(), align_mask=m.tolist())
 

@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_train.ipynb #a18aaae2
 from __future__ import annotations
-import math
+import math, time
 from dataclasses import dataclass, replace
 from pathlib import Path
 import pandas as pd, torch
@@ -17,6 +17,8 @@ from .align import VocabMap
 from .projector import param_groups
 from . import curriculum as C
 from .data import KDCollator, build_kd_dataset, load_texts, pad_id
+from .data import build_prompt_dataset, is_prompt_data
+from .onpolicy import Coin, Sampler
 from .evaluate import Evaluator
 from .components import MicroBatch, Plan, component, needs, student_pass, teacher_outputs
 from .checkpoint import checkpoint_damage, clear_run, last_complete_checkpoint, resume_point
@@ -26,7 +28,7 @@ from .card import describe_data, describe_teacher, upload_student, write_card
 from . import card
 from .prepare import _prepare, init_from_teacher
 from .guard import LiveCallback, NonFiniteError, _KDCallback, _history, _kd_state
-from .guard import _split_callbacks
+from .guard import _Window, _split_callbacks
 
 # %% auto #0
 __all__ = ['KDTrainer', 'model_card', 'DistillResult', 'distill', 'init_from_teacher', 'NonFiniteError', 'checkpoint_damage',
@@ -47,6 +49,16 @@ def _path_label(plan:Plan, args:KDConfig) -> str:
     "The KD path as logged: across tokenizers with the cross-vocabulary loss, e.g. 'topk+uld'."
     return f"{plan.kd_path}+{plan.cross_vocab_loss}" if args.cross_tokenizer else plan.kd_path
 
+# %% ../nbs/07_train.ipynb #6b34be08
+def _onpolicy_setup(tr, r, student_tok, teacher_tok):
+    "Trainer `tr`'s sampler and coin when run `r` samples completions (else None, and no coin draws)."
+    a = r.args
+    tr.sampler = Sampler(student_tok, teacher_tok if a.cross_tokenizer else None, a.max_new_tokens,
+                         a.sampling_temperature, a.max_length, a.max_prompt_length) if r.sampling else None
+    tr.coin, tr._kind, tr._kinds = Coin(a.lmbda, a.seed), None, a.lmbda > 0 or a.seq_kd
+    tr._guard.sampling = tr.sampler is not None
+    tr._guard.win = _Window(tr._guard.sampling)
+
 # %% ../nbs/07_train.ipynb #725b6c8d
 class KDTrainer(Trainer):
     "A `transformers.Trainer` whose model is the student, distilling a frozen `teacher`."
@@ -65,11 +77,13 @@ class KDTrainer(Trainer):
         callbacks=(), # TrainerCallbacks, or live charts with `.update(history)` (`LiveLossChart`)
         processing_class=None, # the student's tokenizer: saved with each checkpoint and the student
         peft_config=None, # a peft config for the student (else `config.lora`)
+        teacher_tokenizer=None, # the teacher's tokenizer: on-policy runs across tokenizers
     ):
         r = _prepare(config, teacher, student, train_dataset=train_dataset,
                      eval_dataset=eval_dataset, data_collator=data_collator, curriculum=curriculum,
                      projector=projector, router=router, vocab_map=vocab_map,
-                     peft_config=peft_config)
+                     peft_config=peft_config, student_tok=processing_class,
+                     teacher_tok=teacher_tokenizer)
         self.teacher, self.curriculum, self.plan = r.teacher, r.curriculum, r.plan
         self.cache = r.cache
         engine_cbs, charts = _split_callbacks(callbacks)
@@ -82,6 +96,7 @@ class KDTrainer(Trainer):
         self.kd_state, self._staging = _kd_state(self.balancer), None
         cb = _KDCallback(self)
         self._guard = cb.guard   # the guard's state: the callback's; compute_loss and log use it
+        _onpolicy_setup(self, r, processing_class, teacher_tokenizer)
         for c in [cb, *(LiveCallback(self, c) for c in charts)]: self.add_callback(c)
 
     kd_path = property(lambda self: self.plan.kd_path)   # 'full', 'chunked', 'topk', 'fused', ...
@@ -96,9 +111,37 @@ class KDTrainer(Trainer):
 def _teacher(self:KDTrainer, inputs, idx, need:set, plan) -> dict:
     "What the active components need from the teacher: cached fields, the rest from one live pass."
     c, dev = self.cache, inputs['input_ids'].device
-    cached = {n: c.read(n, idx, dev) for n in need if c is not None and n in c.fields}
+    cached = {n: c.read(n, idx, dev) for n in need if c is not None and n in c.fields
+              and idx is not None}   # (a sampled micro-batch has no index: the live teacher)
     live = need - set(cached)
     return cached | (teacher_outputs(self.teacher, inputs, live, plan) if live else {})
+
+# %% ../nbs/07_train.ipynb #8dbd8442
+def _amp(args) -> torch.dtype|None: # the engine's autocast dtype, or None
+    return torch.float16 if args.fp16 else torch.bfloat16 if args.bf16 else None
+
+def _on_samples(w:dict) -> dict: # the weights on the student's own samples: no lm, no kd_policy
+    return {n: v for n, v in w.items() if n not in ('lm', 'kd_policy')}
+
+@patch
+def _policy_plan(self:KDTrainer, plan:Plan) -> Plan: # sampled micro-batches' divergence
+    return replace(plan, divergence=self.args.policy_divergence or plan.divergence)
+
+@patch
+def _sample(self:KDTrainer, model, inputs) -> dict:
+    "The micro-batch of `model`'s completions of `inputs`' prompts; the seconds into the window."
+    t0 = time.perf_counter(); out = self.sampler(model, inputs, _amp(self.args))
+    self._guard.win.gen_s += time.perf_counter() - t0
+    return out
+
+# %% ../nbs/07_train.ipynb #438dd807
+@patch
+def _policy_step(self:KDTrainer, model, inputs, plan:Plan) -> MicroBatch:
+    "The micro-batch of the student's samples for `kd_policy`, with its student and teacher passes."
+    sb = self._sample(self.accelerator.unwrap_model(model), inputs)
+    pp = self._policy_plan(plan)
+    s_need, t_need = needs(['kd'], pp)
+    return MicroBatch(sb, pp, student_pass(model, sb, s_need), self._teacher(sb, None, t_need, pp))
 
 # %% ../nbs/07_train.ipynb #6e359334
 @patch
@@ -107,14 +150,17 @@ def compute_loss(self:KDTrainer, model, inputs, return_outputs=False, num_items_
     p, idx = self.progress(), inputs.pop('kd_index', None)
     wall = self.curriculum.weights(p); w = {n: v for n, v in wall.items() if v > 0}
     plan = replace(self.plan, temperature=float(self.curriculum.temperature(p)))
+    if self._kind == 'policy': w, plan = _on_samples(w), self._policy_plan(plan)
     s_need, t_need = needs(w, plan)
     teacher = self._teacher(inputs, idx, t_need, plan)
     step = MicroBatch(inputs, plan, student_pass(model, inputs, s_need), teacher)
+    if 'kd_policy' in w: step.policy = self._policy_step(model, inputs, plan)
     raw = {n: component(n, plan).fn(step) for n in w}
     zero = torch.zeros((), device=inputs['input_ids'].device, requires_grad=not w)   # (none active)
     total = self.balancer(raw, w) if self.balancer and w else sum((w[n]*raw[n] for n in w), zero)
     scales = self.balancer.scales() if self.balancer else {}
-    self._guard.record(raw, wall, scales, total, inputs['attention_mask'].sum())
+    self._guard.record(raw, wall, scales, total, inputs['attention_mask'].sum(),
+                       self._kind if self._kinds else None)
     return (total, raw) if return_outputs else total
 
 # %% ../nbs/07_train.ipynb #7476a1c2
@@ -132,12 +178,23 @@ def create_optimizer(self:KDTrainer, model=None):
 # %% ../nbs/07_train.ipynb #4eb2d552
 @patch
 def training_step(self:KDTrainer, model, inputs, num_items_in_batch=None):
-    "The engine's step; under DDP the projector/router gradients are averaged across processes."
+    "The engine's step (per the coin on sampled completions); under DDP extras' gradients averaged."
+    inputs = self._sampled(inputs)
     loss, acc = Trainer.training_step(self, model, inputs, num_items_in_batch), self.accelerator
     if acc.num_processes > 1 and acc.sync_gradients:
         for p in (p for p in self.extras.parameters() if p.grad is not None):
             p.grad = acc.reduce(p.grad, 'mean')
     return loss
+
+# %% ../nbs/07_train.ipynb #25820f7a
+@patch
+def _sampled(self:KDTrainer, inputs) -> dict:
+    "This micro-batch, or per the coin the student's completions of its prompts (`seq_kd`: teacher's)."
+    if self.sampler is None: return inputs
+    self._kind = 'policy' if self.coin() else 'teacher' if self.args.seq_kd else 'data'
+    if self._kind == 'data': return inputs
+    gen = self.accelerator.unwrap_model(self.model) if self._kind == 'policy' else self.teacher
+    return self._sample(gen, inputs)
 
 # %% ../nbs/07_train.ipynb #9aabf955
 @patch
@@ -302,13 +359,15 @@ class DistillResult:
 
 # %% ../nbs/07_train.ipynb #43cf9bdc
 def _as_dataset(data, student_tok, teacher_tok, cfg, packing=False):
-    "A tokenized dataset from texts, a file, a `Dataset` with `text`, a tokenized one, or a stream."
+    "A tokenized dataset from texts, a file, a `Dataset` (`text`, or prompts), a tokenized one, a stream."
     if data is None: return None
     if isinstance(data, torch.utils.data.IterableDataset): return data   # (random windows)
     if hasattr(data, 'column_names') and 'input_ids' in data.column_names: return data
     if student_tok is None:
         raise ValueError("texts need a student_tokenizer "
                          "(or pass an already tokenized dataset with input_ids)")
+    if is_prompt_data(data): return build_prompt_dataset(   # prompts (+ completions), chats
+        data, student_tok, teacher_tok, cfg.max_length, cfg.max_prompt_length)
     return build_kd_dataset(load_texts(data), student_tok, teacher_tok, max_length=cfg.max_length,
                             packing=packing)
 
@@ -323,7 +382,7 @@ def distill(
     config:KDConfig|dict|str, # a KDConfig, a dict of knobs, a preset name or a .json file
     teacher:nn.Module|None, # the teacher LM (None: from config.teacher_cache, or an LM-only run)
     student:nn.Module, # the student LM, trained in place
-    train, # texts, a text file, a `datasets.Dataset` with `text`, or a tokenized dataset
+    train, # texts, a text file, a `datasets.Dataset` (`text`; `prompt`, `messages`), tokenized data
     eval=None, # held-out data in the same forms (evaluation, early stopping, the best checkpoint)
     student_tokenizer=None, # needed for texts; saved with the student
     teacher_tokenizer=None, # needed when the tokenizers differ (config.cross_tokenizer=True)
@@ -348,7 +407,8 @@ def distill(
     tr = KDTrainer(cfg, teacher, student, train_dataset=train_ds, eval_dataset=eval_ds,
                    data_collator=data_collator or _collator(student_tokenizer, xtok),
                    curriculum=curriculum, projector=projector, router=router, vocab_map=vocab_map,
-                   callbacks=callbacks, processing_class=student_tokenizer, peft_config=peft_config)
+                   callbacks=callbacks, processing_class=student_tokenizer, peft_config=peft_config,
+                   teacher_tokenizer=teacher_tokenizer)
     if overwrite and tr.args.should_save: clear_run(tr.args.output_dir)   # every check passed: now
     tr.train(resume_from_checkpoint=ckpt)
     ev = None if eval_ds is None else pd.Series(tr.evaluate(metric_key_prefix='final'))
