@@ -9,6 +9,7 @@ Run (each in its own fresh process, one after the other, so the two do not share
 
     nice -n 10 /tmp/h24/trlvenv/bin/python bench/gkd_trl.py trl  --lmbda 0.5 --beta 0.5 --seed 1 --out /tmp/h24/trl.jsonl
     nice -n 10 .venv/bin/python            bench/gkd_trl.py ours --lmbda 0.5 --beta 0.5 --seed 1 --out /tmp/h24/trl.jsonl
+    nice -n 10 .venv/bin/python            bench/gkd_trl.py lib  --lmbda 0.5 --beta 0.5 --seed 1 --out /tmp/h24/trl.jsonl
     .venv/bin/python bench/gkd_trl.py table /tmp/h24/trl.jsonl
 
 The trl side imports only `kd_toolkit.testing` (assets) and this folder's protocol code from the working tree, so it
@@ -103,14 +104,35 @@ def run_ours(lmbda, beta, seed, steps, max_new_tokens, lr=1.5e-3):
                 model=r['model'], secs=r['secs'], cpu_secs=r['cpu_secs'], tokens=r['tokens'],
                 on_policy_steps=r['on_policy_steps'], gen_secs=r['gen_secs'], **mem.result())
 
+def run_lib(lmbda, beta, seed, steps, max_new_tokens, lr=1.5e-3):
+    "The toolkit's own GKD (`distill` with lmbda/beta, divergence='jsd', curriculum {'kd': 1}: no LM term, as TRL's)."
+    from transformers import TrainerCallback
+    from kd_toolkit.train import KDTrainer
+    torch.set_num_threads(1)
+    op.pairs(); op.teacher(); op._lib_dataset()                       # loaded before the loop, as TRL's side does
+    mem, counts, inner = _Mem(), dict(tokens=0), KDTrainer.compute_loss
+    def counting(self, model, inputs, *a, **kw):
+        counts['tokens'] += int(inputs['attention_mask'].sum()); return inner(self, model, inputs, *a, **kw)
+    class Start(TrainerCallback):
+        def on_train_begin(self, *a, **kw): mem.start()
+    KDTrainer.compute_loss = counting
+    try: r = op.run_lib(seed, steps, lr, kd=1.0, lm=0.0, lmbda=lmbda, divergence='jsd', beta=beta,
+                        max_new_tokens=max_new_tokens, callbacks=[Start()])
+    finally: KDTrainer.compute_loss = inner
+    import transformers
+    return dict(side='lib', versions=f"transformers {transformers.__version__}, torch {torch.__version__}",
+                model=r['model'], secs=r['secs'], cpu_secs=r['cpu_secs'], tokens=counts['tokens'],
+                on_policy_steps=round(r['policy_share'] * steps), gen_secs=r['gen_secs'], **mem.result())
+
 def table(path):
     from flops import md_table
     rows = [json.loads(l) for l in open(path)]
     out = []
     for r in rows:
         same = lambda o, k: o.get(k, 5e-4 if k == 'lr' else None) == r.get(k, 5e-4 if k == 'lr' else None)
-        mate = [o for o in rows if o['side'] != r['side'] and all(same(o, k) for k in ('lmbda', 'beta', 'seed', 'steps', 'lr'))]
-        side = r['side'] + ('' if r['side'] == 'ours' else ' (grad. ckpt: no KV cache)' if r.get('gradient_checkpointing', True)
+        mate = [o for o in rows if o['side'] == 'lib' and all(same(o, k) for k in ('lmbda', 'beta', 'seed', 'steps', 'lr'))]
+        mate = mate or [o for o in rows if o['side'] == 'ours' and all(same(o, k) for k in ('lmbda', 'beta', 'seed', 'steps', 'lr'))]
+        side = r['side'] + ('' if r['side'] in ('ours', 'lib') else ' (grad. ckpt: no KV cache)' if r.get('gradient_checkpointing', True)
                             else ' (grad. ckpt off)')
         row = {'side': side, 'lr': r.get('lr', 5e-4), 'lmbda': r['lmbda'], 'beta': r['beta'], 'seed': r['seed'], 'steps': r['steps'],
                'on-policy steps': r['on_policy_steps'], 'tokens/s': r['tokens'] / r['secs'], 'train s': r['secs'],
@@ -118,16 +140,16 @@ def table(path):
                'teacher NLL': f"{r['teacher_nll']:.3f}", 'distinct-2 (words)': f"{r['distinct2_words']:.3f}",
                'bpb': f"{r['bpb']:.4f}"}
         if r['side'] == 'trl' and mate:
-            o = mate[-1]
-            row['tokens/s vs ours'] = (r['tokens'] / r['secs']) / (o['tokens'] / o['secs'])
-            row['VmHWM vs ours'] = r['vmhwm_mb'] / o['vmhwm_mb']
-            row['loop peak vs ours'] = r['loop_peak_mb'] / max(o['loop_peak_mb'], 1e-9)
+            o = mate[-1]; row['vs'] = o['side']
+            row['tokens/s vs'] = (r['tokens'] / r['secs']) / (o['tokens'] / o['secs'])
+            row['VmHWM vs'] = r['vmhwm_mb'] / o['vmhwm_mb']
+            row['loop peak vs'] = r['loop_peak_mb'] / max(o['loop_peak_mb'], 1e-9)
         out.append(row)
     print(md_table(out))
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument('side', choices=['trl', 'ours', 'table'])
+    ap.add_argument('side', choices=['trl', 'ours', 'lib', 'table'])
     ap.add_argument('path', nargs='?')
     ap.add_argument('--lmbda', type=float, default=0.5); ap.add_argument('--beta', type=float, default=0.5)
     ap.add_argument('--seed', type=int, default=1); ap.add_argument('--steps', type=int, default=300)
@@ -139,6 +161,7 @@ def main():
     a = ap.parse_args()
     if a.side == 'table': return table(a.path)
     if a.side == 'trl': r = run_trl(a.lmbda, a.beta, a.seed, a.steps, a.max_new_tokens, a.lr, not a.no_gradient_checkpointing)
+    elif a.side == 'lib': r = run_lib(a.lmbda, a.beta, a.seed, a.steps, a.max_new_tokens, a.lr)
     else: r = run_ours(a.lmbda, a.beta, a.seed, a.steps, a.max_new_tokens, a.lr)
     model = r.pop('model')
     row = dict(lmbda=a.lmbda, beta=a.beta, seed=a.seed, steps=a.steps, lr=a.lr, **r, **op.score(model))

@@ -404,6 +404,52 @@ def run_distill(seed:int=1, steps:int=300, preset:str|None=None, **cfg) -> dict:
     return dict(model=r.student, secs=time.perf_counter() - t0, cpu_secs=time.process_time() - c0, gen_secs=0.0,
                 on_policy_steps=0, kd_path=r.trainer.kd_path_label, records=[])
 
+def lib_rows(tok=None) -> list[dict]:
+    "The protocol's pairs as kd_toolkit prompt data (`data.prompt_row`): BOS + prompt, completion, EOS where the story ends."
+    from kd_toolkit.data import prompt_row
+    tok = tok or tokenizer()
+    return [prompt_row(p, c, tok, max_length=1 + PROMPT + COMPLETION + 1, max_prompt_length=PROMPT, add_eos=end)
+            for p, c, end in text_pairs()]
+
+def run_lib(seed:int=1, steps:int=300, lr:float=1.5e-3, kd:float=0.75, lm:float=0.25, policy_weight:float=0.0,
+            policy_from:float=0.5, log=None, callbacks=(), **knobs) -> dict:
+    """The toolkit's own on-policy distillation: `kd_toolkit.train.distill` on prompt data with the issue-24 knobs.
+    `policy_weight` > 0: the `kd_policy` component, weight `Step(0, policy_weight, at=policy_from)`; `knobs`: KDConfig's
+    (`lmbda`, `divergence`, `beta`, `policy_divergence`, `seq_kd`, ...)."""
+    import datasets
+    from kd_toolkit.core import make_config
+    from kd_toolkit.curriculum import Step
+    from kd_toolkit.train import distill
+    torch.set_num_threads(1)
+    tok = tokenizer()
+    ds = _lib_dataset()
+    model = make_student(tok, seed)
+    cur = {k: v for k, v in dict(kd=kd, lm=lm).items() if v > 0}
+    if policy_weight > 0: cur['kd_policy'] = Step(0.0, policy_weight, at=policy_from)
+    c = make_config(None, **{**dict(output_dir=tempfile.mkdtemp(prefix='onpolicy_lib_'), seed=seed, max_steps=steps,
+                                    per_device_train_batch_size=BATCH, precision='fp32', logging_steps=25, eval_steps=0,
+                                    save_steps=10**9, progress_bar=False, learning_rate=lr, max_length=1 + PROMPT + COMPLETION + 1,
+                                    max_prompt_length=PROMPT, max_new_tokens=COMPLETION), **knobs})
+    t0, c0 = time.perf_counter(), time.process_time()
+    r = distill(c, teacher(), model, ds, None, student_tokenizer=tok, teacher_tokenizer=tok, curriculum=cur,
+                callbacks=callbacks)
+    secs, cpu = time.perf_counter() - t0, time.process_time() - c0
+    sm = r.trainer.sampler
+    h = r.history
+    return dict(model=r.student, secs=secs, cpu_secs=cpu, gen_secs=0.0 if sm is None else sm.seconds,
+                gen_tokens=0 if sm is None else sm.tokens, kd_path=r.trainer.kd_path_label, records=[],
+                policy_share=float(h['policy_share'].mean()) if 'policy_share' in h else 0.0,
+                kd_last=_last(h, 'raw/kd'), kd_policy_last=_last(h, 'raw/kd_policy'))
+
+def _last(h, col):
+    "The last logged value of a history column, or None."
+    return float(h[col].dropna().iloc[-1]) if col in h and h[col].notna().any() else None
+
+@lru_cache(None)
+def _lib_dataset():
+    import datasets
+    return datasets.Dataset.from_list(lib_rows())
+
 # ------------------------------------------------------------------------------------------------ CLI
 def _write(out, row):
     print(json.dumps(row), flush=True)
@@ -430,12 +476,35 @@ def main():
     gk.add_argument('--beta-data', type=float, default=None, help='beta on teacher-forced (data) batches; default: --beta')
     gk.add_argument('--policy-weight', type=float, default=0.0, help='on-policy KD as an added component of this weight')
     gk.add_argument('--tag', default=''); gk.add_argument('--out')
+    lb = sub.add_parser('lib', help="the toolkit's own on-policy distillation (distill with the issue-24 knobs)")
+    lb.add_argument('--seeds', type=int, nargs='+', default=[1, 2]); lb.add_argument('--steps', type=int, nargs='+', default=[300])
+    lb.add_argument('--lr', type=float, default=1.5e-3); lb.add_argument('--kd', type=float, default=0.75)
+    lb.add_argument('--lm', type=float, default=0.25); lb.add_argument('--lmbda', type=float, default=0.0)
+    lb.add_argument('--divergence', default='fkl'); lb.add_argument('--beta', type=float, default=0.5)
+    lb.add_argument('--policy-weight', type=float, default=0.0, help='the kd_policy component: Step(0, w, at=--policy-from)')
+    lb.add_argument('--policy-from', type=float, default=0.5); lb.add_argument('--policy-divergence', default=None)
+    lb.add_argument('--seq-kd', action='store_true'); lb.add_argument('--tag', default=''); lb.add_argument('--out')
     sc = sub.add_parser('prompts', help='print the held-out prompts'); sc.add_argument('--n', type=int, default=5)
     t = sub.add_parser('table'); t.add_argument('path'); t.add_argument('--base', default=None)
     a = ap.parse_args()
     if a.cmd == 'table': return table(a.path)
     if a.cmd == 'prompts':
         ps = heldout_prompts(); print(len(ps), 'prompts'); [print(repr(p)) for p in ps[:a.n]]; return
+    if a.cmd == 'lib':
+        for steps in a.steps:
+            for s in a.seeds:
+                print(f"lib steps={steps} seed={s} lmbda={a.lmbda} policy_weight={a.policy_weight}", flush=True)
+                knobs = dict(lmbda=a.lmbda, divergence=a.divergence, beta=a.beta, seq_kd=a.seq_kd,
+                             policy_divergence=a.policy_divergence)
+                r = run_lib(s, steps, a.lr, a.kd, a.lm, a.policy_weight, a.policy_from, **knobs)
+                beta = {'fkl': 0.0, 'rkl': 1.0}.get(a.divergence, a.beta)
+                pbeta = {'fkl': 0.0, 'rkl': 1.0}.get(a.policy_divergence or a.divergence, beta)
+                _write(a.out, dict(kind='lib', student='tok512', tag=a.tag, seed=s, steps=steps, lr=a.lr, kd=a.kd, lm=a.lm,
+                                   lmbda=a.lmbda, beta=pbeta, beta_data=beta, seq_kd=a.seq_kd, gen_temperature=1.0,
+                                   lmbda_from=a.policy_from if a.policy_weight else 0.0, policy_weight=a.policy_weight,
+                                   divergence=a.divergence, policy_divergence=a.policy_divergence, **score(r['model']),
+                                   **{k: v for k, v in r.items() if k not in ('model', 'records')}))
+        return
     if a.cmd == 'distill':
         for s in a.seeds:
             r = run_distill(s, a.steps, a.preset, **({} if a.lr is None else dict(learning_rate=a.lr)))
@@ -481,7 +550,7 @@ def table(path):
         c = dict(zip(_CFG, k))
         base = groups.get(tuple(0.0 if i in (L, F, PW) else k[BD] if i == B else v for i, v in enumerate(k)))   # no on-policy
         row = {'run': c['kind'] + (f" {c['tag']}" if c['tag'] else '') + (f" {c['preset']}" if c['preset'] else '') + ('' if c['student'] == 'tok512' else f" {c['student']}"),
-               'steps': c['steps'], 'lr': c['lr'], 'loss': f"{c['kd']}·D+{c['lm']}·LM" if c['kind'] == 'gkd' else 'default',
+               'steps': c['steps'], 'lr': c['lr'], 'loss': f"{c['kd']}·D+{c['lm']}·LM" if c['kind'] in ('gkd', 'lib') else 'default',
                'beta': c['beta'] if c['beta_data'] == c['beta'] else f"{c['beta']} (data {c['beta_data']})",
                'lmbda': c['lmbda'], 'from': c['lmbda_from'], 'seeds': ' '.join(str(r['seed']) for r in g),
                'teacher NLL': f"{mean(g, 'teacher_nll'):.3f}", 'distinct-2 (words)': f"{mean(g, 'distinct2_words'):.3f}",

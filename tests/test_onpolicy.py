@@ -98,6 +98,10 @@ def test_lmbda_samples_share_of_micro_batches():
     on = h['policy_share'] == 1
     assert h.loc[on, 'raw/lm'].isna().all() and h.loc[on, 'raw/kd@policy'].notna().all()   # no LM on own samples
     assert tr.sampler.tokens > 0
+    from kd_toolkit.viz import plot_loss_breakdown, history_components
+    assert 'kd@policy' not in history_components(h)                    # a kind is not a component...
+    raw_ax = plot_loss_breakdown(h).axes[1]
+    assert ('kd on policy samples', '--') in [(l.get_label(), l.get_linestyle()) for l in raw_ax.get_lines()]  # ...but a line
 
 @needs_tok512
 def test_kd_policy_component_with_warmup():
