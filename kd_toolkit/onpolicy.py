@@ -38,6 +38,7 @@ def generation_config(max_new_tokens:int, # tokens sampled at most
     return GenerationConfig(**_NEUTRAL, max_new_tokens=max_new_tokens, temperature=temperature,
                             eos_token_id=list(stop), pad_token_id=pad)
 
+# %% ../nbs/07g_onpolicy.ipynb #e291b2cb
 def stop_ids(tok) -> list[int]:
     "The ids that end a sample: `tok`'s EOS and its end-of-document token."
     return sorted({i for i in (tok.eos_token_id, end_of_document(tok)) if i is not None})
@@ -49,6 +50,7 @@ def prompts_of(batch:dict) -> list[list[int]]:
     return [[t for t, a, c in zip(r, ma, cr) if a][:next((j for j, c in enumerate(cr) if c), sum(ma))]
             for r, ma, cr in zip(ids, m, cm)]
 
+# %% ../nbs/07g_onpolicy.ipynb #f72defaa
 def left_pad(seqs:list[list[int]], pad:int) -> tuple[torch.Tensor, torch.Tensor]:
     "Left-padded ids and attention mask (B, P)."
     P = max(map(len, seqs))

@@ -294,15 +294,18 @@ def _sampling_what(args:KDConfig, names) -> str: # which knob samples, for messa
     return (f"lmbda={args.lmbda}" if args.lmbda > 0 else "seq_kd=True" if args.seq_kd
             else "the kd_policy component")
 
-def _check_sampling(args:KDConfig, names, teacher, train, student_tok, teacher_tok) -> bool:
-    "Whether the run samples completions; refuse, one line each, what it lacks for it."
-    if not (onpolicy_on(args) or 'kd_policy' in names): return False
-    _check_onpolicy(args, on=True); what = _sampling_what(args, names)
+# %% ../nbs/07e_prepare.ipynb #1f3e85a6
+def _check_sampling_data(what:str, train, student_tok):
+    "Refuse sampling without the student's tokenizer or without prompt data, one line each."
     if student_tok is None: raise ValueError(f"{what} samples completions: pass the student's "
                                              "tokenizer (student_tokenizer= or processing_class=)")
     if 'prompt_len' not in (getattr(train, 'column_names', None) or ()): raise ValueError(
         f"{what} samples completions of prompts: train= needs prompt data, a datasets.Dataset "
         "with a 'prompt' (+ 'completion') column or chat 'messages' (data.build_prompt_dataset)")
+
+# %% ../nbs/07e_prepare.ipynb #f8c5de17
+def _check_sampling_models(args:KDConfig, what:str, teacher, teacher_tok):
+    "Refuse sampling without a live teacher (a cache never saw the samples), one line each."
     if teacher is None and args.teacher_cache: raise ValueError(
         f"teacher_cache serves only the dataset's own tokens: {what} samples completions it has "
         "never seen; pass the teacher too (the cache then serves the teacher-forced batches) "
@@ -312,6 +315,13 @@ def _check_sampling(args:KDConfig, names, teacher, train, student_tok, teacher_t
         f"{what} across tokenizers re-tokenizes the samples: pass teacher_tokenizer=")
     if args.seq_kd and args.cross_tokenizer: raise ValueError(
         "seq_kd=True across tokenizers is not supported yet: use lmbda or kd_policy")
+
+# %% ../nbs/07e_prepare.ipynb #5356f9d8
+def _check_sampling(args:KDConfig, names, teacher, train, student_tok, teacher_tok) -> bool:
+    "Whether the run samples completions; refuse, one line each, what it lacks for it."
+    if not (onpolicy_on(args) or 'kd_policy' in names): return False
+    _check_onpolicy(args, on=True); what = _sampling_what(args, names)
+    _check_sampling_data(what, train, student_tok); _check_sampling_models(args, what, teacher, teacher_tok)
     return True
 
 # %% ../nbs/07e_prepare.ipynb #124f4756
