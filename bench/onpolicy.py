@@ -404,15 +404,16 @@ def run_distill(seed:int=1, steps:int=300, preset:str|None=None, **cfg) -> dict:
     return dict(model=r.student, secs=time.perf_counter() - t0, cpu_secs=time.process_time() - c0, gen_secs=0.0,
                 on_policy_steps=0, kd_path=r.trainer.kd_path_label, records=[])
 
-def lib_rows(tok=None) -> list[dict]:
-    "The protocol's pairs as kd_toolkit prompt data (`data.prompt_row`): BOS + prompt, completion, EOS where the story ends."
+def lib_rows(student_tok:str='tok512') -> list[dict]:
+    """The protocol's pairs as kd_toolkit prompt data (`data.prompt_row`): BOS + prompt, completion, EOS where the story
+    ends; for another student tokenizer, its tokens of the same texts with the teacher's (tok512) columns and alignment."""
     from kd_toolkit.data import prompt_row
-    tok = tok or tokenizer()
-    return [prompt_row(p, c, tok, max_length=1 + PROMPT + COMPLETION + 1, max_prompt_length=PROMPT, add_eos=end)
+    tok, ttok = tokenizer(student_tok), None if student_tok == 'tok512' else tokenizer()
+    return [prompt_row(p, c, tok, ttok, max_length=1 + PROMPT + COMPLETION + 1, max_prompt_length=PROMPT, add_eos=end)
             for p, c, end in text_pairs()]
 
 def run_lib(seed:int=1, steps:int=300, lr:float=1.5e-3, kd:float=0.75, lm:float=0.25, policy_weight:float=0.0,
-            policy_from:float=0.5, log=None, callbacks=(), **knobs) -> dict:
+            policy_from:float=0.5, log=None, callbacks=(), student_tok:str='tok512', **knobs) -> dict:
     """The toolkit's own on-policy distillation: `kd_toolkit.train.distill` on prompt data with the issue-24 knobs.
     `policy_weight` > 0: the `kd_policy` component, weight `Step(0, policy_weight, at=policy_from)`; `knobs`: KDConfig's
     (`lmbda`, `divergence`, `beta`, `policy_divergence`, `seq_kd`, ...)."""
@@ -421,9 +422,10 @@ def run_lib(seed:int=1, steps:int=300, lr:float=1.5e-3, kd:float=0.75, lm:float=
     from kd_toolkit.curriculum import Step
     from kd_toolkit.train import distill
     torch.set_num_threads(1)
-    tok = tokenizer()
-    ds = _lib_dataset()
+    tok, xt = tokenizer(student_tok), student_tok != 'tok512'
+    ds = _lib_dataset(student_tok)
     model = make_student(tok, seed)
+    if xt: knobs = dict(cross_tokenizer=True, kd_topk=64, **knobs)   # (today's default cross_vocab_loss: 'map')
     cur = {k: v for k, v in dict(kd=kd, lm=lm).items() if v > 0}
     if policy_weight > 0: cur['kd_policy'] = Step(0.0, policy_weight, at=policy_from)
     c = make_config(None, **{**dict(output_dir=tempfile.mkdtemp(prefix='onpolicy_lib_'), seed=seed, max_steps=steps,
@@ -431,7 +433,7 @@ def run_lib(seed:int=1, steps:int=300, lr:float=1.5e-3, kd:float=0.75, lm:float=
                                     save_steps=10**9, progress_bar=False, learning_rate=lr, max_length=1 + PROMPT + COMPLETION + 1,
                                     max_prompt_length=PROMPT, max_new_tokens=COMPLETION), **knobs})
     t0, c0 = time.perf_counter(), time.process_time()
-    r = distill(c, teacher(), model, ds, None, student_tokenizer=tok, teacher_tokenizer=tok, curriculum=cur,
+    r = distill(c, teacher(), model, ds, None, student_tokenizer=tok, teacher_tokenizer=tokenizer(), curriculum=cur,
                 callbacks=callbacks)
     secs, cpu = time.perf_counter() - t0, time.process_time() - c0
     sm = r.trainer.sampler
@@ -446,9 +448,9 @@ def _last(h, col):
     return float(h[col].dropna().iloc[-1]) if col in h and h[col].notna().any() else None
 
 @lru_cache(None)
-def _lib_dataset():
+def _lib_dataset(student_tok:str='tok512'):
     import datasets
-    return datasets.Dataset.from_list(lib_rows())
+    return datasets.Dataset.from_list(lib_rows(student_tok))
 
 # ------------------------------------------------------------------------------------------------ CLI
 def _write(out, row):
@@ -484,6 +486,7 @@ def main():
     lb.add_argument('--policy-weight', type=float, default=0.0, help='the kd_policy component: Step(0, w, at=--policy-from)')
     lb.add_argument('--policy-from', type=float, default=0.5); lb.add_argument('--policy-divergence', default=None)
     lb.add_argument('--seq-kd', action='store_true'); lb.add_argument('--tag', default=''); lb.add_argument('--out')
+    lb.add_argument('--student', default='tok512', choices=['tok512', 'gpt2'])
     sc = sub.add_parser('prompts', help='print the held-out prompts'); sc.add_argument('--n', type=int, default=5)
     t = sub.add_parser('table'); t.add_argument('path'); t.add_argument('--base', default=None)
     a = ap.parse_args()
@@ -496,13 +499,14 @@ def main():
                 print(f"lib steps={steps} seed={s} lmbda={a.lmbda} policy_weight={a.policy_weight}", flush=True)
                 knobs = dict(lmbda=a.lmbda, divergence=a.divergence, beta=a.beta, seq_kd=a.seq_kd,
                              policy_divergence=a.policy_divergence)
-                r = run_lib(s, steps, a.lr, a.kd, a.lm, a.policy_weight, a.policy_from, **knobs)
+                r = run_lib(s, steps, a.lr, a.kd, a.lm, a.policy_weight, a.policy_from, student_tok=a.student, **knobs)
                 beta = {'fkl': 0.0, 'rkl': 1.0}.get(a.divergence, a.beta)
                 pbeta = {'fkl': 0.0, 'rkl': 1.0}.get(a.policy_divergence or a.divergence, beta)
-                _write(a.out, dict(kind='lib', student='tok512', tag=a.tag, seed=s, steps=steps, lr=a.lr, kd=a.kd, lm=a.lm,
+                _write(a.out, dict(kind='lib', student=a.student, tag=a.tag, seed=s, steps=steps, lr=a.lr, kd=a.kd, lm=a.lm,
                                    lmbda=a.lmbda, beta=pbeta, beta_data=beta, seq_kd=a.seq_kd, gen_temperature=1.0,
                                    lmbda_from=a.policy_from if a.policy_weight else 0.0, policy_weight=a.policy_weight,
-                                   divergence=a.divergence, policy_divergence=a.policy_divergence, **score(r['model']),
+                                   divergence=a.divergence, policy_divergence=a.policy_divergence,
+                                   **score(r['model'], a.student),
                                    **{k: v for k, v in r.items() if k not in ('model', 'records')}))
         return
     if a.cmd == 'distill':
