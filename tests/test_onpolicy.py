@@ -167,3 +167,22 @@ def test_cross_tokenizer_onpolicy_end_to_end():
     h = r.history
     assert (h['policy_share'] == 1).all() and h['raw/kd@policy'].notna().all() and (h['raw/kd'] > 0).all()
     assert r.trainer.sampler.ttok is ttok and r.trainer.kd_path_label.endswith('+map')
+
+# ------------------------------------------------------------------------------------------------ fp16 on sampled batches
+def test_fp16_grads_equal_fp32_on_a_sampled_micro_batch():
+    "The losses of sampled micro-batches (rKL, generalized JSD, chunked) keep fp16/bf16 gradients equal to fp32's under any loss scale."
+    from kd_toolkit.losses import kd_loss
+    from kd_toolkit.testing import fp16_grad_check
+    tok = type('T', (), dict(eos_token_id=2, pad_token_id=0, added_tokens_decoder={}))()
+    student, teacher = tiny_llama(vocab_size=64, seed=2), tiny_llama(vocab_size=64, num_layers=3, seed=1)
+    torch.manual_seed(0)
+    sm = Sampler(tok, max_new_tokens=12)
+    b = sm(student, KDCollator(0)([{'input_ids': [1, 5, 6, 7], 'prompt_len': 4}, {'input_ids': [1, 9], 'prompt_len': 2}]))
+    M = MicroBatch(b, Plan()).kmask
+    assert M.any() and not M[:, 0].any()                                             # only completion positions
+    with torch.no_grad():
+        S = student(b['input_ids'], attention_mask=b['attention_mask']).logits * 4   # sharper, as trained students are
+        T = teacher(b['input_ids'], attention_mask=b['attention_mask']).logits * 4
+    for div, kw in (('rkl', {}), ('jsd', dict(beta=0.9)), ('rkl', dict(chunk_size=7))):
+        df = fp16_grad_check(lambda s, t: kd_loss(s, t, M, div, **kw), dict(s=S, t=T), ['s'])
+        assert df['ok'].all(), (div, kw, df)
