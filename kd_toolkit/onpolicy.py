@@ -8,13 +8,14 @@ import random, time
 import torch
 from fastcore.basics import patch
 from transformers import GenerationConfig
-from .core import autocast_ctx
+from .core import autocast_ctx, input_device
 from .align import end_of_document
 from .data import KDCollator, pad_id, prompt_row
+from .components import MicroBatch, Plan, needs, student_pass, teacher_outputs
 from .evaluate import frozen_state
 
 # %% auto #0
-__all__ = ['Coin', 'generation_config', 'stop_ids', 'prompts_of', 'left_pad', 'sample', 'Sampler']
+__all__ = ['Coin', 'generation_config', 'stop_ids', 'prompts_of', 'left_pad', 'sample', 'Sampler', 'policy_micro_batch']
 
 # %% ../nbs/07g_onpolicy.ipynb #df39c01f
 class Coin:
@@ -65,7 +66,7 @@ def sample(model, # the model that samples (unwrapped)
            amp_dtype:torch.dtype|None=None, # autocast dtype (fp16 training), None: the model's
           ) -> list[list[int]]:
     "Sampled completions of `prompts`, each cut after its first stop token (kept)."
-    dev = next(model.parameters()).device
+    dev = input_device(model)   # (a teacher placed by accelerate reads its inputs there)
     ids, mask = (x.to(dev) for x in left_pad(prompts, config.pad_token_id))
     with frozen_state(model), autocast_ctx(dev, amp_dtype):
         out = model.generate(ids, attention_mask=mask, generation_config=config)
@@ -125,3 +126,14 @@ def __call__(self:Sampler, model, batch:dict, amp_dtype:torch.dtype|None=None) -
     comps = sample(model, prompts, self.config, amp_dtype)
     self.seconds += time.perf_counter() - t0; self.tokens += sum(map(len, comps))
     return self.sampled_batch(prompts, comps, batch['input_ids'].device)
+
+# %% ../nbs/07g_onpolicy.ipynb #32b7f859
+def policy_micro_batch(model, # the student, as the engine wraps it (its forward trains)
+                       sampled:dict, # the sampled micro-batch (`Sampler`)
+                       plan:Plan, # the sampled batches' plan (`policy_divergence`)
+                       teacher, # the live teacher
+                      ) -> MicroBatch:
+    "The `MicroBatch` of sampled completions for `kd_policy`: `kd`'s passes on it, the live teacher."
+    s_need, t_need = needs(['kd'], plan)
+    t = teacher_outputs(teacher, sampled, t_need, plan) if t_need else {}
+    return MicroBatch(sampled, plan, student_pass(model, sampled, s_need), t)

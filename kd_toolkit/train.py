@@ -18,7 +18,7 @@ from .projector import param_groups
 from . import curriculum as C
 from .data import KDCollator, build_kd_dataset, load_texts, pad_id
 from .data import build_prompt_dataset, is_prompt_data
-from .onpolicy import Coin, Sampler
+from .onpolicy import Coin, Sampler, policy_micro_batch
 from .evaluate import Evaluator
 from .components import MicroBatch, Plan, component, needs, student_pass, teacher_outputs
 from .checkpoint import checkpoint_damage, clear_run, last_complete_checkpoint, resume_point
@@ -79,11 +79,10 @@ class KDTrainer(Trainer):
         peft_config=None, # a peft config for the student (else `config.lora`)
         teacher_tokenizer=None, # the teacher's tokenizer: on-policy runs across tokenizers
     ):
-        r = _prepare(config, teacher, student, train_dataset=train_dataset,
-                     eval_dataset=eval_dataset, data_collator=data_collator, curriculum=curriculum,
-                     projector=projector, router=router, vocab_map=vocab_map,
-                     peft_config=peft_config, student_tok=processing_class,
-                     teacher_tok=teacher_tokenizer)
+        r = _prepare(config, teacher, student, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                     data_collator=data_collator, curriculum=curriculum, projector=projector,
+                     router=router, vocab_map=vocab_map, peft_config=peft_config,
+                     student_tok=processing_class, teacher_tok=teacher_tokenizer)
         self.teacher, self.curriculum, self.plan = r.teacher, r.curriculum, r.plan
         self.cache = r.cache
         engine_cbs, charts = _split_callbacks(callbacks)
@@ -110,9 +109,8 @@ class KDTrainer(Trainer):
 @patch
 def _teacher(self:KDTrainer, inputs, idx, need:set, plan) -> dict:
     "What the active components need from the teacher: cached fields, the rest from one live pass."
-    c, dev = self.cache, inputs['input_ids'].device
-    cached = {n: c.read(n, idx, dev) for n in need if c is not None and n in c.fields
-              and idx is not None}   # (a sampled micro-batch has no index: the live teacher)
+    c, dev = self.cache if idx is not None else None, inputs['input_ids'].device   # (sampled: live)
+    cached = {n: c.read(n, idx, dev) for n in need if c is not None and n in c.fields}
     live = need - set(cached)
     return cached | (teacher_outputs(self.teacher, inputs, live, plan) if live else {})
 
@@ -123,25 +121,20 @@ def _amp(args) -> torch.dtype|None: # the engine's autocast dtype, or None
 def _on_samples(w:dict) -> dict: # the weights on the student's own samples: no lm, no kd_policy
     return {n: v for n, v in w.items() if n not in ('lm', 'kd_policy')}
 
-@patch
-def _policy_plan(self:KDTrainer, plan:Plan) -> Plan: # sampled micro-batches' divergence
-    return replace(plan, divergence=self.args.policy_divergence or plan.divergence)
+def _policy_plan(tr, plan:Plan) -> Plan: # trainer `tr`'s sampled micro-batches' divergence
+    return replace(plan, divergence=tr.args.policy_divergence or plan.divergence)
 
-@patch
-def _sample(self:KDTrainer, model, inputs) -> dict:
-    "The micro-batch of `model`'s completions of `inputs`' prompts; the seconds into the window."
-    t0 = time.perf_counter(); out = self.sampler(model, inputs, _amp(self.args))
-    self._guard.win.gen_s += time.perf_counter() - t0
+def _sample(tr, model, inputs) -> dict:
+    "The micro-batch of `model`'s completions of `inputs`' prompts; the seconds into `tr`'s window."
+    t0 = time.perf_counter(); out = tr.sampler(model, inputs, _amp(tr.args))
+    tr._guard.win.gen_s += time.perf_counter() - t0
     return out
 
 # %% ../nbs/07_train.ipynb #438dd807
-@patch
-def _policy_step(self:KDTrainer, model, inputs, plan:Plan) -> MicroBatch:
-    "The micro-batch of the student's samples for `kd_policy`, with its student and teacher passes."
-    sb = self._sample(self.accelerator.unwrap_model(model), inputs)
-    pp = self._policy_plan(plan)
-    s_need, t_need = needs(['kd'], pp)
-    return MicroBatch(sb, pp, student_pass(model, sb, s_need), self._teacher(sb, None, t_need, pp))
+def _policy_step(tr, model, inputs, plan:Plan) -> MicroBatch:
+    "Trainer `tr`'s micro-batch of the student's samples for `kd_policy`, with both passes."
+    sb = _sample(tr, tr.accelerator.unwrap_model(model), inputs)
+    return policy_micro_batch(model, sb, _policy_plan(tr, plan), tr.teacher)
 
 # %% ../nbs/07_train.ipynb #6e359334
 @patch
@@ -150,17 +143,16 @@ def compute_loss(self:KDTrainer, model, inputs, return_outputs=False, num_items_
     p, idx = self.progress(), inputs.pop('kd_index', None)
     wall = self.curriculum.weights(p); w = {n: v for n, v in wall.items() if v > 0}
     plan = replace(self.plan, temperature=float(self.curriculum.temperature(p)))
-    if self._kind == 'policy': w, plan = _on_samples(w), self._policy_plan(plan)
+    if self._kind == 'policy': w, plan = _on_samples(w), _policy_plan(self, plan)
     s_need, t_need = needs(w, plan)
     teacher = self._teacher(inputs, idx, t_need, plan)
     step = MicroBatch(inputs, plan, student_pass(model, inputs, s_need), teacher)
-    if 'kd_policy' in w: step.policy = self._policy_step(model, inputs, plan)
+    if 'kd_policy' in w: step.policy = _policy_step(self, model, inputs, plan)
     raw = {n: component(n, plan).fn(step) for n in w}
     zero = torch.zeros((), device=inputs['input_ids'].device, requires_grad=not w)   # (none active)
     total = self.balancer(raw, w) if self.balancer and w else sum((w[n]*raw[n] for n in w), zero)
     scales = self.balancer.scales() if self.balancer else {}
-    self._guard.record(raw, wall, scales, total, inputs['attention_mask'].sum(),
-                       self._kind if self._kinds else None)
+    self._guard.record(raw, wall, scales, total, inputs['attention_mask'].sum(), self._kind)
     return (total, raw) if return_outputs else total
 
 # %% ../nbs/07_train.ipynb #7476a1c2
@@ -179,7 +171,7 @@ def create_optimizer(self:KDTrainer, model=None):
 @patch
 def training_step(self:KDTrainer, model, inputs, num_items_in_batch=None):
     "The engine's step (per the coin on sampled completions); under DDP extras' gradients averaged."
-    inputs = self._sampled(inputs)
+    inputs = _sampled(self, inputs)
     loss, acc = Trainer.training_step(self, model, inputs, num_items_in_batch), self.accelerator
     if acc.num_processes > 1 and acc.sync_gradients:
         for p in (p for p in self.extras.parameters() if p.grad is not None):
@@ -187,14 +179,14 @@ def training_step(self:KDTrainer, model, inputs, num_items_in_batch=None):
     return loss
 
 # %% ../nbs/07_train.ipynb #25820f7a
-@patch
-def _sampled(self:KDTrainer, inputs) -> dict:
-    "This micro-batch, or per the coin the student's completions of its prompts (`seq_kd`: teacher's)."
-    if self.sampler is None: return inputs
-    self._kind = 'policy' if self.coin() else 'teacher' if self.args.seq_kd else 'data'
-    if self._kind == 'data': return inputs
-    gen = self.accelerator.unwrap_model(self.model) if self._kind == 'policy' else self.teacher
-    return self._sample(gen, inputs)
+def _sampled(tr, inputs) -> dict:
+    "This micro-batch, or per `tr`'s coin the student's completions of its prompts (`seq_kd`: teacher's)."
+    if tr.sampler is None: return inputs
+    kind = 'policy' if tr.coin() else 'teacher' if tr.args.seq_kd else 'data'
+    tr._kind = kind if tr._kinds else None   # (the kinds are logged with lmbda or seq_kd)
+    if kind == 'data': return inputs
+    gen = tr.accelerator.unwrap_model(tr.model) if kind == 'policy' else tr.teacher
+    return _sample(tr, gen, inputs)
 
 # %% ../nbs/07_train.ipynb #9aabf955
 @patch
@@ -252,12 +244,11 @@ def train(self:KDTrainer, resume_from_checkpoint=None, **kw):
     return Trainer.train(self, resume_from_checkpoint=ckpt, **kw)
 
 # %% ../nbs/07_train.ipynb #4d6be784
-@patch
-def _load_kd(self:KDTrainer, ckpt, state:bool=True):
-    "The projector/router weights and (with `state`) the distillation counters from `ckpt`."
-    load_extras(self.extras, ckpt)
-    if state: self.kd_state.update(read_kd_state(ckpt, self.kd_state))
-    if state and self.balancer: self.balancer.ema, self.balancer.n = _means(self.kd_state)
+def _load_kd(tr, ckpt, state:bool=True):
+    "Trainer `tr`'s projector/router weights and (with `state`) distillation counters from `ckpt`."
+    load_extras(tr.extras, ckpt)
+    if state: tr.kd_state.update(read_kd_state(ckpt, tr.kd_state))
+    if state and tr.balancer: tr.balancer.ema, tr.balancer.n = _means(tr.kd_state)
 
 # %% ../nbs/07_train.ipynb #5ae1f72a
 def _run_fp(tr) -> dict:
@@ -268,7 +259,7 @@ def _run_fp(tr) -> dict:
 
 def _resume(tr, ckpt):
     "Resume trainer `tr` from `ckpt`: its distillation state, and a warning if its inputs changed."
-    tr._load_kd(ckpt); warn_resume(ckpt, _run_fp(tr))
+    _load_kd(tr, ckpt); warn_resume(ckpt, _run_fp(tr))
 
 # %% ../nbs/07_train.ipynb #66b3eb7f
 def _best_checkpoint(st, run_dir:Path) -> str|None:
