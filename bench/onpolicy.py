@@ -404,16 +404,17 @@ def run_distill(seed:int=1, steps:int=300, preset:str|None=None, **cfg) -> dict:
     return dict(model=r.student, secs=time.perf_counter() - t0, cpu_secs=time.process_time() - c0, gen_secs=0.0,
                 on_policy_steps=0, kd_path=r.trainer.kd_path_label, records=[])
 
-def lib_rows(student_tok:str='tok512') -> list[dict]:
+def lib_rows(student_tok:str='tok512', n_pairs:int|None=None) -> list[dict]:
     """The protocol's pairs as kd_toolkit prompt data (`data.prompt_row`): BOS + prompt, completion, EOS where the story
     ends; for another student tokenizer, its tokens of the same texts with the teacher's (tok512) columns and alignment."""
     from kd_toolkit.data import prompt_row
     tok, ttok = tokenizer(student_tok), None if student_tok == 'tok512' else tokenizer()
     return [prompt_row(p, c, tok, ttok, max_length=1 + PROMPT + COMPLETION + 1, max_prompt_length=PROMPT, add_eos=end)
-            for p, c, end in text_pairs()]
+            for p, c, end in text_pairs()[:n_pairs]]
 
 def run_lib(seed:int=1, steps:int=300, lr:float=1.5e-3, kd:float=0.75, lm:float=0.25, policy_weight:float=0.0,
-            policy_from:float=0.5, log=None, callbacks=(), student_tok:str='tok512', **knobs) -> dict:
+            policy_from:float=0.5, log=None, callbacks=(), student_tok:str='tok512', n_pairs:int|None=None,
+            **knobs) -> dict:
     """The toolkit's own on-policy distillation: `kd_toolkit.train.distill` on prompt data with the issue-24 knobs.
     `policy_weight` > 0: the `kd_policy` component, weight `Step(0, policy_weight, at=policy_from)`; `knobs`: KDConfig's
     (`lmbda`, `divergence`, `beta`, `policy_divergence`, `seq_kd`, ...)."""
@@ -423,7 +424,7 @@ def run_lib(seed:int=1, steps:int=300, lr:float=1.5e-3, kd:float=0.75, lm:float=
     from kd_toolkit.train import distill
     torch.set_num_threads(1)
     tok, xt = tokenizer(student_tok), student_tok != 'tok512'
-    ds = _lib_dataset(student_tok)
+    ds = _lib_dataset(student_tok, n_pairs)
     model = make_student(tok, seed)
     if xt: knobs = dict(cross_tokenizer=True, kd_topk=64, **knobs)   # (today's default cross_vocab_loss: 'map')
     cur = {k: v for k, v in dict(kd=kd, lm=lm).items() if v > 0}
@@ -448,9 +449,9 @@ def _last(h, col):
     return float(h[col].dropna().iloc[-1]) if col in h and h[col].notna().any() else None
 
 @lru_cache(None)
-def _lib_dataset(student_tok:str='tok512'):
+def _lib_dataset(student_tok:str='tok512', n_pairs:int|None=None):
     import datasets
-    return datasets.Dataset.from_list(lib_rows(student_tok))
+    return datasets.Dataset.from_list(lib_rows(student_tok, n_pairs))
 
 # ------------------------------------------------------------------------------------------------ CLI
 def _write(out, row):
@@ -487,6 +488,7 @@ def main():
     lb.add_argument('--policy-from', type=float, default=0.5); lb.add_argument('--policy-divergence', default=None)
     lb.add_argument('--seq-kd', action='store_true'); lb.add_argument('--tag', default=''); lb.add_argument('--out')
     lb.add_argument('--student', default='tok512', choices=['tok512', 'gpt2'])
+    lb.add_argument('--pairs', type=int, default=None, help='train on the first N pairs only (cross-tokenizer: faster set-up)')
     sc = sub.add_parser('prompts', help='print the held-out prompts'); sc.add_argument('--n', type=int, default=5)
     t = sub.add_parser('table'); t.add_argument('path'); t.add_argument('--base', default=None)
     a = ap.parse_args()
@@ -499,10 +501,11 @@ def main():
                 print(f"lib steps={steps} seed={s} lmbda={a.lmbda} policy_weight={a.policy_weight}", flush=True)
                 knobs = dict(lmbda=a.lmbda, divergence=a.divergence, beta=a.beta, seq_kd=a.seq_kd,
                              policy_divergence=a.policy_divergence)
-                r = run_lib(s, steps, a.lr, a.kd, a.lm, a.policy_weight, a.policy_from, student_tok=a.student, **knobs)
+                r = run_lib(s, steps, a.lr, a.kd, a.lm, a.policy_weight, a.policy_from, student_tok=a.student,
+                            n_pairs=a.pairs, **knobs)
                 beta = {'fkl': 0.0, 'rkl': 1.0}.get(a.divergence, a.beta)
                 pbeta = {'fkl': 0.0, 'rkl': 1.0}.get(a.policy_divergence or a.divergence, beta)
-                _write(a.out, dict(kind='lib', student=a.student, tag=a.tag, seed=s, steps=steps, lr=a.lr, kd=a.kd, lm=a.lm,
+                _write(a.out, dict(kind='lib', student=a.student, tag=a.tag or (f'{a.pairs} pairs' if a.pairs else ''), seed=s, steps=steps, lr=a.lr, kd=a.kd, lm=a.lm,
                                    lmbda=a.lmbda, beta=pbeta, beta_data=beta, seq_kd=a.seq_kd, gen_temperature=1.0,
                                    lmbda_from=a.policy_from if a.policy_weight else 0.0, policy_weight=a.policy_weight,
                                    divergence=a.divergence, policy_divergence=a.policy_divergence,
