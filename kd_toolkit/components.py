@@ -20,8 +20,8 @@ from .xvocab import chunk_likelihood_loss, hybrid_loss, token_logprobs, trie_kl,
 
 # %% auto #0
 __all__ = ['Step', 'COMPONENTS', 'KD_LOSSES', 'Plan', 'MicroBatch', 'lm', 'kd', 'kd_uld', 'kd_hybrid', 'kd_chunk', 'kd_trie',
-           'feature', 'layerwise', 'contrastive', 'attention', 'balance', 'router_attention', 'Component', 'component',
-           'needs', 'student_pass', 'teacher_outputs', 'pick_kd_path']
+           'feature', 'layerwise', 'contrastive', 'attention', 'balance', 'router_attention', 'kd_policy', 'Component',
+           'component', 'needs', 'student_pass', 'teacher_outputs', 'pick_kd_path']
 
 # %% ../nbs/07b_components.ipynb #dfc01b00
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ class Plan:
     cross_vocab_loss:str='map' # 'map' (also one tokenizer), 'uld', 'hybrid' or 'chunk'
     temperature:float=1.0 # the KD temperature at this step
     divergence:str='fkl' # see `losses.DIVERGENCES`
+    beta:float=0.5 # divergence='jsd': 0 forward KL, 1 reverse KL (TRL's generalized JSD)
     chunk_size:int|None=None # positions per chunk (chunked, top-k and fused paths)
     kd_topk:int=0 # teacher top-k (topk path)
     hidden_kind:str='nmse' # feature/layerwise loss kind
@@ -52,13 +53,17 @@ class MicroBatch:
     @cached_property
     def mask(self): return self.batch['attention_mask'].bool()  # (B, L) real student tokens
     @cached_property
-    def kmask(self): # (B, L) positions with a teacher counterpart
+    def kmask(self): # (B, L) positions with a teacher counterpart (and a completion token next)
         b = self.batch
-        return self.mask & b['align_mask'].bool() if 'align_mask' in b else self.mask
+        m = self.mask & b['align_mask'].bool() if 'align_mask' in b else self.mask
+        return m & _next_completion(b['completion_mask']) if 'completion_mask' in b else m
     @cached_property
     def targets(self): return next_token_targets(self.batch['labels'])  # (B, L) next ids or -100
 
 Step = MicroBatch  # the old name, for one release
+
+def _next_completion(cm): # (B, L): position i predicts a completion token (prompt data)
+    return torch.cat([cm[:, 1:].bool(), cm.new_zeros(cm.shape[0], 1).bool()], 1)
 
 # %% ../nbs/07b_components.ipynb #60bd46c8
 @patch
@@ -69,8 +74,9 @@ def align(self:MicroBatch, x): # teacher (B, Lt, ...) -> the student's positions
 def project(self:MicroBatch, h): return h if self.plan.projector is None else self.plan.projector(h)
 
 @patch(as_prop=True)
-def div(self:MicroBatch) -> dict:
-    return dict(divergence=self.plan.divergence, temperature=self.plan.temperature)
+def div(self:MicroBatch) -> dict: # the divergence's keywords (`beta` for 'jsd')
+    d = dict(divergence=self.plan.divergence, temperature=self.plan.temperature)
+    return d | {'beta': self.plan.beta} if d['divergence'] == 'jsd' else d
 
 # %% ../nbs/07b_components.ipynb #c5bb3610
 @patch
@@ -191,6 +197,14 @@ def router_attention(s:MicroBatch) -> torch.Tensor:
     "The router's attention alignment."
     return s.routed()['router_attention']
 
+# %% ../nbs/07b_components.ipynb #f2caf2fe
+def kd_policy(s:MicroBatch) -> torch.Tensor:
+    "Logit KD on the student's sampled completions: `kd`'s form on the micro-batch `s.policy`."
+    if (p := getattr(s, 'policy', None)) is None: raise ValueError(
+        "kd_policy reads the student's sampled completions (MicroBatch.policy): train with "
+        "KDTrainer or distill, which sample them (kd_toolkit.onpolicy)")
+    return component('kd', p.plan).fn(p)
+
 # %% ../nbs/07b_components.ipynb #665eeb86
 @dataclass(frozen=True)
 class Component:
@@ -212,6 +226,7 @@ COMPONENTS = {
     'contrastive': Component(contrastive, _H, _H),
     'balance': Component(balance, _H, _H),
     'router_attention': Component(router_attention, _H, _H),
+    'kd_policy': Component(kd_policy, (), ()),   # its passes are the sampled micro-batch's
 }
 KD_LOSSES = dict(zip(CROSS_VOCAB_LOSSES, (  # the forms of `kd` by `cross_vocab_loss`: core's names, in order
     COMPONENTS['kd'],                                        # 'map'

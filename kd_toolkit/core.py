@@ -19,8 +19,8 @@ from transformers.training_args import OptimizerNames
 # %% auto #0
 __all__ = ['DIVERGENCES', 'CROSS_VOCAB_LOSSES', 'CURRICULUM_PRESETS', 'PRESETS', 'pick_dtype', 'teacher_dtype', 'module_dtype',
            'module_device', 'to_module', 'input_device', 'is_dispatched', 'quantization', 'to_device', 'autocast_ctx',
-           'masked_mean', 'rms_normalize', 'Preflight', 'gpu_preflight', 'DistillArguments', 'ConfigError', 'KDConfig',
-           'auto_preset', 'make_config', 'as_config']
+           'masked_mean', 'rms_normalize', 'Preflight', 'gpu_preflight', 'DistillArguments', 'ConfigError',
+           'onpolicy_on', 'KDConfig', 'auto_preset', 'make_config', 'as_config']
 
 # %% ../nbs/00_core.ipynb #20ec94d1
 def pick_dtype(
@@ -249,6 +249,15 @@ class DistillArguments:
     max_nonfinite_steps:int=10 # this many skipped steps in a row stop the run with a diagnosis
     time_budget_hours:float|None=None # stop and save after this many hours (Kaggle's limit is 12)
     progress_bar:bool=True # one tqdm bar with a short postfix (never a line per step)
+    # on-policy distillation (issue 24, `onpolicy`); all off by default
+    lmbda:float=0.0 # share of micro-batches whose completions the student samples (TRL's GKD)
+    beta:float=0.5 # divergence='jsd' interpolation: 0 forward KL, 1 reverse KL (TRL's convention)
+    seq_kd:bool=False # the teacher samples the completions of the other micro-batches
+    max_new_tokens:int=128 # tokens sampled per completion
+    sampling_temperature:float=1.0 # the sampler's temperature (not the KD `temperature`)
+    max_prompt_length:int=128 # prompt tokens kept (cut from the left)
+    # the divergence of sampled batches (lmbda, `kd_policy`); None: `divergence`
+    policy_divergence:str|None=None
 
 # %% ../nbs/00_core.ipynb #daf9f812
 class ConfigError(TypeError, ValueError):
@@ -305,7 +314,8 @@ _CHOICES = dict(precision=('auto', 'fp16', 'bf16', 'fp32'), balance=('none', 'ad
                 teacher_dtype=('auto', 'fp16', 'bf16', 'fp32', 'keep'),
                 hidden_kind=('nmse', 'cosine'),
                 kd_path=('auto', 'full', 'chunked', 'topk', 'fused', 'cached'),
-                divergence=DIVERGENCES, cross_vocab_loss=CROSS_VOCAB_LOSSES)
+                divergence=DIVERGENCES, cross_vocab_loss=CROSS_VOCAB_LOSSES,
+                policy_divergence=DIVERGENCES)
 
 # %% ../nbs/00_core.ipynb #0a376221
 def _choices(name, hint) -> tuple|None:
@@ -325,7 +335,8 @@ _RANGES = dict(   # knob: (low, high or None, low excluded)
     seed=_NONNEG, max_length=_ONE, temperature=_POS, kd_topk=_NONNEG, chunk_size=_ONE,
     contrastive_temperature=_POS, router_experts=_NONNEG, eval_batches=_ONE,
     early_stopping_patience=_NONNEG, early_stopping_warmup=_UNIT, max_nonfinite_steps=_ONE,
-    time_budget_hours=_POS)
+    time_budget_hours=_POS, lmbda=_UNIT, beta=_UNIT, max_new_tokens=_ONE,
+    sampling_temperature=_POS, max_prompt_length=_ONE)
 
 # %% ../nbs/00_core.ipynb #c5965c75
 def _check_choice(name, v, hint):
@@ -472,6 +483,19 @@ def _check_extras(c):
         "lora=... trains a LoRA student with the peft library, which is not installed: "
         "pip install 'kd_toolkit[peft]'")
 
+# %% ../nbs/00_core.ipynb #ae162db5
+def onpolicy_on(c) -> bool:
+    "Whether run config `c` samples completions: `lmbda > 0`, `seq_kd`, or `kd_policy` weighted."
+    cur = c.curriculum if isinstance(c.curriculum, dict) else {}
+    return c.lmbda > 0 or c.seq_kd or 'kd_policy' in cur
+
+def _check_onpolicy(c, on:bool|None=None):
+    "Refuse prompt and completion budgets that do not fit in `max_length` when sampling is on."
+    if not (onpolicy_on(c) if on is None else on): return
+    if (n := c.max_prompt_length + c.max_new_tokens) > c.max_length: raise ConfigError(
+        f"max_prompt_length={c.max_prompt_length} + max_new_tokens={c.max_new_tokens} = {n} > "
+        f"max_length={c.max_length}: a sampled row must fit; lower one or raise max_length")
+
 # %% ../nbs/00_core.ipynb #54289eda
 @dataclass
 class KDConfig(TrainingArguments, DistillArguments):
@@ -513,7 +537,7 @@ class KDConfig(TrainingArguments, DistillArguments):
         _resolve_cadence(self, given := frozenset(self._given)); _resolve_warmup(self, given)
         _resolve_cross_vocab(self, given)
         _check_schedule(self); _check_curriculum(self.curriculum)
-        _check_together(self); _check_extras(self)
+        _check_together(self); _check_extras(self); _check_onpolicy(self)
         super().__post_init__()
 
     @classmethod

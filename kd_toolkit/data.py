@@ -15,8 +15,9 @@ from .align import (align_offsets, check_fast, check_pair, encode_offsets,
                               end_of_document, prefix_ends, same_tokenizer)
 
 # %% auto #0
-__all__ = ['SAMPLE_BY', 'split_documents', 'read_documents', 'load_texts', 'special_tokens', 'build_kd_dataset', 'PackedStream',
-           'pack_stream', 'packed_windows', 'RandomWindows', 'pad_id', 'KDCollator', 'teacher_key', 'teacher_view']
+__all__ = ['SAMPLE_BY', 'PROMPT_COLUMNS', 'split_documents', 'read_documents', 'load_texts', 'special_tokens', 'build_kd_dataset',
+           'PackedStream', 'pack_stream', 'packed_windows', 'RandomWindows', 'pad_id', 'KDCollator', 'is_prompt_data',
+           'chat_split', 'prompt_row', 'build_prompt_dataset', 'teacher_key', 'teacher_view']
 
 # %% ../nbs/05_data.ipynb #bfa52911
 SAMPLE_BY = ('paragraph', 'line', 'document')   # how a file holds documents ('paragraph': the rule)
@@ -509,7 +510,94 @@ def __call__(self:KDCollator, features:list[dict]) -> dict[str, torch.Tensor]:
     b['labels'] = b['input_ids'].masked_fill(b['attention_mask'] == 0, -100)
     if 'n_bytes' in features[0]: b['n_bytes'] = torch.tensor([f['n_bytes'] for f in features])
     if 'teacher_input_ids' in features[0]: b |= self._teacher_columns(features)
+    if 'prompt_len' in features[0]: b |= _completion(b, [f['prompt_len'] for f in features])
     return b
+
+def _completion(b, prompt_lens) -> dict: # prompt data: `completion_mask`, no label on the prompt
+    cm = torch.arange(b['input_ids'].shape[1])[None] >= torch.tensor(prompt_lens)[:, None]
+    cm &= b['attention_mask'].bool()
+    return dict(completion_mask=cm.long(), labels=b['labels'].masked_fill(~cm, -100))
+
+# %% ../nbs/05_data.ipynb #6a212cde
+PROMPT_COLUMNS = ('prompt', 'messages')   # a Dataset with one of these holds prompt data
+
+def is_prompt_data(data) -> bool:
+    "Whether `data` is a `datasets.Dataset` of prompts (`prompt` [+ `completion`] or chat `messages`)."
+    cols = getattr(data, 'column_names', None)
+    return isinstance(data, datasets.Dataset) and any(c in cols for c in PROMPT_COLUMNS)
+
+# %% ../nbs/05_data.ipynb #3c069d45
+def chat_split(messages:list[dict], tok) -> tuple[str, str]:
+    "(prompt, completion) texts of a chat: `tok`'s template over all but the last message, then the rest."
+    if not getattr(tok, 'chat_template', None): raise ValueError(
+        f"chat `messages` need a tokenizer with a chat template ({type(tok).__name__} has none): "
+        "pass `prompt`/`completion` text columns instead")
+    p = tok.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=False)
+    full = tok.apply_chat_template(messages, tokenize=False)
+    if not full.startswith(p): raise ValueError("the chat template does not extend the prompt "
+                                                "with the last message: pass prompt/completion")
+    return p, full[len(p):]
+
+# %% ../nbs/05_data.ipynb #df33902d
+def _keep(offs, plen:int, max_prompt:int, cap:int) -> tuple[int, int]:
+    "(first char, end char) of a row: the prompt's last `max_prompt` tokens, `cap` tokens in all."
+    n_p = sum(1 for a, _ in offs if a < plen)        # tokens that start inside the prompt
+    k0 = max(0, n_p - min(max_prompt, cap - (n_p < len(offs))))   # (prompt only: no room kept)
+    k1 = min(len(offs), k0 + cap)
+    a = offs[k0][0] if k0 < len(offs) else plen
+    return a, (offs[k1 - 1][1] if k1 > k0 else a)
+
+# %% ../nbs/05_data.ipynb #f705f769
+def _prompt_side(tok, text:str, plen:int, span:tuple, add_eos:bool):
+    "(ids, offsets from a, prompt tokens) of `tok`'s tokens of `text` inside `span` = (a, b), specials added."
+    (a, b), (pre, post) = span, special_tokens(tok, add_eos)
+    if tok.bos_token and text[a:].startswith(tok.bos_token): pre = []   # (the template wrote it)
+    ids, offs = (x[0] for x in _encode(tok, [text]))
+    kept = [(i, (s - a, e - a)) for i, (s, e) in zip(ids, offs) if s >= a and e <= b]
+    ids, offs = [i for i, _ in kept], [o for _, o in kept]
+    post = post if b == len(text) and plen < b else []   # the completion ends inside the row
+    n_p, n = len(pre) + sum(1 for s, _ in offs if s < plen - a), b - a
+    return pre + ids + post, [(0, 0)] * len(pre) + offs + [(n, n + 1)] * len(post), n_p
+
+# %% ../nbs/05_data.ipynb #06900351
+def prompt_row(prompt:str, # the prompt text
+               completion:str, # its completion ('' for a prompt only)
+               student_tok, # the student's fast tokenizer
+               teacher_tok=None, # the teacher's, when it differs: teacher columns and the alignment
+               max_length:int=256, # student tokens per row, special tokens included
+               max_prompt_length:int=128, # prompt tokens kept (cut from the left)
+               add_eos:bool=True, # end a completion that ends inside the row with the EOS
+              ) -> dict:
+    "One row of prompt data: `input_ids`, `prompt_len`, `n_bytes` (+ teacher ids and alignment)."
+    text, plen = prompt + completion, len(prompt)
+    pre, post = special_tokens(student_tok, add_eos)
+    offs = [tuple(o) for o in _encode(student_tok, [text])[1][0]]
+    span = _keep(offs, plen, max_prompt_length, max_length - len(pre) - len(post))
+    ids, so, n_p = _prompt_side(student_tok, text, plen, span, add_eos)
+    row = dict(input_ids=ids, prompt_len=n_p, n_bytes=len(text[plen:span[1]].encode('utf-8')))
+    if teacher_tok is None: return row
+    tids, to, _ = _prompt_side(teacher_tok, text, plen, span, add_eos)
+    i, m = align_offsets(so, to)
+    return row | dict(teacher_input_ids=tids, align_idx=i.tolist(), align_mask=m.tolist())
+
+# %% ../nbs/05_data.ipynb #3276ca0d
+def build_prompt_dataset(
+    ds:datasets.Dataset, # `prompt` (+ `completion`) text columns, or chat `messages`
+    student_tok, # the student's fast tokenizer (its chat template splits `messages`)
+    teacher_tok=None, # the teacher's; None or the same tokenizer: no teacher columns
+    max_length:int=256, # student tokens per row, special tokens included
+    max_prompt_length:int=128, # prompt tokens kept (cut from the left)
+    add_eos:bool=True, # end a completion that ends inside the row with the EOS
+) -> datasets.Dataset:
+    "Prompt data, one row per example: `input_ids`, `prompt_len`, `n_bytes` (+ teacher columns)."
+    teacher_tok = _teacher_or_none(student_tok, teacher_tok)
+    if 'messages' in ds.column_names and 'prompt' not in ds.column_names:
+        pairs = [chat_split(m, student_tok) for m in ds['messages']]
+    else: pairs = list(zip(ds['prompt'], ds['completion'] if 'completion' in ds.column_names
+                           else [''] * len(ds)))
+    rows = [prompt_row(p, c or '', student_tok, teacher_tok, max_length, max_prompt_length, add_eos)
+            for p, c in pairs]
+    return datasets.Dataset.from_list(rows)
 
 # %% ../nbs/05_data.ipynb #7912ae69
 def teacher_key(keys) -> str:

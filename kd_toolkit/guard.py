@@ -19,9 +19,10 @@ __all__ = ['NonFiniteError', 'LiveCallback']
 # %% ../nbs/07f_guard.ipynb #bdfbcca7
 class _Window:
     "The micro-batches since the last log: per component (raw, weight, scale), totals, tokens."
-    def __init__(self):
+    def __init__(self, sampling:bool=False): # sampling: an on-policy run (`onpolicy`)
         self.comp, self.total, self.tokens, self.t0 = defaultdict(list), [], 0, time.time()
-    def add(self, raw:dict, w:dict, scales:dict, total, n_tokens) -> set:
+        self.sampling, self.gen_s, self.kinds = sampling, 0.0, defaultdict(list)
+    def add(self, raw:dict, w:dict, scales:dict, total, n_tokens, kind:str|None=None) -> set:
         "Record a micro-batch (`w`: all weights; `raw`: active ones); the non-finite (none kept)."
         vals = [raw[k].detach().float() for k in raw] + [total.detach().float(), n_tokens.float()]
         *vals, tot, n = torch.stack(vals).tolist()
@@ -30,7 +31,20 @@ class _Window:
         for k, wk in w.items():   # (an inactive component: raw NaN)
             self.comp[k].append((got.get(k, math.nan), wk, scales.get(k, 1.0)))
         self.total.append(tot); self.tokens += int(n)
+        if kind: self.kinds[kind].append(got)   # on-policy runs: 'policy', 'teacher' or 'data'
         return set()
+
+# %% ../nbs/07f_guard.ipynb #66cb6aa9
+@patch
+def _sampling_logs(self:_Window) -> dict:
+    "On-policy runs: `gen_share`; by kind of micro-batch `policy_share` and `raw/<c>@<kind>`."
+    if not self.sampling: return {}
+    out, n = {'gen_share': self.gen_s / max(time.time() - self.t0, 1e-9)}, len(self.total)
+    if self.kinds: out['policy_share'] = len(self.kinds.get('policy', ())) / max(n, 1)
+    for kind, rows in self.kinds.items():
+        for k in sorted({k for r in rows for k in r}):
+            out[f'raw/{k}@{kind}'] = float(np.mean([r[k] for r in rows if k in r]))
+    return out
 
 # %% ../nbs/07f_guard.ipynb #75d6a3de
 @patch
@@ -43,7 +57,7 @@ def logs(self:_Window, balanced:bool=False) -> dict:
         out |= {f'raw/{k}': r[on].mean() if on.any() else math.nan, f'weight/{k}': w.mean(),
                 f'weighted/{k}': np.where(on, r*w*s, 0).mean()}
         if balanced: out[f'scale/{k}'] = s.mean()
-    return out
+    return out | self._sampling_logs()
 
 # %% ../nbs/07f_guard.ipynb #b7264840
 def _history(log_history:list, kd_path:str) -> pd.DataFrame:
@@ -75,6 +89,7 @@ class _Guard:
     active_run:set=field(default_factory=set) # components active over the run of skipped steps
     lrs:dict=field(default_factory=dict) # each parameter group's LR at the last optimizer step
     stop_reason:str|None=None # 'early_stopping' or 'time_budget' when the callback stopped the run
+    sampling:bool=False # an on-policy run: its windows log the kinds of micro-batch (`_Window`)
 
 # %% ../nbs/07f_guard.ipynb #cfa9579d
 def _kd_state(balancer) -> dict:
@@ -84,9 +99,9 @@ def _kd_state(balancer) -> dict:
 
 # %% ../nbs/07f_guard.ipynb #a24ee66d
 @patch
-def record(self:_Guard, raw:dict, weights:dict, scales:dict, total, n_tokens):
+def record(self:_Guard, raw:dict, weights:dict, scales:dict, total, n_tokens, kind=None):
     "One micro-batch: its numbers into the window, its non-finite and active components noted."
-    self.bad |= self.win.add(raw, weights, scales, total, n_tokens)
+    self.bad |= self.win.add(raw, weights, scales, total, n_tokens, kind)
     self.active |= {n for n, w in weights.items() if w > 0}
 
 # %% ../nbs/07f_guard.ipynb #69fb76ec
@@ -148,7 +163,7 @@ def diagnosis(self:_Guard, scaler=None) -> str:
 def flush(self:_Guard, balanced:bool=False) -> dict:
     "The window's means and each group's LR, for one history row; a new window starts."
     logs = self.win.logs(balanced) | {f'lr/{g}': lr for g, lr in self.lrs.items()}
-    self.win = _Window()
+    self.win = _Window(self.sampling)
     return logs
 
 # %% ../nbs/07f_guard.ipynb #90bedb28
@@ -156,7 +171,7 @@ class _KDCallback(TrainerCallback):
     "The non-finite guard, real LRs, extras' clipping, time budget, early stopping, one quiet bar."
     def __init__(self, tr): self.tr, self.bar, self.guard = tr, None, _Guard(tr.kd_state)
     def on_train_begin(self, args, state, control, **kw):
-        self.t0, self.guard.win = time.time(), _Window()
+        self.t0, self.guard.win = time.time(), _Window(self.guard.sampling)
         if args.progress_bar and state.is_local_process_zero:
             from tqdm.auto import tqdm
             self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc='distill',

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from .core import KDConfig, as_config, gpu_preflight, module_dtype, teacher_dtype, _val
-from .core import is_dispatched, quantization
+from .core import is_dispatched, quantization, onpolicy_on, _check_onpolicy
 from .projector import KnowledgeRouter, Projector
 from . import curriculum as C
 from .data import KDCollator
@@ -287,12 +287,47 @@ def _fit_projector(projector, student, teacher, dataset, collate, device, n:int=
     fit_projector(projector, student, teacher, batch)
 
 # %% ../nbs/07e_prepare.ipynb #4479a2c5
-_PLAN_KNOBS = ('cross_vocab_loss', 'temperature', 'divergence', 'chunk_size', 'kd_topk',
+_PLAN_KNOBS = ('cross_vocab_loss', 'temperature', 'divergence', 'beta', 'chunk_size', 'kd_topk',
                'hidden_kind', 'contrastive_temperature')   # `components.Plan` fields that are knobs
 
 def _plan(args:KDConfig, kd_path:str, **modules) -> Plan:
     "The run's `components.Plan`: the KD path, the config's knobs, `modules` (head, vocab_map...)."
     return Plan(kd_path=kd_path, **{k: getattr(args, k) for k in _PLAN_KNOBS}, **modules)
+
+# %% ../nbs/07e_prepare.ipynb #21301837
+def _sampling_what(args:KDConfig, names) -> str: # which knob samples, for messages
+    return (f"lmbda={args.lmbda}" if args.lmbda > 0 else "seq_kd=True" if args.seq_kd
+            else "the kd_policy component")
+
+# %% ../nbs/07e_prepare.ipynb #1f3e85a6
+def _check_sampling_data(what:str, train, student_tok):
+    "Refuse sampling without the student's tokenizer or without prompt data, one line each."
+    if student_tok is None: raise ValueError(f"{what} samples completions: pass the student's "
+                                             "tokenizer (student_tokenizer= or processing_class=)")
+    if 'prompt_len' not in (getattr(train, 'column_names', None) or ()): raise ValueError(
+        f"{what} samples completions of prompts: train= needs prompt data, a datasets.Dataset "
+        "with a 'prompt' (+ 'completion') column or chat 'messages' (data.build_prompt_dataset)")
+
+# %% ../nbs/07e_prepare.ipynb #f8c5de17
+def _check_sampling_models(args:KDConfig, what:str, teacher, teacher_tok):
+    "Refuse sampling without a live teacher (a cache never saw the samples), one line each."
+    if teacher is None and args.teacher_cache: raise ValueError(
+        f"teacher_cache serves only the dataset's own tokens: {what} samples completions it has "
+        "never seen; pass the teacher too (the cache then serves the teacher-forced batches) "
+        "or set lmbda=0")
+    if teacher is None: raise ValueError(f"{what} needs the teacher model (it scores the samples)")
+    if args.cross_tokenizer and teacher_tok is None: raise ValueError(
+        f"{what} across tokenizers re-tokenizes the samples: pass teacher_tokenizer=")
+    if args.seq_kd and args.cross_tokenizer: raise ValueError(
+        "seq_kd=True across tokenizers is not supported yet: use lmbda or kd_policy")
+
+# %% ../nbs/07e_prepare.ipynb #5356f9d8
+def _check_sampling(args:KDConfig, names, teacher, train, student_tok, teacher_tok) -> bool:
+    "Whether the run samples completions; refuse, one line each, what it lacks for it."
+    if not (onpolicy_on(args) or 'kd_policy' in names): return False
+    _check_onpolicy(args, on=True); what = _sampling_what(args, names)
+    _check_sampling_data(what, train, student_tok); _check_sampling_models(args, what, teacher, teacher_tok)
+    return True
 
 # %% ../nbs/07e_prepare.ipynb #124f4756
 def _indexed(dataset): return dataset.add_column('kd_index', list(range(len(dataset))))
@@ -303,11 +338,12 @@ class _Run:
     "A run after every check: what `KDTrainer` hands the engine and keeps."
     args:KDConfig; teacher:nn.Module|None; student:nn.Module; curriculum:object; plan:Plan
     cache:TeacherCache|None; train:object; collate:object
+    sampling:bool=False # the run samples completions (`onpolicy`; the trainer makes the sampler)
 
 # %% ../nbs/07e_prepare.ipynb #205ad91f
 def _prepare(config, teacher, student, train_dataset=None, eval_dataset=None, data_collator=None,
              curriculum=None, projector=None, router=None, vocab_map=None, piece_trie=None,
-             peft_config=None):
+             peft_config=None, student_tok=None, teacher_tok=None):
     "Check everything once, in order; decide the run (config, machine, curriculum, models, cache)."
     args = as_config(config)
     if eval_dataset is None and _val(args.eval_strategy) != 'no':
@@ -315,6 +351,7 @@ def _prepare(config, teacher, student, train_dataset=None, eval_dataset=None, da
     _check_machine(args)
     cur = args.curriculum if curriculum is None else curriculum
     cur = _resolve_curriculum(cur, args.temperature)
+    sampling = _check_sampling(args, cur.names, teacher, train_dataset, student_tok, teacher_tok)
     if teacher is not None: _place_teacher(teacher, args)
     student = _prepare_student(student, teacher, args, peft_config)
     path = pick_kd_path(args.kd_path, student, cur.names, bool(args.teacher_cache), args.kd_topk,
@@ -332,4 +369,4 @@ def _prepare(config, teacher, student, train_dataset=None, eval_dataset=None, da
     _check_models(args, teacher, student, cur.names, plan, need, cached)
     if fit: _fit_projector(projector, student, teacher, train_dataset, collate, args.device)
     if cache: train_dataset, collate = _indexed(train_dataset), IndexCollator(collate)
-    return _Run(args, teacher, student, cur, plan, cache, train_dataset, collate)
+    return _Run(args, teacher, student, cur, plan, cache, train_dataset, collate, sampling)

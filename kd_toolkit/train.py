@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_train.ipynb #a18aaae2
 from __future__ import annotations
-import math
+import math, time
 from dataclasses import dataclass, replace
 from pathlib import Path
 import pandas as pd, torch
@@ -18,6 +18,8 @@ from .xvocab import PieceTrie
 from .projector import param_groups
 from . import curriculum as C
 from .data import KDCollator, build_kd_dataset, load_texts, pad_id
+from .data import build_prompt_dataset, is_prompt_data
+from .onpolicy import Coin, Sampler, policy_micro_batch
 from .evaluate import Evaluator
 from .components import MicroBatch, Plan, component, needs, student_pass, teacher_outputs
 from .checkpoint import checkpoint_damage, clear_run, last_complete_checkpoint, resume_point
@@ -27,7 +29,7 @@ from .card import describe_data, describe_teacher, upload_student, write_card
 from . import card
 from .prepare import _prepare, init_from_teacher
 from .guard import LiveCallback, NonFiniteError, _KDCallback, _history, _kd_state
-from .guard import _split_callbacks
+from .guard import _Window, _split_callbacks
 
 # %% auto #0
 __all__ = ['KDTrainer', 'model_card', 'DistillResult', 'distill', 'init_from_teacher', 'NonFiniteError', 'checkpoint_damage',
@@ -48,6 +50,16 @@ def _path_label(plan:Plan, args:KDConfig) -> str:
     "The KD path as logged: across tokenizers with the cross-vocabulary loss, e.g. 'topk+uld'."
     return f"{plan.kd_path}+{plan.cross_vocab_loss}" if args.cross_tokenizer else plan.kd_path
 
+# %% ../nbs/07_train.ipynb #6b34be08
+def _onpolicy_setup(tr, r, student_tok, teacher_tok):
+    "Trainer `tr`'s sampler and coin when run `r` samples completions (else None, and no coin draws)."
+    a = r.args
+    tr.sampler = Sampler(student_tok, teacher_tok if a.cross_tokenizer else None, a.max_new_tokens,
+                         a.sampling_temperature, a.max_length, a.max_prompt_length) if r.sampling else None
+    tr.coin, tr._kind, tr._kinds = Coin(a.lmbda, a.seed), None, a.lmbda > 0 or a.seq_kd
+    tr._guard.sampling = tr.sampler is not None
+    tr._guard.win = _Window(tr._guard.sampling)
+
 # %% ../nbs/07_train.ipynb #725b6c8d
 class KDTrainer(Trainer):
     "A `transformers.Trainer` whose model is the student, distilling a frozen `teacher`."
@@ -67,11 +79,12 @@ class KDTrainer(Trainer):
         callbacks=(), # TrainerCallbacks, or live charts with `.update(history)` (`LiveLossChart`)
         processing_class=None, # the student's tokenizer: saved with each checkpoint and the student
         peft_config=None, # a peft config for the student (else `config.lora`)
+        teacher_tokenizer=None, # the teacher's tokenizer: on-policy runs across tokenizers
     ):
-        r = _prepare(config, teacher, student, train_dataset=train_dataset,
-                     eval_dataset=eval_dataset, data_collator=data_collator, curriculum=curriculum,
-                     projector=projector, router=router, vocab_map=vocab_map,
-                     piece_trie=piece_trie, peft_config=peft_config)
+        r = _prepare(config, teacher, student, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                     data_collator=data_collator, curriculum=curriculum, projector=projector,
+                     router=router, vocab_map=vocab_map, piece_trie=piece_trie, peft_config=peft_config,
+                     student_tok=processing_class, teacher_tok=teacher_tokenizer)
         self.teacher, self.curriculum, self.plan, self.cache = r.teacher, r.curriculum, r.plan, r.cache
         engine_cbs, charts = _split_callbacks(callbacks)
         super().__init__(model=r.student, args=r.args, data_collator=r.collate,
@@ -83,6 +96,7 @@ class KDTrainer(Trainer):
         self.kd_state, self._staging = _kd_state(self.balancer), None
         cb = _KDCallback(self)
         self._guard = cb.guard   # the guard's state: the callback's; compute_loss and log use it
+        _onpolicy_setup(self, r, processing_class, teacher_tokenizer)
         for c in [cb, *(LiveCallback(self, c) for c in charts)]: self.add_callback(c)
 
     kd_path = property(lambda self: self.plan.kd_path)   # 'full', 'chunked', 'topk', 'fused', ...
@@ -96,10 +110,32 @@ class KDTrainer(Trainer):
 @patch
 def _teacher(self:KDTrainer, inputs, idx, need:set, plan) -> dict:
     "What the active components need from the teacher: cached fields, the rest from one live pass."
-    c, dev = self.cache, inputs['input_ids'].device
+    c, dev = self.cache if idx is not None else None, inputs['input_ids'].device   # (sampled: live)
     cached = {n: c.read(n, idx, dev) for n in need if c is not None and n in c.fields}
     live = need - set(cached)
     return cached | (teacher_outputs(self.teacher, inputs, live, plan) if live else {})
+
+# %% ../nbs/07_train.ipynb #8dbd8442
+def _amp(args) -> torch.dtype|None: # the engine's autocast dtype, or None
+    return torch.float16 if args.fp16 else torch.bfloat16 if args.bf16 else None
+
+def _on_samples(w:dict) -> dict: # the weights on the student's own samples: no lm, no kd_policy
+    return {n: v for n, v in w.items() if n not in ('lm', 'kd_policy')}
+
+def _policy_plan(tr, plan:Plan) -> Plan: # trainer `tr`'s sampled micro-batches' divergence
+    return replace(plan, divergence=tr.args.policy_divergence or plan.divergence)
+
+def _sample(tr, model, inputs) -> dict:
+    "The micro-batch of `model`'s completions of `inputs`' prompts; the seconds into `tr`'s window."
+    t0 = time.perf_counter(); out = tr.sampler(model, inputs, _amp(tr.args))
+    tr._guard.win.gen_s += time.perf_counter() - t0
+    return out
+
+# %% ../nbs/07_train.ipynb #438dd807
+def _policy_step(tr, model, inputs, plan:Plan) -> MicroBatch:
+    "Trainer `tr`'s micro-batch of the student's samples for `kd_policy`, with both passes."
+    sb = _sample(tr, tr.accelerator.unwrap_model(model), inputs)
+    return policy_micro_batch(model, sb, _policy_plan(tr, plan), tr.teacher)
 
 # %% ../nbs/07_train.ipynb #6e359334
 @patch
@@ -108,14 +144,16 @@ def compute_loss(self:KDTrainer, model, inputs, return_outputs=False, num_items_
     p, idx = self.progress(), inputs.pop('kd_index', None)
     wall = self.curriculum.weights(p); w = {n: v for n, v in wall.items() if v > 0}
     plan = replace(self.plan, temperature=float(self.curriculum.temperature(p)))
+    if self._kind == 'policy': w, plan = _on_samples(w), _policy_plan(self, plan)
     s_need, t_need = needs(w, plan)
     teacher = self._teacher(inputs, idx, t_need, plan)
     step = MicroBatch(inputs, plan, student_pass(model, inputs, s_need), teacher)
+    if 'kd_policy' in w: step.policy = _policy_step(self, model, inputs, plan)
     raw = {n: component(n, plan).fn(step) for n in w}
     zero = torch.zeros((), device=inputs['input_ids'].device, requires_grad=not w)   # (none active)
     total = self.balancer(raw, w) if self.balancer and w else sum((w[n]*raw[n] for n in w), zero)
     scales = self.balancer.scales() if self.balancer else {}
-    self._guard.record(raw, wall, scales, total, inputs['attention_mask'].sum())
+    self._guard.record(raw, wall, scales, total, inputs['attention_mask'].sum(), self._kind)
     return (total, raw) if return_outputs else total
 
 # %% ../nbs/07_train.ipynb #7476a1c2
@@ -133,12 +171,23 @@ def create_optimizer(self:KDTrainer, model=None):
 # %% ../nbs/07_train.ipynb #4eb2d552
 @patch
 def training_step(self:KDTrainer, model, inputs, num_items_in_batch=None):
-    "The engine's step; under DDP the projector/router gradients are averaged across processes."
+    "The engine's step (per the coin on sampled completions); under DDP extras' gradients averaged."
+    inputs = _sampled(self, inputs)
     loss, acc = Trainer.training_step(self, model, inputs, num_items_in_batch), self.accelerator
     if acc.num_processes > 1 and acc.sync_gradients:
         for p in (p for p in self.extras.parameters() if p.grad is not None):
             p.grad = acc.reduce(p.grad, 'mean')
     return loss
+
+# %% ../nbs/07_train.ipynb #25820f7a
+def _sampled(tr, inputs) -> dict:
+    "This micro-batch, or per `tr`'s coin the student's completions of its prompts (`seq_kd`: teacher's)."
+    if tr.sampler is None: return inputs
+    kind = 'policy' if tr.coin() else 'teacher' if tr.args.seq_kd else 'data'
+    tr._kind = kind if tr._kinds else None   # (the kinds are logged with lmbda or seq_kd)
+    if kind == 'data': return inputs
+    gen = tr.accelerator.unwrap_model(tr.model) if kind == 'policy' else tr.teacher
+    return _sample(tr, gen, inputs)
 
 # %% ../nbs/07_train.ipynb #9aabf955
 @patch
@@ -196,12 +245,11 @@ def train(self:KDTrainer, resume_from_checkpoint=None, **kw):
     return Trainer.train(self, resume_from_checkpoint=ckpt, **kw)
 
 # %% ../nbs/07_train.ipynb #4d6be784
-@patch
-def _load_kd(self:KDTrainer, ckpt, state:bool=True):
-    "The projector/router weights and (with `state`) the distillation counters from `ckpt`."
-    load_extras(self.extras, ckpt)
-    if state: self.kd_state.update(read_kd_state(ckpt, self.kd_state))
-    if state and self.balancer: self.balancer.ema, self.balancer.n = _means(self.kd_state)
+def _load_kd(tr, ckpt, state:bool=True):
+    "Trainer `tr`'s projector/router weights and (with `state`) distillation counters from `ckpt`."
+    load_extras(tr.extras, ckpt)
+    if state: tr.kd_state.update(read_kd_state(ckpt, tr.kd_state))
+    if state and tr.balancer: tr.balancer.ema, tr.balancer.n = _means(tr.kd_state)
 
 # %% ../nbs/07_train.ipynb #5ae1f72a
 def _run_fp(tr) -> dict:
@@ -212,7 +260,7 @@ def _run_fp(tr) -> dict:
 
 def _resume(tr, ckpt):
     "Resume trainer `tr` from `ckpt`: its distillation state, and a warning if its inputs changed."
-    tr._load_kd(ckpt); warn_resume(ckpt, _run_fp(tr))
+    _load_kd(tr, ckpt); warn_resume(ckpt, _run_fp(tr))
 
 # %% ../nbs/07_train.ipynb #66b3eb7f
 def _best_checkpoint(st, run_dir:Path) -> str|None:
@@ -303,13 +351,15 @@ class DistillResult:
 
 # %% ../nbs/07_train.ipynb #43cf9bdc
 def _as_dataset(data, student_tok, teacher_tok, cfg, packing=False):
-    "A tokenized dataset from texts, a file, a `Dataset` with `text`, a tokenized one, or a stream."
+    "A tokenized dataset from texts, a file, a `Dataset` (`text`, or prompts), a tokenized one, a stream."
     if data is None: return None
     if isinstance(data, torch.utils.data.IterableDataset): return data   # (random windows)
     if hasattr(data, 'column_names') and 'input_ids' in data.column_names: return data
     if student_tok is None:
         raise ValueError("texts need a student_tokenizer "
                          "(or pass an already tokenized dataset with input_ids)")
+    if is_prompt_data(data): return build_prompt_dataset(   # prompts (+ completions), chats
+        data, student_tok, teacher_tok, cfg.max_length, cfg.max_prompt_length)
     return build_kd_dataset(load_texts(data), student_tok, teacher_tok, max_length=cfg.max_length,
                             packing=packing)
 
@@ -324,7 +374,7 @@ def distill(
     config:KDConfig|dict|str, # a KDConfig, a dict of knobs, a preset name or a .json file
     teacher:nn.Module|None, # the teacher LM (None: from config.teacher_cache, or an LM-only run)
     student:nn.Module, # the student LM, trained in place
-    train, # texts, a text file, a `datasets.Dataset` with `text`, or a tokenized dataset
+    train, # texts, a text file, a `datasets.Dataset` (`text`; `prompt`, `messages`), tokenized data
     eval=None, # held-out data in the same forms (evaluation, early stopping, the best checkpoint)
     student_tokenizer=None, # needed for texts; saved with the student
     teacher_tokenizer=None, # needed when the tokenizers differ (config.cross_tokenizer=True)
@@ -350,7 +400,8 @@ def distill(
     tr = KDTrainer(cfg, teacher, student, train_dataset=train_ds, eval_dataset=eval_ds,
                    data_collator=data_collator or _collator(student_tokenizer, xtok),
                    curriculum=curriculum, projector=projector, router=router, vocab_map=vocab_map,
-                   piece_trie=trie, callbacks=callbacks, processing_class=student_tokenizer, peft_config=peft_config)
+                   piece_trie=trie, callbacks=callbacks, processing_class=student_tokenizer,
+                   peft_config=peft_config, teacher_tokenizer=teacher_tokenizer)
     if overwrite and tr.args.should_save: clear_run(tr.args.output_dir)   # every check passed: now
     tr.train(resume_from_checkpoint=ckpt)
     ev = None if eval_ds is None else pd.Series(tr.evaluate(metric_key_prefix='final'))

@@ -75,7 +75,7 @@ def _train_rows(history:pd.DataFrame) -> pd.DataFrame:
 def history_components(history:pd.DataFrame) -> list[str]:
     "Component names that have `raw/<c>` columns, in the registry's order (then others, sorted)."
     _check(history)
-    have = {c[4:] for c in history.columns if c.startswith('raw/')}
+    have = {c[4:] for c in history.columns if c.startswith('raw/') and '@' not in c}   # (not kinds)
     return [c for c in COMPONENTS if c in have] + sorted(have - set(COMPONENTS))
 
 # %% ../nbs/08_viz.ipynb #57317262
@@ -97,7 +97,8 @@ def _smooth(s:pd.Series, smooth:float) -> pd.Series:
 
 # %% ../nbs/08_viz.ipynb #c880975d
 UNITS = {'lm': 'nats/token', 'kd': 'nats/token', 'attention': 'nats/row', 'feature': 'nmse', 'layerwise': 'nmse',
-         'router_attention': 'nmse', 'contrastive': 'InfoNCE/log N', 'balance': 'load ratio'}
+         'router_attention': 'nmse', 'contrastive': 'InfoNCE/log N', 'balance': 'load ratio',
+         'kd_policy': 'nats/token'}
 
 def _units(comps, units=None) -> dict[str, str]:
     "Each component's unit: `units`, else `UNITS`, else 'no unit given'."
@@ -157,11 +158,22 @@ def _eval_marks(ax, ev, c:str, color, unit:str):
         ax.axhline(last, color=color, ls=(0, (1, 1.5)), lw=1.5, label=f'{what} {last:.3g} [{unit}]')
 
 # %% ../nbs/08_viz.ipynb #71dadbfe
+_KIND_STYLE = {'policy': '--', 'teacher': ':'}   # 'data' is the solid line's share: not drawn again
+
+def _kind_lines(ax, tr, c, color, smooth):
+    "Component `c` on sampled micro-batches (`raw/<c>@policy`, `@teacher`), dashed/dotted in its colour."
+    for kind, ls in _KIND_STYLE.items():
+        if (col := f'raw/{c}@{kind}') in tr and tr[col].notna().any():
+            ax.plot(tr['step'].to_numpy(), _smooth(tr[col], smooth).to_numpy(), color=color, ls=ls,
+                    label=f'{c} on {kind} samples')
+
+# %% ../nbs/08_viz.ipynb #bab14de0
 def _raw_panel(ax, tr, ev, comps, colors, units, smooth):
     "Each raw component on a log scale, with its evaluations and the teacher's reference."
     x = tr['step'].to_numpy()
     for c in comps:
         ax.plot(x, _smooth(tr[f'raw/{c}'], smooth).to_numpy(), color=colors[c], label=f'{c} [{units[c]}]')
+        _kind_lines(ax, tr, c, colors[c], smooth)
         _eval_marks(ax, ev, c, colors[c], units[c])
     ax.set_yscale('log', nonpositive='mask'); ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(title='what each loss does (raw)', xlabel='optimizer step',
