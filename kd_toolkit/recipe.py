@@ -13,7 +13,7 @@ from .data import pad_id
 
 # %% auto #0
 __all__ = ['RESULT_ROWS', 'pick_curriculum', 'eval_batches', 'projector_start', 'results_table', 'markdown_table',
-           'greedy_sample', 'prompts_of', 'sample_table', 'model_line', 'plot_heldout_ppl']
+           'greedy_sample', 'prompts_of', 'prompt_pairs', 'sample_table', 'model_line', 'plot_heldout_ppl']
 
 # %% ../nbs/09b_recipe.ipynb #a8afa4b1
 def pick_curriculum(name:str, # 'auto', 'kd_lm_feature' or a preset (`core.CURRICULUM_PRESETS`)
@@ -126,6 +126,17 @@ def prompts_of(docs:list[str], # held-out documents
     "Prompts for samples: the start of each of the first `n` documents longer than `n_chars`."
     cut = lambda d: ' '.join(d[:n_chars + 1].split()[:-1]) if len(d) > n_chars else d
     return [cut(d) for d in docs if len(d.strip()) > n_chars][:n]
+
+# %% ../nbs/09b_recipe.ipynb #e778f345
+def prompt_pairs(texts:list[str], # training texts
+                 tok, # the student's fast tokenizer (character offsets)
+                 n:int, # prompt tokens per text
+                ):
+    "On-policy data: each text longer than `n` tokens cut after its first `n`, as `prompt` and `completion` columns."
+    from datasets import Dataset
+    offs = tok(list(texts), add_special_tokens=False, return_offsets_mapping=True)['offset_mapping']
+    cuts = [(t, o[n][0]) for t, o in zip(texts, offs) if len(o) > n]
+    return Dataset.from_dict({'prompt': [t[:c] for t, c in cuts], 'completion': [t[c:] for t, c in cuts]})
 
 # %% ../nbs/09b_recipe.ipynb #1ca60936
 def sample_table(models:dict, # column name -> causal LM

@@ -343,3 +343,17 @@ def test_install_cell_order_and_never_a_bare_pypi_name(tmp_path, wheel_dir, case
     assert calls == want, calls
     if case == 'git': assert 'attach its wheel as a dataset (Add Input' in r.stderr, r.stderr[-500:]
     if case == 'wheel': assert 'could not install' in r.stderr and 'Turn Internet on' in r.stderr, r.stderr[-500:]
+
+def test_on_policy_parameter(kernel, tmp_path):
+    "`on_policy=0.5` on the CPU smoke set: prompt data, `kd_policy` from half the run, its sampled batches in the history."
+    if not (has_asset(STORIES260K) and has_asset(TEXTS['tinystories'])): pytest.skip('no ../shared/data here')
+    out = tmp_path/'out'
+    params = dict(on_policy=0.5, prompt_tokens=16, n_texts=200, n_eval=3, steps=6, max_length=48, gen_tokens=8, output_dir=str(out))
+    code = _code(_execute(NB, tmp_path/'executed.ipynb', kernel, params, dict(OFFLINE, KD_TOOLKIT_INPUT=str(tmp_path/'none')), tmp_path))
+    assert not [o for c in code for o in c.get('outputs', []) if o.get('output_type') == 'error'], _shown(code)[-3000:]
+    hist = pd.read_csv(out/'history.csv')
+    assert hist['step'].max() == 6 and 'raw/kd_policy' in hist.columns, list(hist.columns)
+    late = hist[hist['step'] > 3]
+    assert late['raw/kd_policy'].notna().any() and (late['gen_share'] > 0).any(), late   # sampled from half the run
+    assert hist[hist['step'] <= 3]['raw/kd_policy'].fillna(0).eq(0).all()                # not before
+    assert (out/'loss_breakdown.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'

@@ -166,7 +166,7 @@ def test_cross_tokenizer_onpolicy_end_to_end():
                 curriculum={'kd': 1.0})
     h = r.history
     assert (h['policy_share'] == 1).all() and h['raw/kd@policy'].notna().all() and (h['raw/kd'] > 0).all()
-    assert r.trainer.sampler.ttok is ttok and r.trainer.kd_path_label.endswith('+map')
+    assert r.trainer.sampler.ttok is ttok and r.trainer.kd_path_label.endswith('+trie')   # the default objective
 
 # ------------------------------------------------------------------------------------------------ fp16 on sampled batches
 def test_fp16_grads_equal_fp32_on_a_sampled_micro_batch():
