@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from kd_toolkit.assets import load_stories260k, load_tokenizer, read_text
-from kd_toolkit.data import KDCollator, RandomWindows, pack_stream, packed_windows, PackedStream, pad_id
+from kd_toolkit.data import KDCollator, RandomWindows, pack_stream, pad_id
 from kd_toolkit.align import VocabMap, gather_aligned
 from kd_toolkit.xvocab import (boundary_tokens, chunk_likelihood_loss, hybrid_loss, next_token_match, token_logprobs,
                                uld_loss)
@@ -68,19 +68,7 @@ def streams(protocol, stok, ttok):
     return tr, pack_stream(held, stok, add_eos=False)
 
 
-@torch.no_grad()
-def heldout_bpb(model, held:PackedStream, pad:int, bs=16) -> float:
-    model.eval()
-    ds = packed_windows(held, 128, overlap=1)
-    col, nll, nbytes = KDCollator(pad), 0.0, 0
-    for i in range(0, len(ds), bs):
-        b = col([ds[j] for j in range(i, min(i + bs, len(ds)))])
-        logits = model(b['input_ids'], attention_mask=b['attention_mask']).logits
-        tg = next_token_targets(b['labels'])
-        nll += float(F.cross_entropy(logits.flatten(0, 1).float(), tg.flatten(), ignore_index=-100, reduction='sum'))
-        nbytes += int(b['n_bytes'].sum())
-    model.train()
-    return nll / math.log(2) / nbytes
+from xtok_rich import stream_bpb as heldout_bpb   # held-out bits/byte over consecutive 128-token windows
 
 def truncate(b):
     "The seed's pairing: student position i with teacher position i."

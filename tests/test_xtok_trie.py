@@ -90,16 +90,7 @@ def test_chunked_equals_plain_and_temperature():
     assert math.isfinite(float(va)) and float(va) > 0
     torch.testing.assert_close(trie_kl(logits, tk, rows, nodes, trie, temperature=2.0), 4 * trie_kl(logits / 2, tk, rows, nodes, trie))
 
-@pytest.fixture(scope='module')
-def pair():
-    require_asset('tokenizers/gpt2'); require_asset('models/stories260K')
-    return load_tokenizer('gpt2'), load_tokenizer('tok512')   # student, teacher
-
-@pytest.fixture(scope='module')
-def ds(pair):
-    from kd_toolkit.data import build_kd_dataset
-    texts = [l for l in read_text('tinystories', 6000).splitlines() if len(l) > 40][:8]
-    return build_kd_dataset(texts, *pair, max_length=48)
+from test_xtok_chunk import ds, pair   # the GPT-2 student / tok512 teacher pair and its tiny dataset (fixtures)
 
 def test_distill_trie_live_equals_cached(pair, ds, tmp_path):
     """Three steps of the default cross-tokenizer objective ('trie'): finite KD terms > 0, the student moves, and the
