@@ -471,7 +471,7 @@ def trie_kl(
     temperature:float=1.0, # the softmax temperature of both sides (the TopK must be built at the same one)
 ) -> torch.Tensor:
     "Mean over levels of KL(teacher class masses ‖ student class masses within the level's node), rest included; × T²."
-    if len(rows) == 0: return student_logits.float().sum() * 0.
+    if len(rows) == 0: return student_logits.sum(dtype=torch.float32) * 0.   # (no fp32 copy of the logits)
     p = teacher.logprobs.float().exp()
     lo, hi, P = _merge_classes(*trie_classes(trie, nodes, teacher.ids), p, trie.V)
     prest = teacher.tail.float().exp() + (p.sum(-1) - P.sum(-1)).clamp_min(0)   # the tail, pieces without a class
@@ -481,7 +481,7 @@ def trie_kl(
     order = trie.order.to(dev)
     def fn(x, i): # the levels of rows [i, i + len(x)), each weighted 1 / n
         a, b = (int(torch.searchsorted(rows, torch.tensor(v, device=rows.device))) for v in (i, i + len(x)))
-        if a == b: return x.float().sum() * 0.
+        if a == b: return x.sum(dtype=torch.float32) * 0.
         kl = _level_kl(x, rows[a:b] - i, nlo[a:b], nhi[a:b], lo[a:b], hi[a:b], P[a:b], prest[a:b], order, T)
         return kl.sum() * (T * T / n)
     return _chunked(student_logits, fn, chunk_size)
